@@ -1,0 +1,117 @@
+//! The flow record: one per proxied connection, the unit `strait observe` shows.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Labels;
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Forwarded,
+    Dropped,
+    Error,
+    Audit,
+}
+
+/// Which side of the connection this node's proxy handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Direction {
+    /// The source pod is on this node.
+    Egress,
+    /// The connection arrived through a tunnel from another node's proxy.
+    Ingress,
+}
+
+/// One end of a flow. Pod fields are empty for addresses outside the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPeer {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// Numeric security identity; 0 when unknown.
+    #[serde(default)]
+    pub identity: u32,
+}
+
+/// A service the client addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One connection through a node proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// When the connection was accepted, RFC 3339 with nanoseconds in JSON.
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    /// Node whose agent recorded the flow.
+    pub node: String,
+    /// Cluster of that node.
+    pub cluster: String,
+    pub direction: Direction,
+    pub protocol: String,
+    pub source: FlowPeer,
+    /// The chosen backend (after service translation).
+    pub destination: FlowPeer,
+    /// The address the client dialed (a service VIP or a pod IP).
+    pub original_destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Peer node whose proxy received the connection through the tunnel, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_peer: Option<String>,
+    /// Bytes from the client towards the server.
+    pub bytes_sent: u64,
+    /// Bytes from the server back to the client.
+    pub bytes_received: u64,
+    /// Connection lifetime in microseconds.
+    pub duration_us: u64,
+}
+
+impl FlowRecord {
+    /// Nanoseconds since the Unix epoch, for ordering merged streams.
+    pub fn unix_nanos(&self) -> u128 {
+        self.time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos()
+    }
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_nanos(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(D::Error::custom)
+    }
+}
