@@ -1,1 +1,474 @@
+//! End-to-end tests: real network namespaces, real eBPF programs in the running kernel, real agents,
+//! real curl and python3 clients. Each test builds its own lab under a unique name and removes it.
+//!
+//! They need root. Without it they fail and say so: a skipped run must not look like a pass.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait::flows::{Direction, FlowRecord, Verdict};
+
+const STRAIT: &str = env!("CARGO_BIN_EXE_strait");
+
+/// One cluster, two nodes: enough for same-node and cross-node paths, quick to build.
+const ONE_CLUSTER: &str = "clusters:
+  - name: c1
+    id: 1
+    podCIDR: 198.18.16.0/20
+    serviceCIDR: 198.19.1.0/24
+    nodes: 2
+";
+
+/// A backend pinned to node-1, a client on each node, and a service in front of the backend.
+const APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: demo, labels: {app: backend}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-local, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-remote, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+";
+
+struct TestLab {
+    name: String,
+    dir: std::path::PathBuf,
+}
+
+fn require_root() {
+    let uid = effective_uid();
+    assert_eq!(
+        uid, 0,
+        "these tests build network namespaces, cgroups and eBPF programs: run them as root \
+         (the README's test command does)"
+    );
+}
+
+fn effective_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl TestLab {
+    fn up(test: &str, topology: &str) -> Self {
+        require_root();
+        let mut h: u32 = 0x811c_9dc5;
+        for b in format!("{test}/{}", std::process::id()).bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let name = format!("t{h:08x}");
+        let dir = std::env::temp_dir().join(format!("strait-test-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("topology.yaml"), topology).unwrap();
+        let lab = TestLab { name, dir };
+        let out = lab.strait(&["lab", "up", "-f", lab.dir.join("topology.yaml").to_str().unwrap()]);
+        assert!(out.status.success(), "lab up failed: {}", text(&out));
+        lab
+    }
+
+    fn strait(&self, args: &[&str]) -> Output {
+        Command::new(STRAIT)
+            .args(args)
+            .env("STRAIT_LAB", &self.name)
+            .output()
+            .unwrap()
+    }
+
+    fn apply(&self, cluster: &str, yaml: &str) -> Output {
+        let f = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&f, yaml).unwrap();
+        self.strait(&["lab", "apply", "--cluster", cluster, "-f", f.to_str().unwrap()])
+    }
+
+    fn apply_ok(&self, cluster: &str, yaml: &str) {
+        let out = self.apply(cluster, yaml);
+        assert!(out.status.success(), "apply failed: {}", text(&out));
+    }
+
+    fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", target, "--"];
+        args.extend_from_slice(cmd);
+        self.strait(&args)
+    }
+
+    fn status(&self) -> Value {
+        let out = self.strait(&["lab", "status", "-o", "json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn pod_ip(&self, cluster: &str, ns: &str, pod: &str) -> String {
+        let st = self.status();
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cluster"] == cluster && p["namespace"] == ns && p["name"] == pod)
+            .unwrap_or_else(|| panic!("no pod {cluster}/{ns}/{pod} in {st}"))["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn service_ip(&self, ns: &str, name: &str) -> String {
+        let st = self.status();
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["namespace"] == ns && s["name"] == name)
+            .unwrap()["cluster_ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn agent_pid(&self, cluster: &str, node: &str) -> i32 {
+        let st = self.status();
+        st["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["cluster"] == cluster && a["node"] == node)
+            .unwrap()["pid"]
+            .as_i64()
+            .unwrap() as i32
+    }
+
+    /// All flows the lab's agents hold, via `strait observe -o json`.
+    fn flows(&self) -> Vec<FlowRecord> {
+        let out = self.strait(&["observe", "-o", "json", "--last", "10000"]);
+        assert!(out.status.success(), "observe failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Waits (flows are recorded when a connection closes) for a flow matching `pred`.
+    fn wait_flow(&self, what: &str, pred: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = self.flows();
+            if let Some(f) = flows.iter().find(|f| pred(f)) {
+                return f.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no flow {what} among {} flows: {flows:#?}", flows.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn curl(&self, target: &str, url: &str) -> Output {
+        self.exec(
+            target,
+            &["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url],
+        )
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = self.strait(&["lab", "down"]);
+        if !out.status.success() {
+            eprintln!("lab down failed: {}", text(&out));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Splits curl's output (body, then the status code on the last line).
+fn curl_result(out: &Output) -> (Value, String) {
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.trim_end().rsplit_once('\n').unwrap_or(("", s.trim()));
+    let json = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    (json, code.to_string())
+}
+
+#[test]
+fn service_reaches_backend_on_same_and_other_node_and_flows_show_it() {
+    let lab = TestLab::up("service_same_other_node", ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    let vip = lab.service_ip("demo", "backend");
+    let backend_ip = lab.pod_ip("c1", "demo", "backend");
+
+    for (client, node) in [("client-local", "node-1"), ("client-remote", "node-2")] {
+        let out = lab.curl(&format!("c1/demo/{client}"), "http://backend/");
+        assert!(out.status.success(), "curl from {client}: {}", text(&out));
+        let (body, code) = curl_result(&out);
+        assert_eq!(code, "200", "{}", text(&out));
+        assert_eq!(body["pod"], "backend", "answered by the backend pod: {body}");
+        assert_eq!(body["cluster"], "c1");
+
+        let flow = lab.wait_flow(&format!("from {client} to the service"), |f| {
+            f.source.pod == client && f.service.as_ref().is_some_and(|s| s.name == "backend")
+        });
+        assert_eq!(flow.node, node, "recorded on the source node");
+        assert_eq!(flow.direction, Direction::Egress);
+        assert_eq!(flow.verdict, Verdict::Forwarded);
+        assert_eq!(flow.original_destination, format!("{vip}:80"));
+        assert_eq!(flow.source.namespace, "demo");
+        assert_eq!(flow.destination.namespace, "demo");
+        assert_eq!(flow.destination.pod, "backend");
+        assert_eq!(flow.destination.ip.unwrap().to_string(), backend_ip);
+        assert_eq!(flow.destination.port, 8080);
+        assert!(flow.bytes_sent > 0 && flow.bytes_received > 0, "{flow:?}");
+        assert_eq!(flow.source.identity >> 16, 1, "cluster ID in the identity");
+        if node == "node-2" {
+            assert_eq!(flow.tunnel_peer.as_deref(), Some("node-1"));
+            // The destination node saw the tunnelled connection with the true source identity.
+            let ingress = lab.wait_flow("ingress on node-1", |f| {
+                f.direction == Direction::Ingress && f.source.pod == client
+            });
+            assert_eq!(ingress.node, "node-1");
+            assert_eq!(ingress.source.identity, flow.source.identity);
+            assert_eq!(ingress.destination.pod, "backend");
+        } else {
+            assert_eq!(flow.tunnel_peer, None);
+        }
+    }
+
+    // Service names resolve in every form Kubernetes offers.
+    for name in ["backend.demo", "backend.demo.svc.cluster.local"] {
+        let out = lab.curl("c1/demo/client-remote", &format!("http://{name}/"));
+        let (body, code) = curl_result(&out);
+        assert_eq!(code, "200", "{name}: {}", text(&out));
+        assert_eq!(body["pod"], "backend");
+    }
+}
+
+#[test]
+fn direct_pod_ip_is_intercepted_and_getpeername_shows_the_dialed_address() {
+    let lab = TestLab::up("direct_pod_ip", ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    let backend_ip = lab.pod_ip("c1", "demo", "backend");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{backend_ip}', 8080), timeout=5)\n\
+         print('peer', '%s:%d' % s.getpeername())\n\
+         s.sendall(b'GET /direct HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n\
+         \x20   chunk = s.recv(65536)\n\
+         \x20   if not chunk: break\n\
+         \x20   data += chunk\n\
+         print(data.decode())\n"
+    );
+    let out = lab.exec("c1/demo/client-remote", &["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("peer {backend_ip}:8080")),
+        "getpeername must return the dialed address: {stdout}"
+    );
+    assert!(stdout.contains("\"pod\":\"backend\""), "{stdout}");
+    let flow = lab.wait_flow("direct to the backend pod", |f| {
+        f.source.pod == "client-remote" && f.original_destination == format!("{backend_ip}:8080")
+    });
+    assert_eq!(flow.service, None);
+    assert_eq!(flow.destination.pod, "backend");
+    assert_eq!(flow.verdict, Verdict::Forwarded);
+    assert_eq!(flow.node, "node-2");
+}
+
+#[test]
+fn stopped_agent_fails_closed_and_restart_recovers() {
+    let lab = TestLab::up("agent_stopped", ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    let backend_ip = lab.pod_ip("c1", "demo", "backend");
+    let url = format!("http://{backend_ip}:8080/");
+    let out = lab.curl("c1/demo/client-local", &url);
+    assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+
+    let pid = lab.agent_pid("c1", "node-1");
+    let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The redirect stays in force with nothing listening: the connect fails, nothing bypasses.
+    let out = lab.curl("c1/demo/client-local", &url);
+    assert!(!out.status.success(), "must fail with the agent down: {}", text(&out));
+    assert_eq!(out.status.code(), Some(7), "connection refused expected: {}", text(&out));
+    // Pods on other nodes are unaffected; the backend itself is still up.
+    let out = lab.curl("c1/demo/client-remote", &url);
+    assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+
+    // `lab up` is idempotent and restarts the agent.
+    let out = lab.strait(&["lab", "up", "-f", lab.dir.join("topology.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(lab.agent_pid("c1", "node-1"), pid);
+    let out = lab.curl("c1/demo/client-local", "http://backend/");
+    let (body, code) = curl_result(&out);
+    assert_eq!(code, "200", "{}", text(&out));
+    assert_eq!(body["pod"], "backend");
+}
+
+#[test]
+fn invalid_manifest_is_rejected_with_its_location_and_changes_nothing() {
+    let lab = TestLab::up("invalid_manifest", ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    let before = lab.status();
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: demo}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 99999}]\n";
+    let out = lab.apply("c1", bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 1 (Pod other): spec.containers[0].ports[0].containerPort: 99999 is not a port number"),
+        "{err}"
+    );
+    let after = lab.status();
+    assert_eq!(before["pods"], after["pods"]);
+    let out = lab.curl("c1/demo/client-remote", "http://backend/");
+    assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+}
+
+#[test]
+fn demo_manifest_runs_in_both_default_clusters() {
+    let lab = TestLab::up("demo_default", strait::lab::topology::DEFAULT_TOPOLOGY);
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/lab/demo.yaml");
+    for cluster in ["c1", "c2"] {
+        let out = lab.strait(&["lab", "apply", "--cluster", cluster, "-f", demo]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for (cluster, id) in [("c1", 1), ("c2", 2)] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..4 {
+            let out = lab.curl(&format!("{cluster}/demo/deploy/frontend"), "http://backend/");
+            let (body, code) = curl_result(&out);
+            assert_eq!(code, "200", "{}", text(&out));
+            assert_eq!(body["cluster"], cluster);
+            seen.insert(body["pod"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 2, "round robin over both backends of {cluster}: {seen:?}");
+        let flow = lab.wait_flow("in the cluster", |f| f.cluster == cluster && f.service.is_some());
+        assert_eq!(flow.source.identity >> 16, id);
+    }
+}
+
+#[test]
+fn lab_down_removes_everything_even_after_agents_were_killed() {
+    let lab = TestLab::up("lab_down", ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    let st = lab.status();
+    let mut pids: Vec<i32> = st["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["pid"].as_i64().unwrap() as i32)
+        .collect();
+    let prefix = format!("st-{}-", lab.name);
+    let netns_before: Vec<String> = list_netns(&prefix);
+    assert!(netns_before.len() >= 5, "underlay, 2 nodes, 3 pods: {netns_before:?}");
+    for ns in &netns_before {
+        let out = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        pids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok()),
+        );
+    }
+    for pid in &pids[..2] {
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    }
+    let out = lab.strait(&["lab", "down"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    assert_eq!(list_netns(&prefix), Vec::<String>::new());
+    let cg = cgroup2_root().join("strait").join(&lab.name);
+    assert!(!cg.exists(), "{} remains", cg.display());
+    let pins = std::path::Path::new("/sys/fs/bpf/strait").join(&lab.name);
+    assert!(!pins.exists(), "{} remains", pins.display());
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z")),
+            "process {pid} survived lab down"
+        );
+    }
+    let etc: Vec<_> = std::fs::read_dir("/etc/netns")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(etc.is_empty(), "/etc/netns entries remain: {etc:?}");
+    let status = lab.strait(&["lab", "status"]);
+    assert!(!status.status.success(), "status after down must say the lab is not up");
+}
+
+fn list_netns(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .unwrap()
+}

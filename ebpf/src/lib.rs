@@ -1,1 +1,256 @@
+//! Strait's eBPF data path: C programs (`bpf/`) and their aya loader.
+//!
+//! Attached to a node's cgroup (which holds all of the node's pods, not the agent), the programs
+//! send every pod TCP connect to the node proxy and let the proxy recover where it was going:
+//!
+//! - `cgroup/connect4` rewrites the destination to the proxy and records the original under the
+//!   socket cookie (skipping loopback, the bypass set and the proxy itself; failing closed when
+//!   no proxy is configured);
+//! - `sockops` copies that record under the client's {ip, port} once the source port is chosen;
+//!   the proxy takes it with [`Datapath::take_original_dst`] for the peer of each accepted socket;
+//! - `cgroup/getpeername4` shows the application the address it dialed;
+//! - `cgroup/connect6` rejects IPv4-mapped IPv6 connects that would otherwise bypass connect4.
+//!
+//! The programs stay attached through pinned links while the agent is down, so pods' connects
+//! fail rather than bypass the proxy; [`remove_pins`] detaches them.
 
+pub mod abi;
+mod loader;
+mod maps;
+pub mod sys;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+pub use abi::DropReason;
+
+/// Everything needed to set up one node's data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Directory on bpffs for this node's maps and links, e.g.
+    /// `/sys/fs/bpf/strait/<lab>/<cluster>-<node>`; created if missing.
+    pub pin_dir: PathBuf,
+    /// The node's cgroup v2 directory, parent of its pods' cgroups.
+    pub cgroup: PathBuf,
+    /// The node proxy's outbound listener.
+    pub proxy: SocketAddrV4,
+    /// Destinations never redirected (the node gateway, where DNS and the proxy live).
+    pub bypass: Vec<Ipv4Addr>,
+}
+
+/// Name, hook and attach state of one program, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub hook: &'static str,
+    pub attached: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sys(#[from] sys::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error(transparent)]
+    Map(#[from] maps::Error),
+    #[error("invalid data path config: {reason}")]
+    InvalidConfig { reason: String },
+}
+
+pub use loader::Error as LoaderError;
+pub use maps::Error as MapError;
+
+/// A node's attached data path. Dropping it does NOT detach anything: the pinned links keep the
+/// programs attached while the agent is down, so pods' connects fail (nothing listens at the
+/// proxy address) instead of bypassing the proxy. Use [`remove_pins`] to detach.
+pub struct Datapath {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    maps: maps::Maps,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("pin_dir", &self.pin_dir)
+            .field("cgroup", &self.cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads the programs, reuses pinned maps, attaches to `cfg.cgroup`, pins the links under
+    /// `cfg.pin_dir`. Links pinned by a previous (possibly killed -9) agent are detached only
+    /// after the new ones are attached, so there is no window in which pod connects bypass the
+    /// proxy.
+    pub fn load_and_attach(cfg: &DatapathConfig) -> Result<Datapath, Error> {
+        validate(cfg.proxy, &cfg.bypass)?;
+        sys::check_bpf()?;
+        sys::ensure_bpffs()?;
+        sys::require_cgroup2_dir(&cfg.cgroup)?;
+        std::fs::create_dir_all(&cfg.pin_dir).map_err(|source| sys::Error::CreateDir {
+            path: cfg.pin_dir.clone(),
+            source,
+        })?;
+        sys::require_bpffs(&cfg.pin_dir)?;
+
+        loader::unpin_incompatible_maps(&cfg.pin_dir)?;
+        let mut sock = loader::load_object(loader::Object::Sock, &cfg.pin_dir)?;
+        let mut sockops = loader::load_object(loader::Object::SockOps, &cfg.pin_dir)?;
+        // Both objects share the pinned maps; take the typed handles from one.
+        let maps = maps::Maps::take_from(&mut sock)?;
+
+        // Configure before attaching: a program without a proxy address fails connects closed.
+        let flags = maps.config().map(|c| c.flags).unwrap_or(0);
+        maps.set_bypass(&cfg.bypass)?;
+        maps.set_config(abi::Config::new(cfg.proxy, flags))?;
+
+        let cgroup = loader::open_cgroup(&cfg.cgroup)?;
+        for spec in &loader::PROGRAMS {
+            let ebpf = match spec.object {
+                loader::Object::Sock => &mut sock,
+                loader::Object::SockOps => &mut sockops,
+            };
+            loader::attach_and_pin(ebpf, spec, &cgroup, &cfg.cgroup, &cfg.pin_dir)?;
+        }
+        tracing::info!(
+            cgroup = %cfg.cgroup.display(),
+            pin_dir = %cfg.pin_dir.display(),
+            proxy = %cfg.proxy,
+            "eBPF data path attached"
+        );
+        Ok(Datapath {
+            pin_dir: cfg.pin_dir.clone(),
+            cgroup: cfg.cgroup.clone(),
+            maps,
+        })
+    }
+
+    /// Takes (looks up and deletes) the original destination of a redirected connection whose
+    /// client address (the peer of the proxy's accepted socket) is `client`.
+    pub fn take_original_dst(&self, client: SocketAddrV4) -> Result<Option<SocketAddrV4>, Error> {
+        Ok(self.maps.take_orig_dst(client)?)
+    }
+
+    /// Replaces the bypass set and proxy address at runtime.
+    pub fn update_config(&self, proxy: SocketAddrV4, bypass: &[Ipv4Addr]) -> Result<(), Error> {
+        validate(proxy, bypass)?;
+        let flags = self.maps.config()?.flags;
+        self.maps.set_bypass(bypass)?;
+        self.maps.set_config(abi::Config::new(proxy, flags))?;
+        Ok(())
+    }
+
+    /// Switches redirection on or off. Off lets every connect pass unchanged (fail open, on
+    /// purpose); it survives agent restarts because the config map is pinned.
+    pub fn set_redirect_enabled(&self, enabled: bool) -> Result<(), Error> {
+        let mut config = self.maps.config()?;
+        if enabled {
+            config.flags &= !abi::CFG_DISABLED;
+        } else {
+            config.flags |= abi::CFG_DISABLED;
+        }
+        self.maps.set_config(config)?;
+        Ok(())
+    }
+
+    /// The proxy address, bypass set and redirect switch currently in the maps.
+    pub fn current_config(&self) -> Result<(SocketAddrV4, Vec<Ipv4Addr>, bool), Error> {
+        let config = self.maps.config()?;
+        let enabled = config.flags & abi::CFG_DISABLED == 0;
+        Ok((config.proxy(), self.maps.bypass()?, enabled))
+    }
+
+    /// Name, hook and attach state of each program, for the agent's status endpoint.
+    pub fn programs(&self) -> Vec<ProgramStatus> {
+        program_status(&self.pin_dir)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+}
+
+/// Name, hook and attach state of each program pinned under `pin_dir` (no agent needed).
+pub fn program_status(pin_dir: &Path) -> Vec<ProgramStatus> {
+    loader::PROGRAMS
+        .iter()
+        .map(|spec| ProgramStatus {
+            name: spec.name,
+            hook: spec.hook,
+            attached: loader::is_attached(spec, pin_dir),
+        })
+        .collect()
+}
+
+/// Removes everything pinned under `pin_dir` (detaching the programs) and the directory itself.
+/// Used by `lab down`, also after crashes; a missing directory is fine. Refuses to touch a
+/// directory that is not on bpffs.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    sys::require_bpffs(pin_dir)?;
+    loader::remove_pins(pin_dir)?;
+    Ok(())
+}
+
+fn validate(proxy: SocketAddrV4, bypass: &[Ipv4Addr]) -> Result<(), Error> {
+    let invalid = |reason: String| Err(Error::InvalidConfig { reason });
+    if proxy.ip().is_unspecified() || proxy.port() == 0 {
+        return invalid(format!("proxy address {proxy} needs an IP and a port"));
+    }
+    if proxy.ip().is_loopback() {
+        // Pods live in their own network namespaces: their loopback is not the agent's.
+        return invalid(format!(
+            "proxy address {proxy} is loopback, which pods in other network namespaces cannot reach"
+        ));
+    }
+    let distinct: std::collections::BTreeSet<_> = bypass.iter().collect();
+    if distinct.len() > abi::BYPASS_MAX as usize {
+        return invalid(format!(
+            "{} bypass addresses, at most {} fit",
+            distinct.len(),
+            abi::BYPASS_MAX
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datapath_is_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Datapath>();
+    }
+
+    #[test]
+    fn rejects_unusable_configs() {
+        let ok: SocketAddrV4 = "198.18.16.1:15001"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        assert!(validate(ok, &[Ipv4Addr::new(198, 18, 16, 1)]).is_ok());
+        for bad in ["0.0.0.0:15001", "198.18.16.1:0", "127.0.0.1:15001"] {
+            let bad: SocketAddrV4 = bad.parse().unwrap_or_else(|_| unreachable!());
+            assert!(
+                matches!(validate(bad, &[]), Err(Error::InvalidConfig { .. })),
+                "{bad}"
+            );
+        }
+        let many: Vec<Ipv4Addr> = (0..=64u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
+            .collect();
+        assert!(validate(ok, &many).is_err());
+        assert!(validate(ok, &many[..64]).is_ok());
+    }
+}

@@ -1,4 +1,14 @@
 //! Strait: a sidecar-free service mesh. This crate holds the agent, the node proxy, the lab and the CLI.
 
+pub mod admin;
+pub mod agent;
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod dns;
 pub mod flows;
+pub mod identity;
+pub mod lab;
 pub mod model;
+pub mod proxy;
+pub mod sources;

@@ -1,0 +1,159 @@
+//! The node agent: loads the eBPF programs, binds every listener, then follows the model and
+//! serves. Startup errors surface before any traffic is accepted.
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::config::AgentConfig;
+use crate::dns::{DnsServer, DnsTable};
+use crate::flows::FlowRing;
+use crate::model::{ClusterInfo, Store};
+use crate::proxy::tables::ProxyTables;
+use crate::proxy::{OriginalDst, Proxy};
+use crate::{admin, compile, proxy, sources};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("eBPF data path: {0}")]
+    Datapath(#[from] strait_ebpf::Error),
+    #[error("bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin API: {0}")]
+    Admin(#[from] admin::AdminError),
+    #[error("DNS: {0}")]
+    Dns(#[from] crate::dns::DnsError),
+}
+
+/// The eBPF maps as the proxy's source of original destinations.
+struct KernelOriginalDst(strait_ebpf::Datapath);
+
+impl OriginalDst for KernelOriginalDst {
+    fn take(&self, client: SocketAddrV4) -> Option<SocketAddrV4> {
+        match self.0.take_original_dst(client) {
+            Ok(dst) => dst,
+            Err(e) => {
+                error!(error = %e, %client, "original destination lookup failed");
+                None
+            }
+        }
+    }
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let datapath = strait_ebpf::Datapath::load_and_attach(&strait_ebpf::DatapathConfig {
+        pin_dir: cfg.bpf_pin_dir.clone(),
+        cgroup: cfg.cgroup.clone(),
+        proxy: cfg.outbound,
+        bypass: vec![*cfg.outbound.ip()],
+    })?;
+    let programs: Vec<serde_json::Value> = datapath
+        .programs()
+        .into_iter()
+        .map(|p| serde_json::json!({"name": p.name, "hook": p.hook, "attached": p.attached}))
+        .collect();
+    info!(programs = programs.len(), cgroup = %cfg.cgroup.display(), "eBPF programs attached");
+
+    let bind = |what: &'static str, addr: String| {
+        move |source| AgentError::Bind { what, addr, source }
+    };
+    let outbound = TcpListener::bind(cfg.outbound)
+        .await
+        .map_err(bind("outbound listener", cfg.outbound.to_string()))?;
+    let tunnel = TcpListener::bind(cfg.tunnel)
+        .await
+        .map_err(bind("tunnel listener", cfg.tunnel.to_string()))?;
+    let dns = match cfg.dns {
+        Some(addr) => Some(DnsServer::bind(addr).await?),
+        None => None,
+    };
+    let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp).await?;
+
+    let flows = Arc::new(FlowRing::new(cfg.flow_ring_capacity));
+    let proxy = Arc::new(Proxy::new(
+        ProxyTables::empty(
+            ClusterInfo {
+                name: cfg.cluster.clone(),
+                id: 0,
+            },
+            cfg.node.clone(),
+        ),
+        flows.clone(),
+        Arc::new(KernelOriginalDst(datapath)),
+    ));
+    let store = Arc::new(Store::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let state_revision = Arc::new(AtomicU64::new(0));
+    let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
+
+    // Compile every new snapshot and install it: proxy tables, DNS.
+    {
+        let mut rx = store.subscribe();
+        let proxy = proxy.clone();
+        let ready = ready.clone();
+        let state_revision = state_revision.clone();
+        let node = cfg.node.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(snap) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                proxy.swap_tables(compile::proxy_tables(&snap.cluster, &node, snap.revision));
+                let _ = dns_tx.send(Arc::new(DnsTable::from_cluster(&snap.cluster)));
+                state_revision.store(snap.cluster.revision, Ordering::SeqCst);
+                ready.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    tokio::spawn(sources::file::watch(
+        cfg.state_file.clone(),
+        cfg.cluster.clone(),
+        store.clone(),
+    ));
+    tokio::spawn(proxy::outbound::serve(outbound, proxy.clone()));
+    tokio::spawn(proxy::tunnel::serve(tunnel, proxy.clone()));
+    if let Some(dns) = dns {
+        tokio::spawn(dns.serve(dns_rx));
+    }
+    let status = {
+        let proxy = proxy.clone();
+        let cfg = cfg.clone();
+        move || {
+            let t = proxy.tables();
+            serde_json::json!({
+                "cluster": cfg.cluster,
+                "cluster_id": t.cluster.id,
+                "node": cfg.node,
+                "ready": ready.load(Ordering::SeqCst),
+                "revision": state_revision.load(Ordering::SeqCst),
+                "endpoints": t.endpoints.len(),
+                "services": t.services.len(),
+                "programs": programs,
+                "listeners": {
+                    "outbound": cfg.outbound.to_string(),
+                    "tunnel": cfg.tunnel.to_string(),
+                    "dns": cfg.dns.map(|a| a.to_string()),
+                    "admin": cfg.admin_socket.display().to_string(),
+                },
+            })
+        }
+    };
+    info!(node = %cfg.node, cluster = %cfg.cluster, "agent serving");
+    admin
+        .serve(admin::AdminState {
+            flows,
+            status: Arc::new(status),
+        })
+        .await;
+    Ok(())
+}

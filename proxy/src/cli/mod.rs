@@ -1,0 +1,51 @@
+//! Command-line interface: one module per subcommand, each calling library APIs only.
+
+pub mod agent;
+pub mod lab;
+pub mod observe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Strait: a sidecar-free service mesh for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "strait", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent (eBPF programs + node proxy).
+    Agent(agent::AgentArgs),
+    /// Build and drive a lab of clusters on this machine.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// Show flows recorded by the agents, like `hubble observe`.
+    Observe(lab::ObserveCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Lab(cmd) => lab::run(cmd),
+        Command::Observe(cmd) => lab::observe(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Model snapshot → proxy tables. Pure and deterministic.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+use crate::config::TUNNEL_PORT;
+use crate::flows::ServiceRef;
+use crate::model::{ClusterState, Protocol};
+use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
+
+/// Compiles the tables the proxy of `local_node` uses.
+pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> ProxyTables {
+    let endpoints: HashMap<_, _> = state
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.ip,
+                Arc::new(EndpointInfo {
+                    namespace: e.namespace.clone(),
+                    name: e.name.clone(),
+                    node: e.node.clone(),
+                    ip: e.ip,
+                    labels: e.labels.clone(),
+                    identity: e.identity,
+                    workload: e.workload.clone(),
+                }),
+            )
+        })
+        .collect();
+    let mut services = HashMap::new();
+    for svc in &state.services {
+        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+            let mut backends: Vec<Backend> = state
+                .endpoints
+                .iter()
+                .filter(|ep| ep.ready && svc.selects(ep))
+                .filter_map(|ep| {
+                    let target = port.target_on(ep)?;
+                    Some(Backend {
+                        addr: SocketAddrV4::new(ep.ip, target),
+                        endpoint: endpoints.get(&ep.ip)?.clone(),
+                    })
+                })
+                .collect();
+            backends.sort_by_key(|b| b.addr);
+            services.insert(
+                SocketAddrV4::new(svc.cluster_ip, port.port),
+                ServiceEntry::new(
+                    ServiceRef {
+                        namespace: svc.namespace.clone(),
+                        name: svc.name.clone(),
+                    },
+                    backends,
+                ),
+            );
+        }
+    }
+    ProxyTables {
+        revision,
+        cluster: state.cluster.clone(),
+        local_node: local_node.to_string(),
+        endpoints,
+        services,
+        nodes: state
+            .nodes
+            .iter()
+            .map(|n| NodeEntry {
+                name: n.name.clone(),
+                pod_cidr: n.pod_cidr,
+                tunnel: (n.underlay_ip, TUNNEL_PORT).into(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::*;
+    use crate::proxy::tables::Route;
+
+    fn state() -> ClusterState {
+        let ep = |name: &str, node: &str, ip: [u8; 4], app: &str, ready: bool| Endpoint {
+            namespace: "demo".into(),
+            name: name.into(),
+            node: node.into(),
+            ip: Ipv4Addr::from(ip),
+            labels: [("app".to_string(), app.to_string())].into(),
+            identity: 65792,
+            workload: Some(app.into()),
+            ports: vec![NamedPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            ready,
+        };
+        ClusterState {
+            revision: 3,
+            cluster: ClusterInfo {
+                name: "c1".into(),
+                id: 1,
+            },
+            nodes: vec![
+                Node {
+                    name: "node-1".into(),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, 10),
+                    pod_cidr: "198.18.16.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(198, 18, 16, 1),
+                },
+                Node {
+                    name: "node-2".into(),
+                    underlay_ip: Ipv4Addr::new(198, 18, 0, 11),
+                    pod_cidr: "198.18.17.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(198, 18, 17, 1),
+                },
+            ],
+            namespaces: vec![],
+            endpoints: vec![
+                ep("be-1", "node-1", [198, 18, 16, 2], "backend", true),
+                ep("be-2", "node-2", [198, 18, 17, 2], "backend", true),
+                ep("be-3", "node-2", [198, 18, 17, 3], "backend", false),
+                ep("fe-1", "node-1", [198, 18, 16, 3], "frontend", true),
+            ],
+            services: vec![Service {
+                namespace: "demo".into(),
+                name: "backend".into(),
+                cluster_ip: Ipv4Addr::new(198, 19, 1, 2),
+                ports: vec![ServicePort {
+                    name: None,
+                    port: 80,
+                    target_port: TargetPort::Name("http".into()),
+                    protocol: Protocol::Tcp,
+                }],
+                selector: [("app".to_string(), "backend".to_string())].into(),
+            }],
+        }
+    }
+
+    fn vip() -> SocketAddrV4 {
+        "198.19.1.2:80".parse().unwrap()
+    }
+
+    #[test]
+    fn service_round_robins_over_ready_backends_with_named_target_port() {
+        let t = proxy_tables(&state(), "node-1", 1);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let d = t.decide(vip());
+            assert_eq!(d.service.as_ref().unwrap().name, "backend");
+            seen.push(match d.route {
+                Route::Local { target, .. } | Route::Remote { target, .. } => target,
+                r => panic!("unexpected {r:?}"),
+            });
+        }
+        let a: SocketAddrV4 = "198.18.16.2:8080".parse().unwrap();
+        let b: SocketAddrV4 = "198.18.17.2:8080".parse().unwrap();
+        assert_eq!(seen, [a, b, a, b], "not-ready be-3 never chosen");
+    }
+
+    #[test]
+    fn remote_backend_goes_through_its_node_tunnel() {
+        let t = proxy_tables(&state(), "node-1", 1);
+        let d = t.decide("198.18.17.2:8080".parse().unwrap());
+        assert_eq!(d.service, None);
+        match d.route {
+            Route::Remote { node, tunnel, endpoint, .. } => {
+                assert_eq!(node, "node-2");
+                assert_eq!(tunnel, "198.18.0.11:15008".parse().unwrap());
+                assert_eq!(endpoint.unwrap().name, "be-2");
+            }
+            r => panic!("unexpected {r:?}"),
+        }
+        assert!(matches!(
+            t.decide("198.18.16.3:80".parse().unwrap()).route,
+            Route::Local { .. }
+        ));
+        assert!(matches!(
+            t.decide("203.0.113.9:443".parse().unwrap()).route,
+            Route::External { .. }
+        ));
+    }
+
+    #[test]
+    fn service_without_ready_backends_has_no_route() {
+        let mut s = state();
+        for e in &mut s.endpoints {
+            e.ready = false;
+        }
+        let t = proxy_tables(&s, "node-1", 1);
+        assert_eq!(t.decide(vip()).route, Route::NoBackend);
+        assert!(t.is_local_pod(Ipv4Addr::new(198, 18, 16, 2)));
+        assert!(!t.is_local_pod(Ipv4Addr::new(198, 18, 17, 2)));
+    }
+}

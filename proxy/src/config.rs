@@ -1,0 +1,80 @@
+//! The agent's configuration: written by whoever starts the agent (the lab, or a DaemonSet's
+//! config map), read once at start. Nothing else reads the environment.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default number of flows each agent keeps.
+pub const DEFAULT_FLOW_RING: usize = 8192;
+/// Port of the outbound listener that connect4 redirects pod connects to.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the HTTP/2 CONNECT tunnel listener between node proxies.
+pub const TUNNEL_PORT: u16 = 15008;
+/// Port of the admin API on the node's underlay address.
+pub const ADMIN_PORT: u16 = 9876;
+
+/// Everything an agent needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub cluster: String,
+    pub node: String,
+    /// File holding the cluster's `model::ClusterState`, replaced atomically by its writer.
+    pub state_file: PathBuf,
+    /// cgroup v2 directory holding this node's pods; the socket programs attach here.
+    pub cgroup: PathBuf,
+    /// bpffs directory for this node's pinned maps and links.
+    pub bpf_pin_dir: PathBuf,
+    /// Listener for redirected pod connections (the node's gateway address).
+    pub outbound: SocketAddrV4,
+    /// Listener for tunnels from other nodes' proxies.
+    pub tunnel: SocketAddr,
+    /// Cluster DNS server address, if this agent serves DNS.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    pub admin_socket: PathBuf,
+    #[serde(default)]
+    pub admin_tcp: Option<SocketAddr>,
+    #[serde(default = "default_ring")]
+    pub flow_ring_capacity: usize,
+}
+
+fn default_ring() -> usize {
+    DEFAULT_FLOW_RING
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {path}: {message}")]
+    Parse {
+        file: String,
+        path: String,
+        message: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads a JSON agent configuration.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
+            file,
+            path: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })
+    }
+}

@@ -1,0 +1,522 @@
+//! Kubernetes YAML → lab objects: Namespace, Pod, Deployment and Service, validated at the border.
+//!
+//! The wire types are k8s-openapi's; they never leave this module. Every error names the file, the
+//! document, the object and the field path.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Labels, NamedPort, Protocol, ServicePort, TargetPort};
+
+/// A manifest that cannot be used; says where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: document {doc}: {message}")]
+    Yaml {
+        file: String,
+        doc: usize,
+        message: String,
+    },
+    #[error("{file}: document {doc} ({kind} {name}): {field}: {reason}")]
+    Invalid {
+        file: String,
+        doc: usize,
+        kind: String,
+        name: String,
+        field: String,
+        reason: String,
+    },
+}
+
+/// Where an object came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub file: String,
+    pub doc: usize,
+}
+
+/// A container of a pod, reduced to what the lab runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// `command` followed by `args`; empty runs the built-in echo workload.
+    pub argv: Vec<String>,
+    pub ports: Vec<NamedPort>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A pod template: labels and containers, optionally pinned to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodTemplate {
+    pub labels: Labels,
+    pub node_name: Option<String>,
+    pub containers: Vec<ContainerSpec>,
+}
+
+/// One object of a manifest, in the lab's own terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    Namespace {
+        name: String,
+        labels: Labels,
+    },
+    Pod {
+        namespace: String,
+        name: String,
+        template: PodTemplate,
+    },
+    Deployment {
+        namespace: String,
+        name: String,
+        replicas: u32,
+        selector: Labels,
+        template: PodTemplate,
+    },
+    Service {
+        namespace: String,
+        name: String,
+        cluster_ip: Option<Ipv4Addr>,
+        ports: Vec<ServicePort>,
+        selector: Labels,
+    },
+}
+
+impl Object {
+    /// Kind as Kubernetes spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace { .. } => "Namespace",
+            Object::Pod { .. } => "Pod",
+            Object::Deployment { .. } => "Deployment",
+            Object::Service { .. } => "Service",
+        }
+    }
+
+    /// `namespace/name`, or `name` for cluster-scoped kinds.
+    pub fn key(&self) -> String {
+        match self {
+            Object::Namespace { name, .. } => name.clone(),
+            Object::Pod {
+                namespace, name, ..
+            }
+            | Object::Deployment {
+                namespace, name, ..
+            }
+            | Object::Service {
+                namespace, name, ..
+            } => format!("{namespace}/{name}"),
+        }
+    }
+}
+
+/// Reads every `.yaml`/`.yml`/`.json` file of `path` (a file or a directory, sorted by name).
+pub fn load_path(path: &Path) -> Result<Vec<(Origin, Object)>, ManifestError> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| ManifestError::Read {
+                file: path.display().to_string(),
+                source,
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let file = f.display().to_string();
+        let text = std::fs::read_to_string(&f).map_err(|source| ManifestError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        out.extend(parse(&file, &text)?);
+    }
+    Ok(out)
+}
+
+/// Parses multi-document YAML; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Vec<(Origin, Object)>, ManifestError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc_no = i + 1;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| ManifestError::Yaml {
+            file: file.to_string(),
+            doc: doc_no,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let origin = Origin {
+            file: file.to_string(),
+            doc: doc_no,
+        };
+        out.push((origin.clone(), convert(&origin, value)?));
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    origin: &'a Origin,
+    kind: String,
+    name: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
+        ManifestError::Invalid {
+            file: self.origin.file.clone(),
+            doc: self.origin.doc,
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx<'_>,
+    value: serde_yaml::Value,
+) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ctx.err(path, e.into_inner().to_string())
+    })
+}
+
+fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, ManifestError> {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let api = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let ctx = Ctx {
+        origin,
+        kind: if kind.is_empty() {
+            "object".into()
+        } else {
+            kind.clone()
+        },
+        name: name.clone(),
+    };
+    if kind.is_empty() {
+        return Err(ctx.err("kind", "missing"));
+    }
+    let expected_api = match kind.as_str() {
+        "Namespace" | "Pod" | "Service" => "v1",
+        "Deployment" => "apps/v1",
+        other => {
+            return Err(ctx.err(
+                "kind",
+                format!(
+                    "{other} is not supported by the lab (supported: Namespace, Pod, Deployment, Service)"
+                ),
+            ));
+        }
+    };
+    if api != expected_api {
+        return Err(ctx.err(
+            "apiVersion",
+            format!("{kind} needs apiVersion {expected_api}, not {api:?}"),
+        ));
+    }
+    if !valid_dns_label(&name) {
+        return Err(ctx.err(
+            "metadata.name",
+            format!("{name:?} must be a DNS label: 1-63 lowercase letters, digits or '-'"),
+        ));
+    }
+    match kind.as_str() {
+        "Namespace" => {
+            let ns: Namespace = typed(&ctx, value)?;
+            let mut labels = labels_of(&ns.metadata);
+            labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+            Ok(Object::Namespace { name, labels })
+        }
+        "Pod" => {
+            let pod: Pod = typed(&ctx, value)?;
+            let namespace = namespace_of(&ctx, &pod.metadata)?;
+            let spec = pod.spec.ok_or_else(|| ctx.err("spec", "missing"))?;
+            let template = template_from(&ctx, "spec", labels_of(&pod.metadata), spec)?;
+            Ok(Object::Pod {
+                namespace,
+                name,
+                template,
+            })
+        }
+        "Deployment" => {
+            let d: Deployment = typed(&ctx, value)?;
+            let namespace = namespace_of(&ctx, &d.metadata)?;
+            let spec = d.spec.ok_or_else(|| ctx.err("spec", "missing"))?;
+            let replicas = match spec.replicas {
+                None => 1,
+                Some(r) => u32::try_from(r)
+                    .map_err(|_| ctx.err("spec.replicas", format!("{r} is negative")))?,
+            };
+            if spec.selector.match_expressions.is_some() {
+                return Err(ctx.err(
+                    "spec.selector.matchExpressions",
+                    "not supported by the lab; use matchLabels",
+                ));
+            }
+            let selector: Labels = spec
+                .selector
+                .match_labels
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let PodTemplateSpec {
+                metadata,
+                spec: pod_spec,
+            } = spec.template;
+            let labels = metadata.as_ref().map(labels_of).unwrap_or_default();
+            if selector.is_empty() || selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+                return Err(ctx.err(
+                    "spec.selector",
+                    "`selector` does not match template `labels`",
+                ));
+            }
+            let pod_spec = pod_spec.ok_or_else(|| ctx.err("spec.template.spec", "missing"))?;
+            let template = template_from(&ctx, "spec.template.spec", labels, pod_spec)?;
+            Ok(Object::Deployment {
+                namespace,
+                name,
+                replicas,
+                selector,
+                template,
+            })
+        }
+        "Service" => {
+            let svc: Service = typed(&ctx, value)?;
+            let namespace = namespace_of(&ctx, &svc.metadata)?;
+            let spec = svc.spec.ok_or_else(|| ctx.err("spec", "missing"))?;
+            if let Some(t) = spec.type_.as_deref()
+                && t != "ClusterIP"
+            {
+                return Err(ctx.err(
+                    "spec.type",
+                    format!("{t} is not supported by the lab; only ClusterIP is"),
+                ));
+            }
+            let cluster_ip = match spec.cluster_ip.as_deref() {
+                None | Some("") => None,
+                Some("None") => {
+                    return Err(ctx.err(
+                        "spec.clusterIP",
+                        "headless services are not supported by the lab yet",
+                    ));
+                }
+                Some(ip) => Some(ip.parse().map_err(|_| {
+                    ctx.err("spec.clusterIP", format!("{ip:?} is not an IPv4 address"))
+                })?),
+            };
+            let mut ports = Vec::new();
+            for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
+                let field = format!("spec.ports[{i}]");
+                let port = port_number(&ctx, &format!("{field}.port"), p.port)?;
+                let target_port = match p.target_port {
+                    None => TargetPort::Number(port),
+                    Some(IntOrString::Int(n)) => {
+                        TargetPort::Number(port_number(&ctx, &format!("{field}.targetPort"), n)?)
+                    }
+                    Some(IntOrString::String(s)) => TargetPort::Name(s),
+                };
+                ports.push(ServicePort {
+                    name: p.name,
+                    port,
+                    target_port,
+                    protocol: protocol(&ctx, &format!("{field}.protocol"), p.protocol)?,
+                });
+            }
+            if ports.is_empty() {
+                return Err(ctx.err("spec.ports", "a ClusterIP service needs at least one port"));
+            }
+            Ok(Object::Service {
+                namespace,
+                name,
+                cluster_ip,
+                ports,
+                selector: spec.selector.unwrap_or_default().into_iter().collect(),
+            })
+        }
+        _ => Err(ctx.err("kind", "unsupported")),
+    }
+}
+
+fn template_from(
+    ctx: &Ctx<'_>,
+    field: &str,
+    labels: Labels,
+    spec: k8s_openapi::api::core::v1::PodSpec,
+) -> Result<PodTemplate, ManifestError> {
+    if spec.containers.is_empty() {
+        return Err(ctx.err(format!("{field}.containers"), "at least one container is required"));
+    }
+    let mut containers = Vec::new();
+    for (i, c) in spec.containers.into_iter().enumerate() {
+        containers.push(container_from(ctx, &format!("{field}.containers[{i}]"), c)?);
+    }
+    Ok(PodTemplate {
+        labels,
+        node_name: spec.node_name,
+        containers,
+    })
+}
+
+fn container_from(ctx: &Ctx<'_>, field: &str, c: Container) -> Result<ContainerSpec, ManifestError> {
+    let mut argv = c.command.unwrap_or_default();
+    argv.extend(c.args.unwrap_or_default());
+    let mut ports = Vec::new();
+    for (i, p) in c.ports.unwrap_or_default().into_iter().enumerate() {
+        let pf = format!("{field}.ports[{i}]");
+        ports.push(NamedPort {
+            name: p.name,
+            port: port_number(ctx, &format!("{pf}.containerPort"), p.container_port)?,
+            protocol: protocol(ctx, &format!("{pf}.protocol"), p.protocol)?,
+        });
+    }
+    let env = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    Ok(ContainerSpec {
+        name: c.name,
+        argv,
+        ports,
+        env,
+    })
+}
+
+fn port_number(ctx: &Ctx<'_>, field: &str, n: i32) -> Result<u16, ManifestError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ctx.err(field, format!("{n} is not a port number (1-65535)")))
+}
+
+fn protocol(ctx: &Ctx<'_>, field: &str, p: Option<String>) -> Result<Protocol, ManifestError> {
+    match p.as_deref() {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some(other) => Err(ctx.err(field, format!("{other} is not supported (TCP or UDP)"))),
+    }
+}
+
+fn labels_of(meta: &ObjectMeta) -> Labels {
+    meta.labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+fn namespace_of(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<String, ManifestError> {
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    if !valid_dns_label(&ns) {
+        return Err(ctx.err("metadata.namespace", format!("{ns:?} is not a valid namespace name")));
+    }
+    Ok(ns)
+}
+
+/// RFC 1123 label, as Kubernetes requires for names of namespaces, services and (here) pods.
+pub fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../../../deploy/lab/demo.yaml");
+
+    #[test]
+    fn demo_manifest_parses() {
+        let objs = parse("demo.yaml", DEMO).unwrap();
+        let kinds: Vec<_> = objs.iter().map(|(_, o)| o.kind()).collect();
+        assert_eq!(kinds, ["Namespace", "Deployment", "Deployment", "Service"]);
+        match &objs[3].1 {
+            Object::Service { ports, selector, .. } => {
+                assert_eq!(ports[0].port, 80);
+                assert_eq!(selector.get("app").map(String::as_str), Some("backend"));
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_file_document_object_and_field() {
+        let y = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - name: c\n        ports:\n        - containerPort: 70000\n";
+        let e = parse("m.yaml", y).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "m.yaml: document 2 (Deployment web): spec.template.spec.containers[0].ports[0].containerPort: 70000 is not a port number (1-65535)"
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_the_field_path() {
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
+        let e = parse("s.yaml", y).unwrap_err().to_string();
+        assert!(e.starts_with("s.yaml: document 1 (Service s): spec.ports[0].port:"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_kind_and_selector_mismatch_are_rejected() {
+        let y = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+        assert!(parse("f", y).unwrap_err().to_string().contains("ConfigMap is not supported"));
+        let y = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: y}}\n    spec: {containers: [{name: c}]}\n";
+        assert!(parse("f", y).unwrap_err().to_string().contains("spec.selector"));
+    }
+
+    #[test]
+    fn service_defaults() {
+        let y = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec:\n  selector: {app: a}\n  ports:\n  - {port: 80, targetPort: http}\n  - {port: 53, protocol: UDP}\n";
+        let objs = parse("f", y).unwrap();
+        let Object::Service { ports, .. } = &objs[0].1 else {
+            panic!()
+        };
+        assert_eq!(ports[0].target_port, TargetPort::Name("http".into()));
+        assert_eq!(ports[1].target_port, TargetPort::Number(53));
+        assert_eq!(ports[1].protocol, Protocol::Udp);
+    }
+}

@@ -1,0 +1,565 @@
+//! The lab's API server: the resources applied to each cluster, their allocations, and the plan
+//! that turns an apply or delete into pods to start and stop. Pure; `lab::Lab` does the I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::manifest::{Object, Origin, PodTemplate};
+use super::topology::{ClusterSpec, Topology};
+use crate::identity::{IdentityAllocator, identity_labels};
+use crate::model::{self, ClusterInfo, ClusterState, Labels};
+
+/// An apply or delete that cannot be carried out; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{file}: document {doc} ({kind} {key}): {reason}")]
+    Object {
+        file: String,
+        doc: usize,
+        kind: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cluster {0:?} is not part of this lab")]
+    NoCluster(String),
+    #[error("cluster {cluster}: node {node} has no free pod addresses")]
+    NodeFull { cluster: String, node: String },
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+/// Everything the lab remembers; saved as JSON in the lab's state directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub topology: Topology,
+    pub clusters: BTreeMap<String, ClusterResources>,
+    /// Agent PID per `cluster/node`.
+    #[serde(default)]
+    pub agents: BTreeMap<String, i32>,
+}
+
+/// Resources of one cluster, as `kubectl apply` left them, plus the pods that realise them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterResources {
+    /// Bumped on every change; agents report which revision they have loaded.
+    pub revision: u64,
+    pub namespaces: BTreeMap<String, Labels>,
+    pub deployments: BTreeMap<String, DeploymentRecord>,
+    /// Pods applied as `kind: Pod`, by `namespace/name`.
+    pub standalone: BTreeMap<String, PodTemplate>,
+    pub services: BTreeMap<String, model::Service>,
+    /// Pods that exist (or are being created), by `namespace/name`.
+    pub pods: BTreeMap<String, PodRecord>,
+    #[serde(default)]
+    pub identities: IdentityAllocator,
+}
+
+/// A Deployment as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub replicas: u32,
+    pub selector: Labels,
+    pub template: PodTemplate,
+}
+
+/// A pod placed on a node with an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub template: PodTemplate,
+    /// Deployment that owns the pod.
+    pub owner: Option<String>,
+    pub template_hash: String,
+    /// Process group leaders of the pod's containers.
+    #[serde(default)]
+    pub pids: Vec<i32>,
+}
+
+impl PodRecord {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Ports the pod declares, over all containers.
+    pub fn ports(&self) -> Vec<model::NamedPort> {
+        self.template
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().cloned())
+            .collect()
+    }
+}
+
+/// Pods to stop and pods to start, with the resources as they will be afterwards.
+#[derive(Debug)]
+pub struct Plan {
+    pub resources: ClusterResources,
+    pub delete: Vec<PodRecord>,
+    pub create: Vec<PodRecord>,
+}
+
+/// A stable short hash (FNV-1a) so pod names do not change between builds of Strait.
+fn stable_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+fn template_hash(t: &PodTemplate) -> String {
+    stable_hash(&serde_json::to_string(t).unwrap_or_default())
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl ClusterResources {
+    /// Resources of a new cluster: the `default` and `kube-system` namespaces exist.
+    pub fn new() -> Self {
+        let mut r = Self::default();
+        for ns in ["default", "kube-system"] {
+            r.namespaces.insert(ns.into(), ns_labels(ns, Labels::new()));
+        }
+        r
+    }
+}
+
+fn ns_labels(name: &str, mut labels: Labels) -> Labels {
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    labels
+}
+
+/// Computes what applying (or, with `delete`, removing) `objects` does to `cur`.
+pub fn plan(
+    spec: &ClusterSpec,
+    cur: &ClusterResources,
+    objects: &[(Origin, Object)],
+    delete: bool,
+) -> Result<Plan, PlanError> {
+    let mut r = cur.clone();
+    let err = |o: &Origin, obj: &Object, reason: String| PlanError::Object {
+        file: o.file.clone(),
+        doc: o.doc,
+        kind: obj.kind().into(),
+        key: obj.key(),
+        reason,
+    };
+    // Namespaces first, so one file can create a namespace and its contents, as kubectl allows.
+    for (o, obj) in objects {
+        if let Object::Namespace { name, labels } = obj {
+            if delete {
+                if name == "default" || name == "kube-system" {
+                    return Err(err(o, obj, "this namespace cannot be deleted".into()));
+                }
+                r.namespaces.remove(name);
+                let prefix = format!("{name}/");
+                r.deployments.retain(|k, _| !k.starts_with(&prefix));
+                r.standalone.retain(|k, _| !k.starts_with(&prefix));
+                r.services.retain(|k, _| !k.starts_with(&prefix));
+            } else {
+                r.namespaces.insert(name.clone(), ns_labels(name, labels.clone()));
+            }
+        }
+    }
+    for (o, obj) in objects {
+        let key = obj.key();
+        if let Object::Pod { namespace, .. }
+        | Object::Deployment { namespace, .. }
+        | Object::Service { namespace, .. } = obj
+            && !delete
+            && !r.namespaces.contains_key(namespace)
+        {
+            return Err(err(o, obj, format!("namespace {namespace:?} not found")));
+        }
+        match obj {
+            Object::Namespace { .. } => {}
+            Object::Pod { template, .. } => {
+                if delete {
+                    r.standalone.remove(&key);
+                } else {
+                    check_node(spec, template).map_err(|e| err(o, obj, e))?;
+                    if r.pods.get(&key).is_some_and(|p| p.owner.is_some()) {
+                        return Err(err(o, obj, "a pod of a Deployment has this name".into()));
+                    }
+                    r.standalone.insert(key, template.clone());
+                }
+            }
+            Object::Deployment {
+                replicas,
+                selector,
+                template,
+                ..
+            } => {
+                if delete {
+                    r.deployments.remove(&key);
+                } else {
+                    check_node(spec, template).map_err(|e| err(o, obj, e))?;
+                    r.deployments.insert(
+                        key,
+                        DeploymentRecord {
+                            replicas: *replicas,
+                            selector: selector.clone(),
+                            template: template.clone(),
+                        },
+                    );
+                }
+            }
+            Object::Service {
+                namespace,
+                name,
+                cluster_ip,
+                ports,
+                selector,
+            } => {
+                if delete {
+                    r.services.remove(&key);
+                    continue;
+                }
+                let ip = allocate_service_ip(spec, &r, &key, *cluster_ip)
+                    .map_err(|e| err(o, obj, e))?;
+                r.services.insert(
+                    key,
+                    model::Service {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        cluster_ip: ip,
+                        ports: ports.clone(),
+                        selector: selector.clone(),
+                    },
+                );
+            }
+        }
+    }
+    reconcile_pods(spec, r)
+}
+
+fn check_node(spec: &ClusterSpec, t: &PodTemplate) -> Result<(), String> {
+    match &t.node_name {
+        Some(n) if !spec.nodes.iter().any(|x| &x.name == n) => Err(format!(
+            "spec.nodeName: node {n:?} does not exist in cluster {} (nodes: {})",
+            spec.name,
+            spec.nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn allocate_service_ip(
+    spec: &ClusterSpec,
+    r: &ClusterResources,
+    key: &str,
+    wanted: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, String> {
+    let used: BTreeMap<Ipv4Addr, &str> = r
+        .services
+        .iter()
+        .map(|(k, s)| (s.cluster_ip, k.as_str()))
+        .collect();
+    if let Some(ip) = wanted {
+        if !spec.service_cidr.contains(&ip) {
+            return Err(format!(
+                "spec.clusterIP: {ip} is outside the cluster's service CIDR {}",
+                spec.service_cidr
+            ));
+        }
+        return match used.get(&ip) {
+            Some(owner) if *owner != key => {
+                Err(format!("spec.clusterIP: {ip} is already used by service {owner}"))
+            }
+            _ => Ok(ip),
+        };
+    }
+    if let Some(s) = r.services.get(key) {
+        return Ok(s.cluster_ip);
+    }
+    // The first address is kept free, as Kubernetes keeps it for the `kubernetes` service.
+    spec.service_cidr
+        .hosts()
+        .skip(1)
+        .find(|ip| !used.contains_key(ip))
+        .ok_or_else(|| format!("service CIDR {} is full", spec.service_cidr))
+}
+
+/// Brings the pod set in line with standalone pods and deployments.
+fn reconcile_pods(spec: &ClusterSpec, mut r: ClusterResources) -> Result<Plan, PlanError> {
+    let mut keep: BTreeMap<String, PodRecord> = BTreeMap::new();
+    let mut delete = Vec::new();
+    let mut wanted_new: Vec<(String, String, PodTemplate, Option<String>)> = Vec::new();
+
+    let old = std::mem::take(&mut r.pods);
+    let mut by_owner: BTreeMap<Option<String>, Vec<PodRecord>> = BTreeMap::new();
+    for p in old.into_values() {
+        by_owner.entry(p.owner.clone()).or_default().push(p);
+    }
+    // Standalone pods: keep when unchanged, replace when the template changed.
+    for p in by_owner.remove(&None).unwrap_or_default() {
+        match r.standalone.get(&p.key()) {
+            Some(t) if template_hash(t) == p.template_hash => {
+                keep.insert(p.key(), p);
+            }
+            _ => delete.push(p),
+        }
+    }
+    for (key, t) in &r.standalone {
+        if !keep.contains_key(key) {
+            let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+            wanted_new.push((ns.into(), name.into(), t.clone(), None));
+        }
+    }
+    // Deployments: keep up to `replicas` pods of the current template, replace the rest.
+    for (key, d) in &r.deployments {
+        let hash = template_hash(&d.template);
+        let mut current: Vec<PodRecord> = by_owner.remove(&Some(key.clone())).unwrap_or_default();
+        current.sort_by(|a, b| a.name.cmp(&b.name));
+        let (same, stale): (Vec<_>, Vec<_>) =
+            current.into_iter().partition(|p| p.template_hash == hash);
+        delete.extend(stale);
+        let mut same = same.into_iter();
+        for _ in 0..d.replicas {
+            match same.next() {
+                Some(p) => {
+                    keep.insert(p.key(), p);
+                }
+                None => {
+                    let (ns, dname) = key.split_once('/').unwrap_or(("default", key));
+                    let name = loop {
+                        let n = format!("{dname}-{}-{}", &hash[..10], random_suffix());
+                        if !keep.contains_key(&format!("{ns}/{n}")) {
+                            break n;
+                        }
+                    };
+                    wanted_new.push((ns.into(), name, d.template.clone(), Some(key.clone())));
+                }
+            }
+        }
+        delete.extend(same);
+    }
+    // Pods whose deployment is gone.
+    for (_, pods) in by_owner {
+        delete.extend(pods);
+    }
+
+    let mut create = Vec::new();
+    for (namespace, name, template, owner) in wanted_new {
+        let node = match &template.node_name {
+            Some(n) => n.clone(),
+            None => least_loaded(spec, &keep),
+        };
+        let ip = allocate_pod_ip(spec, &node, &keep)
+            .ok_or_else(|| PlanError::NodeFull {
+            cluster: spec.name.clone(),
+            node: node.clone(),
+        })?;
+        let rec = PodRecord {
+            template_hash: template_hash(&template),
+            namespace,
+            name,
+            node,
+            ip,
+            template,
+            owner,
+            pids: Vec::new(),
+        };
+        keep.insert(rec.key(), rec.clone());
+        create.push(rec);
+    }
+    r.pods = keep;
+    r.revision += 1;
+    Ok(Plan {
+        resources: r,
+        delete,
+        create,
+    })
+}
+
+fn least_loaded(spec: &ClusterSpec, pods: &BTreeMap<String, PodRecord>) -> String {
+    spec.nodes
+        .iter()
+        .min_by_key(|n| pods.values().filter(|p| p.node == n.name).count())
+        .map(|n| n.name.clone())
+        .unwrap_or_default()
+}
+
+fn allocate_pod_ip(
+    spec: &ClusterSpec,
+    node: &str,
+    pods: &BTreeMap<String, PodRecord>,
+) -> Option<Ipv4Addr> {
+    let n = spec.nodes.iter().find(|n| n.name == node)?;
+    let used: BTreeSet<Ipv4Addr> = pods.values().map(|p| p.ip).collect();
+    n.pod_cidr
+        .hosts()
+        .filter(|ip| *ip != n.gateway)
+        .find(|ip| !used.contains(ip))
+}
+
+/// The cluster as its agents see it. `ready` says which pods may receive service traffic.
+pub fn cluster_state(
+    spec: &ClusterSpec,
+    r: &mut ClusterResources,
+    ready: impl Fn(&PodRecord) -> bool,
+) -> Result<ClusterState, PlanError> {
+    let mut endpoints = Vec::new();
+    for p in r.pods.values() {
+        let ns_labels = r.namespaces.get(&p.namespace).cloned().unwrap_or_default();
+        let id_labels = identity_labels(&p.template.labels, &p.namespace, &ns_labels, &spec.name);
+        let identity = r.identities.allocate(spec.id, &id_labels)?;
+        endpoints.push(model::Endpoint {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            node: p.node.clone(),
+            ip: p.ip,
+            labels: p.template.labels.clone(),
+            identity,
+            workload: p.owner.as_ref().map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
+            ports: p.ports(),
+            ready: ready(p),
+        });
+    }
+    Ok(ClusterState {
+        revision: r.revision,
+        cluster: ClusterInfo {
+            name: spec.name.clone(),
+            id: spec.id,
+        },
+        nodes: spec
+            .nodes
+            .iter()
+            .map(|n| model::Node {
+                name: n.name.clone(),
+                underlay_ip: n.underlay_ip,
+                pod_cidr: n.pod_cidr,
+                gateway: n.gateway,
+            })
+            .collect(),
+        namespaces: r
+            .namespaces
+            .iter()
+            .map(|(name, labels)| model::Namespace {
+                name: name.clone(),
+                labels: labels.clone(),
+            })
+            .collect(),
+        endpoints,
+        services: r.services.values().cloned().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::manifest::parse;
+    use crate::lab::topology::DEFAULT_TOPOLOGY;
+
+    fn c1() -> ClusterSpec {
+        Topology::parse("d", DEFAULT_TOPOLOGY).unwrap().clusters[0].clone()
+    }
+
+    const DEMO: &str = include_str!("../../../deploy/lab/demo.yaml");
+
+    #[test]
+    fn demo_spreads_replicas_and_allocates_addresses() {
+        let spec = c1();
+        let objs = parse("demo.yaml", DEMO).unwrap();
+        let p = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
+        assert_eq!(p.create.len(), 4);
+        assert!(p.delete.is_empty());
+        for app in ["backend", "frontend"] {
+            let nodes: BTreeSet<_> = p
+                .create
+                .iter()
+                .filter(|x| x.name.starts_with(app))
+                .map(|x| x.node.clone())
+                .collect();
+            assert_eq!(nodes.len(), 2, "{app} replicas spread over both nodes");
+        }
+        let ips: BTreeSet<_> = p.create.iter().map(|x| x.ip).collect();
+        assert_eq!(ips.len(), 4);
+        for x in &p.create {
+            let n = spec.nodes.iter().find(|n| n.name == x.node).unwrap();
+            assert!(n.pod_cidr.contains(&x.ip) && x.ip != n.gateway);
+        }
+        let svc = &p.resources.services["demo/backend"];
+        assert!(spec.service_cidr.contains(&svc.cluster_ip));
+    }
+
+    #[test]
+    fn reapply_is_a_no_op_and_template_change_replaces_pods() {
+        let spec = c1();
+        let objs = parse("demo.yaml", DEMO).unwrap();
+        let first = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
+        let again = plan(&spec, &first.resources, &objs, false).unwrap();
+        assert!(again.create.is_empty() && again.delete.is_empty());
+        assert_eq!(
+            again.resources.services["demo/backend"].cluster_ip,
+            first.resources.services["demo/backend"].cluster_ip
+        );
+        let changed = DEMO.replacen("replicas: 2", "replicas: 3", 1);
+        let objs = parse("demo.yaml", &changed).unwrap();
+        let scaled = plan(&spec, &again.resources, &objs, false).unwrap();
+        assert_eq!(scaled.create.len(), 1);
+        assert!(scaled.delete.is_empty());
+        let relabeled = DEMO.replace("containerPort: 8080", "containerPort: 8081");
+        let objs = parse("demo.yaml", &relabeled).unwrap();
+        let rolled = plan(&spec, &again.resources, &objs, false).unwrap();
+        assert_eq!(rolled.delete.len(), 2);
+        assert_eq!(rolled.create.len(), 2);
+    }
+
+    #[test]
+    fn delete_removes_pods_and_services() {
+        let spec = c1();
+        let objs = parse("demo.yaml", DEMO).unwrap();
+        let first = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
+        let gone = plan(&spec, &first.resources, &objs, true).unwrap();
+        assert_eq!(gone.delete.len(), 4);
+        assert!(gone.resources.services.is_empty());
+        assert!(!gone.resources.namespaces.contains_key("demo"));
+    }
+
+    #[test]
+    fn missing_namespace_and_unknown_node_are_errors() {
+        let spec = c1();
+        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nope}\nspec: {containers: [{name: c}]}\n";
+        let e = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "p.yaml: document 1 (Pod nope/p): namespace \"nope\" not found");
+        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node-9, containers: [{name: c}]}\n";
+        let e = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.nodeName: node \"node-9\" does not exist"), "{e}");
+    }
+
+    #[test]
+    fn pinned_pods_land_on_their_node_and_cluster_state_has_identities() {
+        let spec = c1();
+        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: x}}\nspec: {nodeName: node-2, containers: [{name: c}]}\n";
+        let mut p = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false).unwrap();
+        assert_eq!(p.create[0].node, "node-2");
+        let st = cluster_state(&spec, &mut p.resources, |_| true).unwrap();
+        assert_eq!(st.endpoints.len(), 1);
+        assert_eq!(crate::identity::cluster_of(st.endpoints[0].identity), 1);
+        assert_eq!(st.nodes.len(), 2);
+    }
+}

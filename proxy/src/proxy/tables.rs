@@ -1,0 +1,170 @@
+//! The proxy's compiled view of the cluster and the per-connection routing decision.
+//!
+//! Built by `compile` from a model snapshot and swapped in whole; the data path only reads it.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipnet::Ipv4Net;
+
+use crate::flows::ServiceRef;
+use crate::model::{ClusterInfo, Labels};
+
+/// A pod as the proxy needs it for routing and flow records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub labels: Labels,
+    pub identity: u32,
+    pub workload: Option<String>,
+}
+
+/// One backend of a service port.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    pub endpoint: Arc<EndpointInfo>,
+}
+
+/// A service port's frontend and its ready backends.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub service: ServiceRef,
+    pub backends: Vec<Backend>,
+    /// Round-robin cursor; starts over with each table revision, which is fine for fairness.
+    next: AtomicUsize,
+}
+
+impl ServiceEntry {
+    /// A service entry with its backends in a stable order.
+    pub fn new(service: ServiceRef, backends: Vec<Backend>) -> Self {
+        Self {
+            service,
+            backends,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next backend, round robin.
+    pub fn pick(&self) -> Option<&Backend> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        self.backends.get(i)
+    }
+}
+
+/// Another (or this) node: where its pods live and where its tunnel listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub tunnel: SocketAddr,
+}
+
+/// Everything the proxy consults per connection.
+#[derive(Debug)]
+pub struct ProxyTables {
+    /// Model revision these tables were compiled from.
+    pub revision: u64,
+    pub cluster: ClusterInfo,
+    pub local_node: String,
+    pub endpoints: HashMap<Ipv4Addr, Arc<EndpointInfo>>,
+    /// TCP service frontends by `clusterIP:port`.
+    pub services: HashMap<SocketAddrV4, ServiceEntry>,
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A pod on this node: dial it directly.
+    Local {
+        target: SocketAddrV4,
+        endpoint: Option<Arc<EndpointInfo>>,
+    },
+    /// A pod on another node: through that node's proxy.
+    Remote {
+        target: SocketAddrV4,
+        endpoint: Option<Arc<EndpointInfo>>,
+        node: String,
+        tunnel: SocketAddr,
+    },
+    /// Not a pod of the cluster: dial directly from the node.
+    External { target: SocketAddrV4 },
+    /// A service with no ready backend.
+    NoBackend,
+}
+
+/// The decision for one connection: which service (if any) and where to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub service: Option<ServiceRef>,
+    pub route: Route,
+}
+
+impl ProxyTables {
+    /// Tables with nothing in them, for an agent that has not read its state yet.
+    pub fn empty(cluster: ClusterInfo, local_node: String) -> Self {
+        Self {
+            revision: 0,
+            cluster,
+            local_node,
+            endpoints: HashMap::new(),
+            services: HashMap::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The endpoint with this address, if it is a pod of the cluster.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&Arc<EndpointInfo>> {
+        self.endpoints.get(&ip)
+    }
+
+    /// The node owning `ip` (by endpoint, else by pod CIDR).
+    fn node_of(&self, ip: Ipv4Addr) -> Option<&NodeEntry> {
+        match self.endpoints.get(&ip) {
+            Some(ep) => self.nodes.iter().find(|n| n.name == ep.node),
+            None => self.nodes.iter().find(|n| n.pod_cidr.contains(&ip)),
+        }
+    }
+
+    /// Decides where a connection to `dst` (the address the client dialed) goes.
+    pub fn decide(&self, dst: SocketAddrV4) -> Decision {
+        let (service, target) = match self.services.get(&dst) {
+            Some(entry) => match entry.pick() {
+                Some(b) => (Some(entry.service.clone()), b.addr),
+                None => {
+                    return Decision {
+                        service: Some(entry.service.clone()),
+                        route: Route::NoBackend,
+                    };
+                }
+            },
+            None => (None, dst),
+        };
+        let endpoint = self.endpoints.get(target.ip()).cloned();
+        let route = match self.node_of(*target.ip()) {
+            Some(n) if n.name == self.local_node => Route::Local { target, endpoint },
+            Some(n) => Route::Remote {
+                target,
+                endpoint,
+                node: n.name.clone(),
+                tunnel: n.tunnel,
+            },
+            None => Route::External { target },
+        };
+        Decision { service, route }
+    }
+
+    /// Whether `ip` belongs to a pod of this node (tunnel requests may only target those).
+    pub fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
+        self.node_of(ip).is_some_and(|n| n.name == self.local_node)
+    }
+}

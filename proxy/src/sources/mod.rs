@@ -1,0 +1,3 @@
+//! Where the model comes from: outside world → `model::Update`.
+
+pub mod file;

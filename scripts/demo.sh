@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The demo: two clusters (c1, c2) of two nodes each, the frontend/backend demo app in both,
+# traffic through the eBPF redirect and the node proxies, and the flows it left.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --release --locked -q
+strait=target/release/strait
+export STRAIT_LAB=${STRAIT_LAB:-strait}
+
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+run() { say "$*"; "$@"; }
+
+run $strait lab up
+run $strait lab apply --cluster c1 -f deploy/lab/demo.yaml
+run $strait lab apply --cluster c2 -f deploy/lab/demo.yaml
+run $strait lab status
+for cluster in c1 c2; do
+  for i in 1 2 3 4; do
+    say "$strait lab exec $cluster/demo/deploy/frontend -- curl -s http://backend/"
+    $strait lab exec $cluster/demo/deploy/frontend -- curl -s --max-time 5 http://backend/ \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); print("answered by %s/%s/%s (%s on %s)" % (d["cluster"], d["namespace"], d["pod"], d["ip"], d["node"]))'
+  done
+done
+sleep 0.3
+run $strait observe --namespace demo --last 12
+echo
+echo "The lab stays up: try '$strait lab exec c1/demo/deploy/frontend -- curl -s http://backend/'"
+echo "and '$strait observe --namespace demo'. Remove it with '$strait lab down'."
