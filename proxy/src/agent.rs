@@ -19,18 +19,18 @@ use crate::{admin, compile, proxy, sources};
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("eBPF data path: {0}")]
+    #[error("eBPF data path")]
     Datapath(#[from] strait_ebpf::Error),
-    #[error("bind {what} on {addr}: {source}")]
+    #[error("bind {what} on {addr}")]
     Bind {
         what: &'static str,
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("admin API: {0}")]
+    #[error("admin API")]
     Admin(#[from] admin::AdminError),
-    #[error("DNS: {0}")]
+    #[error("DNS")]
     Dns(#[from] crate::dns::DnsError),
 }
 
@@ -42,7 +42,7 @@ impl OriginalDst for KernelOriginalDst {
         match self.0.take_original_dst(client) {
             Ok(dst) => dst,
             Err(e) => {
-                error!(error = %e, %client, "original destination lookup failed");
+                error!(error = %crate::errors::chain(&e), %client, "original destination lookup failed");
                 None
             }
         }
@@ -77,7 +77,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Some(addr) => Some(DnsServer::bind(addr).await?),
         None => None,
     };
-    let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp).await?;
+    let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
 
     let flows = Arc::new(FlowRing::new(cfg.flow_ring_capacity));
     let proxy = Arc::new(Proxy::new(
@@ -154,6 +154,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             flows,
             status: Arc::new(status),
         })
-        .await;
+        .await?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod dns;
+pub mod errors;
 pub mod flows;
 pub mod identity;
 pub mod lab;

@@ -11,7 +11,7 @@ use crate::config::{ADMIN_PORT, AgentConfig, DEFAULT_FLOW_RING, OUTBOUND_PORT, T
 /// An agent that did not come up.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent {cluster}/{node}: {what}: {source}")]
+    #[error("agent {cluster}/{node}: {what}")]
     Io {
         cluster: String,
         node: String,
@@ -72,6 +72,7 @@ pub fn start(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> Result<i32, Age
     let pid = process::spawn_detached(
         &paths.node_netns(&c.name, &n.name),
         None,
+        process::Enter::NetworkOnly,
         &argv,
         &dir.join("agent.log"),
     )?;
@@ -133,10 +134,15 @@ pub fn status_blocking(socket: &Path) -> Result<serde_json::Value, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let agent = crate::flows::client::AgentEndpoint {
+        cluster: String::new(),
+        node: String::new(),
+        socket: socket.to_path_buf(),
+    };
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(2), crate::admin::client::get_json(socket, "/status"))
+        tokio::time::timeout(Duration::from_secs(2), crate::flows::client::status(&agent))
             .await
             .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::errors::chain(&e))
     })
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// A cgroup operation that failed, naming the directory.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cgroup {path}: {what}: {source}")]
+    #[error("cgroup {path}: {what}")]
     Io {
         path: PathBuf,
         what: &'static str,

@@ -17,7 +17,7 @@ use crate::model::{Labels, NamedPort, Protocol, ServicePort, TargetPort};
 /// A manifest that cannot be used; says where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         file: String,
         #[source]

@@ -56,7 +56,7 @@ pub enum LabError {
     Agent(#[from] agents::AgentError),
     #[error(transparent)]
     Spawn(#[from] process::SpawnError),
-    #[error("eBPF: {0}")]
+    #[error("eBPF")]
     Ebpf(#[from] strait_ebpf::Error),
     #[error(transparent)]
     System(#[from] strait_ebpf::sys::Error),

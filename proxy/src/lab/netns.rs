@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 /// A failed `ip` invocation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("cannot run `ip` (install iproute2: apt-get install iproute2): {0}")]
+    #[error("cannot run `ip` (install iproute2: apt-get install iproute2)")]
     Spawn(#[source] std::io::Error),
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },

@@ -12,25 +12,25 @@ use super::cgroup::{self, CgroupError};
 /// A pod that could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("pod {pod}: {source}")]
+    #[error("pod {pod}")]
     Net {
         pod: String,
         #[source]
         source: NetError,
     },
-    #[error("pod {pod}: {source}")]
+    #[error("pod {pod}")]
     Cgroup {
         pod: String,
         #[source]
         source: CgroupError,
     },
-    #[error("pod {pod}: {source}")]
+    #[error("pod {pod}")]
     Spawn {
         pod: String,
         #[source]
         source: SpawnError,
     },
-    #[error("pod {pod}: {what} {path}: {source}")]
+    #[error("pod {pod}: {what} {path}")]
     Io {
         pod: String,
         what: &'static str,
@@ -139,7 +139,7 @@ pub fn start(
         argv.extend(c.argv.iter().cloned());
         let log = dir.join(format!("{}.log", c.name));
         pids.push(
-            process::spawn_detached(&pod_ns, Some(&cg), &argv, &log).map_err(|source| {
+            process::spawn_detached(&pod_ns, Some(&cg), process::Enter::Pod, &argv, &log).map_err(|source| {
                 PodError::Spawn {
                     pod: key.clone(),
                     source,
@@ -176,7 +176,7 @@ pub fn start(
             argv.push(p.to_string());
         }
         pids.push(
-            process::spawn_detached(&pod_ns, Some(&cg), &argv, &dir.join("echo.log")).map_err(
+            process::spawn_detached(&pod_ns, Some(&cg), process::Enter::Pod, &argv, &dir.join("echo.log")).map_err(
                 |source| PodError::Spawn {
                     pod: key.clone(),
                     source,

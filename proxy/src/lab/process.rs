@@ -9,27 +9,42 @@ use nix::unistd::Pid;
 
 /// A process that could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start {what}: {source}")]
+#[error("cannot start {what}")]
 pub struct SpawnError {
     what: String,
     #[source]
     source: std::io::Error,
 }
 
+/// How a process enters a lab namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enter {
+    /// `ip netns exec`: a private mount namespace with /etc/netns/NAME/* (the pod's resolv.conf
+    /// and hosts) bind-mounted over /etc, as pods need.
+    Pod,
+    /// `nsenter --net`: the network namespace only, so the process keeps the machine's mounts
+    /// (cgroup2, bpffs), as the agent needs: pins it made in a private bpffs would vanish with it.
+    NetworkOnly,
+}
+
 /// Joins the cgroup (if any) first so the program and everything it forks is inside it from its
-/// first instruction, then enters the namespace through `ip netns exec`, which also bind-mounts
-/// /etc/netns/NAME/* (the pod's resolv.conf) over /etc.
-const ENTER: &str = r#"cg=$1; ns=$2; shift 2
+/// first instruction, then enters the namespace.
+const ENTER: &str = r#"cg=$1; ns=$2; how=$3; shift 3
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 126; fi
+if [ "$how" = net ]; then exec nsenter --net="/run/netns/$ns" -- "$@"; fi
 exec ip netns exec "$ns" "$@""#;
 
-fn command(netns: &str, cgroup: Option<&Path>, argv: &[String]) -> Command {
+fn command(netns: &str, cgroup: Option<&Path>, enter: Enter, argv: &[String]) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(ENTER)
         .arg("strait-enter")
         .arg(cgroup.map(|p| p.as_os_str()).unwrap_or_default())
         .arg(netns)
+        .arg(match enter {
+            Enter::Pod => "pod",
+            Enter::NetworkOnly => "net",
+        })
         .args(argv);
     cmd
 }
@@ -38,6 +53,7 @@ fn command(netns: &str, cgroup: Option<&Path>, argv: &[String]) -> Command {
 pub fn spawn_detached(
     netns: &str,
     cgroup: Option<&Path>,
+    enter: Enter,
     argv: &[String],
     log: &Path,
 ) -> Result<i32, SpawnError> {
@@ -54,7 +70,7 @@ pub fn spawn_detached(
     let errf = out.try_clone().map_err(err)?;
     let child = {
         use std::os::unix::process::CommandExt;
-        command(netns, cgroup, argv)
+        command(netns, cgroup, enter, argv)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(errf)
@@ -75,7 +91,7 @@ pub fn run_attached(
     cgroup: Option<&Path>,
     argv: &[String],
 ) -> Result<ExitStatus, SpawnError> {
-    command(netns, cgroup, argv)
+    command(netns, cgroup, Enter::Pod, argv)
         .status()
         .map_err(|source| SpawnError {
             what: format!("{} in {netns}", argv.join(" ")),

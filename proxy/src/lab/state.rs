@@ -27,7 +27,7 @@ pub enum PlanError {
     NoCluster(String),
     #[error("cluster {cluster}: node {node} has no free pod addresses")]
     NodeFull { cluster: String, node: String },
-    #[error("identity: {0}")]
+    #[error("identity")]
     Identity(#[from] crate::identity::IdentityError),
 }
 

@@ -16,7 +16,7 @@ pub const DEFAULT_TOPOLOGY: &str = include_str!("default-topology.yaml");
 /// Errors in a topology file; each names the file and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         file: String,
         #[source]

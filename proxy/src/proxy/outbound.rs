@@ -101,7 +101,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
             };
             match proxy.pool.open(tunnel, target, &source).await {
                 Ok(mut upstream) => copy(&mut client, &mut upstream).await,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(crate::errors::chain(&e)),
             }
         }
     };

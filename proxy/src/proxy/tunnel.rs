@@ -38,13 +38,13 @@ const CONN_WINDOW: u32 = 16 * 1024 * 1024;
 /// A tunnel that could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error("connect to peer proxy {peer}: {source}")]
+    #[error("connect to peer proxy {peer}")]
     Connect {
         peer: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP/2 with peer proxy {peer}: {source}")]
+    #[error("HTTP/2 with peer proxy {peer}")]
     Http {
         peer: SocketAddr,
         #[source]
@@ -56,7 +56,7 @@ pub enum TunnelError {
         target: SocketAddrV4,
         status: StatusCode,
     },
-    #[error("bad tunnel request: {0}")]
+    #[error("bad tunnel request")]
     Request(#[from] http::Error),
 }
 

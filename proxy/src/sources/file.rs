@@ -17,7 +17,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// A state file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         file: String,
         #[source]
