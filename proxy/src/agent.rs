@@ -64,9 +64,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         .collect();
     info!(programs = programs.len(), cgroup = %cfg.cgroup.display(), "eBPF programs attached");
 
-    let bind = |what: &'static str, addr: String| {
-        move |source| AgentError::Bind { what, addr, source }
-    };
+    let bind =
+        |what: &'static str, addr: String| move |source| AgentError::Bind { what, addr, source };
     let outbound = TcpListener::bind(cfg.outbound)
         .await
         .map_err(bind("outbound listener", cfg.outbound.to_string()))?;

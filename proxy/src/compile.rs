@@ -168,7 +168,12 @@ mod tests {
         let d = t.decide("198.18.17.2:8080".parse().unwrap());
         assert_eq!(d.service, None);
         match d.route {
-            Route::Remote { node, tunnel, endpoint, .. } => {
+            Route::Remote {
+                node,
+                tunnel,
+                endpoint,
+                ..
+            } => {
                 assert_eq!(node, "node-2");
                 assert_eq!(tunnel, "198.18.0.11:15008".parse().unwrap());
                 assert_eq!(endpoint.unwrap().name, "be-2");

@@ -155,7 +155,8 @@ mod tests {
             Some("demo")
         );
         assert_eq!(
-            l.get("k8s:io.cilium.k8s.policy.cluster").map(String::as_str),
+            l.get("k8s:io.cilium.k8s.policy.cluster")
+                .map(String::as_str),
             Some("c1")
         );
         assert_eq!(

@@ -182,7 +182,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         } => {
             let status = Lab::new(&lab.name)?.exec(&target, &command)?;
             Ok(ExitCode::from(
-                status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1),
+                status
+                    .code()
+                    .and_then(|c| u8::try_from(c).ok())
+                    .unwrap_or(1),
             ))
         }
         LabCommand::Workload(w) => workload(w),
@@ -191,7 +194,10 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
 
 fn print_status(s: &crate::lab::LabStatus) {
     println!("lab {}", s.name);
-    println!("{:<6} {:<8} {:<8} {:<6} {:<9}", "CLUSTER", "NODE", "AGENT", "READY", "REVISION");
+    println!(
+        "{:<6} {:<8} {:<8} {:<6} {:<9}",
+        "CLUSTER", "NODE", "AGENT", "READY", "REVISION"
+    );
     for a in &s.agents {
         let ready = a
             .status
@@ -214,7 +220,10 @@ fn print_status(s: &crate::lab::LabStatus) {
         );
     }
     println!();
-    println!("{:<7} {:<12} {:<32} {:<8} {:<15} {:<6}", "CLUSTER", "NAMESPACE", "POD", "NODE", "IP", "READY");
+    println!(
+        "{:<7} {:<12} {:<32} {:<8} {:<15} {:<6}",
+        "CLUSTER", "NAMESPACE", "POD", "NODE", "IP", "READY"
+    );
     for p in &s.pods {
         println!(
             "{:<7} {:<12} {:<32} {:<8} {:<15} {:<6}",
@@ -222,7 +231,10 @@ fn print_status(s: &crate::lab::LabStatus) {
         );
     }
     println!();
-    println!("{:<12} {:<16} {:<15} PORTS", "NAMESPACE", "SERVICE", "CLUSTER-IP");
+    println!(
+        "{:<12} {:<16} {:<15} PORTS",
+        "NAMESPACE", "SERVICE", "CLUSTER-IP"
+    );
     for svc in &s.services {
         let ports: Vec<String> = svc.ports.iter().map(|p| p.port.to_string()).collect();
         println!(
@@ -248,7 +260,11 @@ fn workload(w: WorkloadArgs) -> anyhow::Result<ExitCode> {
             pod: w.pod,
             node: w.node,
             ip: w.ip,
-            ports: if w.ports.is_empty() { vec![80] } else { w.ports },
+            ports: if w.ports.is_empty() {
+                vec![80]
+            } else {
+                w.ports
+            },
         };
         let bound = crate::lab::workload::bind_echo(cfg).await?;
         if let Some(f) = &w.ready_file {

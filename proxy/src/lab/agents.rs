@@ -19,16 +19,21 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("agent {cluster}/{node}: {reason}\n--- last lines of {log} ---\n{tail}")]
-    NotReady {
-        cluster: String,
-        node: String,
-        reason: String,
-        log: String,
-        tail: String,
-    },
+    #[error(transparent)]
+    NotReady(Box<NotReady>),
     #[error(transparent)]
     Spawn(#[from] process::SpawnError),
+}
+
+/// An agent that did not become ready in time, with the end of its log.
+#[derive(Debug, thiserror::Error)]
+#[error("agent {cluster}/{node}: {reason}\n--- last lines of {log} ---\n{tail}")]
+pub struct NotReady {
+    pub cluster: String,
+    pub node: String,
+    pub reason: String,
+    pub log: String,
+    pub tail: String,
 }
 
 /// The agent configuration the lab writes for a node.
@@ -112,13 +117,13 @@ pub fn wait_ready(
         std::thread::sleep(Duration::from_millis(25));
     }
     let log = paths.node_dir(cluster, node).join("agent.log");
-    Err(AgentError::NotReady {
+    Err(AgentError::NotReady(Box::new(NotReady {
         cluster: cluster.into(),
         node: node.into(),
         reason: last,
         tail: tail(&log, 15),
         log: log.display().to_string(),
-    })
+    })))
 }
 
 /// The last `n` lines of a file, for error messages.

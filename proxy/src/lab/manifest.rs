@@ -29,15 +29,20 @@ pub enum ManifestError {
         doc: usize,
         message: String,
     },
-    #[error("{file}: document {doc} ({kind} {name}): {field}: {reason}")]
-    Invalid {
-        file: String,
-        doc: usize,
-        kind: String,
-        name: String,
-        field: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Invalid(Box<InvalidField>),
+}
+
+/// A field of an object that is wrong, and where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: document {doc} ({kind} {name}): {field}: {reason}")]
+pub struct InvalidField {
+    pub file: String,
+    pub doc: usize,
+    pub kind: String,
+    pub name: String,
+    pub field: String,
+    pub reason: String,
 }
 
 /// Where an object came from, for error messages.
@@ -185,14 +190,14 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
-        ManifestError::Invalid {
+        ManifestError::Invalid(Box::new(InvalidField {
             file: self.origin.file.clone(),
             doc: self.origin.doc,
             kind: self.kind.clone(),
             name: self.name.clone(),
             field: field.into(),
             reason: reason.into(),
-        }
+        }))
     }
 }
 
@@ -383,7 +388,10 @@ fn template_from(
     spec: k8s_openapi::api::core::v1::PodSpec,
 ) -> Result<PodTemplate, ManifestError> {
     if spec.containers.is_empty() {
-        return Err(ctx.err(format!("{field}.containers"), "at least one container is required"));
+        return Err(ctx.err(
+            format!("{field}.containers"),
+            "at least one container is required",
+        ));
     }
     let mut containers = Vec::new();
     for (i, c) in spec.containers.into_iter().enumerate() {
@@ -396,7 +404,11 @@ fn template_from(
     })
 }
 
-fn container_from(ctx: &Ctx<'_>, field: &str, c: Container) -> Result<ContainerSpec, ManifestError> {
+fn container_from(
+    ctx: &Ctx<'_>,
+    field: &str,
+    c: Container,
+) -> Result<ContainerSpec, ManifestError> {
     let mut argv = c.command.unwrap_or_default();
     argv.extend(c.args.unwrap_or_default());
     let mut ports = Vec::new();
@@ -448,7 +460,10 @@ fn labels_of(meta: &ObjectMeta) -> Labels {
 fn namespace_of(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<String, ManifestError> {
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     if !valid_dns_label(&ns) {
-        return Err(ctx.err("metadata.namespace", format!("{ns:?} is not a valid namespace name")));
+        return Err(ctx.err(
+            "metadata.namespace",
+            format!("{ns:?} is not a valid namespace name"),
+        ));
     }
     Ok(ns)
 }
@@ -475,7 +490,9 @@ mod tests {
         let kinds: Vec<_> = objs.iter().map(|(_, o)| o.kind()).collect();
         assert_eq!(kinds, ["Namespace", "Deployment", "Deployment", "Service"]);
         match &objs[3].1 {
-            Object::Service { ports, selector, .. } => {
+            Object::Service {
+                ports, selector, ..
+            } => {
                 assert_eq!(ports[0].port, 80);
                 assert_eq!(selector.get("app").map(String::as_str), Some("backend"));
             }
@@ -497,15 +514,28 @@ mod tests {
     fn type_errors_carry_the_field_path() {
         let y = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
         let e = parse("s.yaml", y).unwrap_err().to_string();
-        assert!(e.starts_with("s.yaml: document 1 (Service s): spec.ports[0].port:"), "{e}");
+        assert!(
+            e.starts_with("s.yaml: document 1 (Service s): spec.ports[0].port:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unsupported_kind_and_selector_mismatch_are_rejected() {
         let y = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-        assert!(parse("f", y).unwrap_err().to_string().contains("ConfigMap is not supported"));
+        assert!(
+            parse("f", y)
+                .unwrap_err()
+                .to_string()
+                .contains("ConfigMap is not supported")
+        );
         let y = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: y}}\n    spec: {containers: [{name: c}]}\n";
-        assert!(parse("f", y).unwrap_err().to_string().contains("spec.selector"));
+        assert!(
+            parse("f", y)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.selector")
+        );
     }
 
     #[test]

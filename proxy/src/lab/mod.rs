@@ -228,7 +228,11 @@ impl Lab {
                 ],
             )?;
             let mut cmds = vec![
-                format!("addr add {}/{} dev eth0", n.underlay_ip, t.underlay.prefix_len()),
+                format!(
+                    "addr add {}/{} dev eth0",
+                    n.underlay_ip,
+                    t.underlay.prefix_len()
+                ),
                 "link set eth0 up".into(),
                 // The gateway lives on loopback (dummy devices may be missing from the kernel):
                 // it is a local address, so ARP from any pod veth finds it, and it does not go
@@ -269,15 +273,11 @@ impl Lab {
 
     /// Writes a cluster's state file for its agents.
     fn publish(&self, st: &mut LabState, cluster: &str) -> Result<u64, LabError> {
-        let spec = st
-            .topology
-            .cluster(cluster)
-            .cloned()
-            .ok_or_else(|| LabError::NotFound(format!("cluster {cluster:?} is not in the lab")))?;
-        let res = st
-            .clusters
-            .entry(cluster.to_string())
-            .or_insert_with(ClusterResources::new);
+        let spec =
+            st.topology.cluster(cluster).cloned().ok_or_else(|| {
+                LabError::NotFound(format!("cluster {cluster:?} is not in the lab"))
+            })?;
+        let res = st.clusters.entry(cluster.to_string()).or_default();
         let paths = &self.paths;
         let cs = state::cluster_state(&spec, res, |p| pods::ready(paths, cluster, p))?;
         let bytes = serde_json::to_vec_pretty(&cs)
@@ -286,7 +286,8 @@ impl Lab {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| self.state_err("create", e.to_string()))?;
         }
-        write_atomic(&path, &bytes).map_err(|e| self.state_err("write cluster state", e.to_string()))?;
+        write_atomic(&path, &bytes)
+            .map_err(|e| self.state_err("write cluster state", e.to_string()))?;
         Ok(cs.revision)
     }
 
@@ -297,7 +298,12 @@ impl Lab {
 
     /// `kubectl apply` (or, with `delete`, `kubectl delete`) of manifests into `cluster`.
     /// Returns the objects' keys. Invalid input changes nothing.
-    pub fn apply(&self, cluster: &str, files: &[PathBuf], delete: bool) -> Result<Vec<String>, LabError> {
+    pub fn apply(
+        &self,
+        cluster: &str,
+        files: &[PathBuf],
+        delete: bool,
+    ) -> Result<Vec<String>, LabError> {
         check_root()?;
         let mut objects = Vec::new();
         for f in files {
@@ -310,7 +316,11 @@ impl Lab {
             .cluster(cluster)
             .cloned()
             .ok_or_else(|| state::PlanError::NoCluster(cluster.into()))?;
-        let cur = st.clusters.get(cluster).cloned().unwrap_or_else(ClusterResources::new);
+        let cur = st
+            .clusters
+            .get(cluster)
+            .cloned()
+            .unwrap_or_else(ClusterResources::new);
         let plan = state::plan(&spec, &cur, &objects, delete)?;
         for p in &plan.delete {
             pods::stop(&self.paths, cluster, p)?;
@@ -364,7 +374,12 @@ impl Lab {
             .collect())
     }
 
-    fn wait_pods_ready(&self, st: &LabState, cluster: &str, created: &[PodRecord]) -> Result<(), LabError> {
+    fn wait_pods_ready(
+        &self,
+        st: &LabState,
+        cluster: &str,
+        created: &[PodRecord],
+    ) -> Result<(), LabError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let res = st.clusters.get(cluster);
         for p in created {
@@ -519,11 +534,17 @@ impl Lab {
         found
             .cloned()
             .map(|p| (cluster.to_string(), p))
-            .ok_or_else(|| LabError::NotFound(format!("no pod {target} in lab {}", self.paths.name)))
+            .ok_or_else(|| {
+                LabError::NotFound(format!("no pod {target} in lab {}", self.paths.name))
+            })
     }
 
     /// Runs a command in a pod (its namespace and cgroup), like `kubectl exec`.
-    pub fn exec(&self, target: &str, argv: &[String]) -> Result<std::process::ExitStatus, LabError> {
+    pub fn exec(
+        &self,
+        target: &str,
+        argv: &[String],
+    ) -> Result<std::process::ExitStatus, LabError> {
         check_root()?;
         let (cluster, pod) = self.find_pod(target)?;
         let ns = self.paths.pod_netns(&cluster, &pod.namespace, &pod.name);

@@ -49,7 +49,9 @@ pub fn ip_batch(netns: Option<&str>, commands: &[String]) -> Result<(), NetError
         .map_err(NetError::Spawn)?;
     let script = commands.join("\n") + "\n";
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(NetError::Spawn)?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NetError::Spawn)?;
     }
     let out = child.wait_with_output().map_err(NetError::Spawn)?;
     if !out.status.success() {

@@ -52,12 +52,16 @@ impl LabPaths {
 
     /// What a cluster's agents read: the cluster's resources as a `model::ClusterState`.
     pub fn cluster_state_file(&self, cluster: &str) -> PathBuf {
-        self.state_dir().join("clusters").join(format!("{cluster}.json"))
+        self.state_dir()
+            .join("clusters")
+            .join(format!("{cluster}.json"))
     }
 
     /// Per-node directory: agent config, log, pid file, admin socket.
     pub fn node_dir(&self, cluster: &str, node: &str) -> PathBuf {
-        self.state_dir().join("nodes").join(format!("{cluster}-{node}"))
+        self.state_dir()
+            .join("nodes")
+            .join(format!("{cluster}-{node}"))
     }
 
     /// The agent's admin Unix socket; reachable from any network namespace.
@@ -106,7 +110,8 @@ impl LabPaths {
 
     /// A pod's cgroup.
     pub fn pod_cgroup(&self, cluster: &str, node: &str, namespace: &str, pod: &str) -> PathBuf {
-        self.node_cgroup(cluster, node).join(format!("{namespace}.{pod}"))
+        self.node_cgroup(cluster, node)
+            .join(format!("{namespace}.{pod}"))
     }
 
     /// Root of the lab's pinned BPF objects.
@@ -133,13 +138,19 @@ mod tests {
     fn names_carry_the_lab_name() {
         let p = LabPaths::new("t1", Path::new("/cg"), Path::new("/bpf"));
         assert!(p.node_netns("c1", "node-1").starts_with(&p.netns_prefix()));
-        assert!(p.pod_netns("c1", "demo", "x").starts_with(&p.netns_prefix()));
+        assert!(
+            p.pod_netns("c1", "demo", "x")
+                .starts_with(&p.netns_prefix())
+        );
         assert!(p.underlay_netns().starts_with(&p.netns_prefix()));
         assert_eq!(
             p.pod_cgroup("c1", "node-1", "demo", "x"),
             Path::new("/cg/strait/t1/c1-node-1/demo.x")
         );
-        assert_eq!(p.node_bpf_dir("c1", "node-1"), Path::new("/bpf/strait/t1/c1-node-1"));
+        assert_eq!(
+            p.node_bpf_dir("c1", "node-1"),
+            Path::new("/bpf/strait/t1/c1-node-1")
+        );
         assert!(valid_lab_name("strait"));
         assert!(!valid_lab_name("Bad_Name"));
     }

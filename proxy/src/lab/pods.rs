@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
+use super::cgroup::{self, CgroupError};
 use super::netns::{self, NetError};
 use super::paths::LabPaths;
 use super::process::{self, SpawnError};
 use super::state::PodRecord;
 use super::topology::{ClusterSpec, NodeSpec};
-use super::cgroup::{self, CgroupError};
 
 /// A pod that could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -139,12 +139,12 @@ pub fn start(
         argv.extend(c.argv.iter().cloned());
         let log = dir.join(format!("{}.log", c.name));
         pids.push(
-            process::spawn_detached(&pod_ns, Some(&cg), process::Enter::Pod, &argv, &log).map_err(|source| {
-                PodError::Spawn {
+            process::spawn_detached(&pod_ns, Some(&cg), process::Enter::Pod, &argv, &log).map_err(
+                |source| PodError::Spawn {
                     pod: key.clone(),
                     source,
-                }
-            })?,
+                },
+            )?,
         );
     }
     if any_echo {
@@ -153,7 +153,8 @@ pub fn start(
         }
         echo_ports.sort_unstable();
         echo_ports.dedup();
-        let exe = std::env::current_exe().map_err(|e| io("find", PathBuf::from("own executable"), e))?;
+        let exe =
+            std::env::current_exe().map_err(|e| io("find", PathBuf::from("own executable"), e))?;
         let mut argv = vec![
             exe.display().to_string(),
             "lab".into(),
@@ -176,12 +177,17 @@ pub fn start(
             argv.push(p.to_string());
         }
         pids.push(
-            process::spawn_detached(&pod_ns, Some(&cg), process::Enter::Pod, &argv, &dir.join("echo.log")).map_err(
-                |source| PodError::Spawn {
-                    pod: key.clone(),
-                    source,
-                },
-            )?,
+            process::spawn_detached(
+                &pod_ns,
+                Some(&cg),
+                process::Enter::Pod,
+                &argv,
+                &dir.join("echo.log"),
+            )
+            .map_err(|source| PodError::Spawn {
+                pod: key.clone(),
+                source,
+            })?,
         );
     } else {
         // Pods running their own command are ready once started; there are no probes yet.

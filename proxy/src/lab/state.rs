@@ -15,20 +15,25 @@ use crate::model::{self, ClusterInfo, ClusterState, Labels};
 /// An apply or delete that cannot be carried out; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{file}: document {doc} ({kind} {key}): {reason}")]
-    Object {
-        file: String,
-        doc: usize,
-        kind: String,
-        key: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Object(Box<ObjectError>),
     #[error("cluster {0:?} is not part of this lab")]
     NoCluster(String),
     #[error("cluster {cluster}: node {node} has no free pod addresses")]
     NodeFull { cluster: String, node: String },
     #[error("identity")]
     Identity(#[from] crate::identity::IdentityError),
+}
+
+/// An object that cannot be applied, and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: document {doc} ({kind} {key}): {reason}")]
+pub struct ObjectError {
+    pub file: String,
+    pub doc: usize,
+    pub kind: String,
+    pub key: String,
+    pub reason: String,
 }
 
 /// Everything the lab remembers; saved as JSON in the lab's state directory.
@@ -43,7 +48,7 @@ pub struct LabState {
 }
 
 /// Resources of one cluster, as `kubectl apply` left them, plus the pods that realise them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterResources {
     /// Bumped on every change; agents report which revision they have loaded.
     pub revision: u64,
@@ -131,11 +136,24 @@ fn random_suffix() -> String {
 impl ClusterResources {
     /// Resources of a new cluster: the `default` and `kube-system` namespaces exist.
     pub fn new() -> Self {
-        let mut r = Self::default();
-        for ns in ["default", "kube-system"] {
-            r.namespaces.insert(ns.into(), ns_labels(ns, Labels::new()));
+        Self::default()
+    }
+}
+
+impl Default for ClusterResources {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            namespaces: ["default", "kube-system"]
+                .into_iter()
+                .map(|ns| (ns.to_string(), ns_labels(ns, Labels::new())))
+                .collect(),
+            deployments: BTreeMap::new(),
+            standalone: BTreeMap::new(),
+            services: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            identities: IdentityAllocator::default(),
         }
-        r
     }
 }
 
@@ -152,12 +170,14 @@ pub fn plan(
     delete: bool,
 ) -> Result<Plan, PlanError> {
     let mut r = cur.clone();
-    let err = |o: &Origin, obj: &Object, reason: String| PlanError::Object {
-        file: o.file.clone(),
-        doc: o.doc,
-        kind: obj.kind().into(),
-        key: obj.key(),
-        reason,
+    let err = |o: &Origin, obj: &Object, reason: String| {
+        PlanError::Object(Box::new(ObjectError {
+            file: o.file.clone(),
+            doc: o.doc,
+            kind: obj.kind().into(),
+            key: obj.key(),
+            reason,
+        }))
     };
     // Namespaces first, so one file can create a namespace and its contents, as kubectl allows.
     for (o, obj) in objects {
@@ -172,7 +192,8 @@ pub fn plan(
                 r.standalone.retain(|k, _| !k.starts_with(&prefix));
                 r.services.retain(|k, _| !k.starts_with(&prefix));
             } else {
-                r.namespaces.insert(name.clone(), ns_labels(name, labels.clone()));
+                r.namespaces
+                    .insert(name.clone(), ns_labels(name, labels.clone()));
             }
         }
     }
@@ -230,8 +251,8 @@ pub fn plan(
                     r.services.remove(&key);
                     continue;
                 }
-                let ip = allocate_service_ip(spec, &r, &key, *cluster_ip)
-                    .map_err(|e| err(o, obj, e))?;
+                let ip =
+                    allocate_service_ip(spec, &r, &key, *cluster_ip).map_err(|e| err(o, obj, e))?;
                 r.services.insert(
                     key,
                     model::Service {
@@ -282,9 +303,9 @@ fn allocate_service_ip(
             ));
         }
         return match used.get(&ip) {
-            Some(owner) if *owner != key => {
-                Err(format!("spec.clusterIP: {ip} is already used by service {owner}"))
-            }
+            Some(owner) if *owner != key => Err(format!(
+                "spec.clusterIP: {ip} is already used by service {owner}"
+            )),
             _ => Ok(ip),
         };
     }
@@ -364,8 +385,7 @@ fn reconcile_pods(spec: &ClusterSpec, mut r: ClusterResources) -> Result<Plan, P
             Some(n) => n.clone(),
             None => least_loaded(spec, &keep),
         };
-        let ip = allocate_pod_ip(spec, &node, &keep)
-            .ok_or_else(|| PlanError::NodeFull {
+        let ip = allocate_pod_ip(spec, &node, &keep).ok_or_else(|| PlanError::NodeFull {
             cluster: spec.name.clone(),
             node: node.clone(),
         })?;
@@ -430,7 +450,10 @@ pub fn cluster_state(
             ip: p.ip,
             labels: p.template.labels.clone(),
             identity,
-            workload: p.owner.as_ref().map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
+            workload: p
+                .owner
+                .as_ref()
+                .map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
             ports: p.ports(),
             ready: ready(p),
         });
@@ -540,22 +563,44 @@ mod tests {
     fn missing_namespace_and_unknown_node_are_errors() {
         let spec = c1();
         let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nope}\nspec: {containers: [{name: c}]}\n";
-        let e = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "p.yaml: document 1 (Pod nope/p): namespace \"nope\" not found");
+        let e = plan(
+            &spec,
+            &ClusterResources::new(),
+            &parse("p.yaml", y).unwrap(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "p.yaml: document 1 (Pod nope/p): namespace \"nope\" not found"
+        );
         let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node-9, containers: [{name: c}]}\n";
-        let e = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("spec.nodeName: node \"node-9\" does not exist"), "{e}");
+        let e = plan(
+            &spec,
+            &ClusterResources::new(),
+            &parse("p.yaml", y).unwrap(),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("spec.nodeName: node \"node-9\" does not exist"),
+            "{e}"
+        );
     }
 
     #[test]
     fn pinned_pods_land_on_their_node_and_cluster_state_has_identities() {
         let spec = c1();
         let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: x}}\nspec: {nodeName: node-2, containers: [{name: c}]}\n";
-        let mut p = plan(&spec, &ClusterResources::new(), &parse("p.yaml", y).unwrap(), false).unwrap();
+        let mut p = plan(
+            &spec,
+            &ClusterResources::new(),
+            &parse("p.yaml", y).unwrap(),
+            false,
+        )
+        .unwrap();
         assert_eq!(p.create[0].node, "node-2");
         let st = cluster_state(&spec, &mut p.resources, |_| true).unwrap();
         assert_eq!(st.endpoints.len(), 1);

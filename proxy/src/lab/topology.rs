@@ -132,7 +132,10 @@ impl Topology {
             .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 24).expect("valid"));
         let mut underlay_hosts = underlay.hosts().skip(9);
         if raw.clusters.is_empty() {
-            return Err(invalid("clusters".into(), "at least one cluster is required".into()));
+            return Err(invalid(
+                "clusters".into(),
+                "at least one cluster is required".into(),
+            ));
         }
         let mut names = BTreeSet::new();
         let mut ids = BTreeSet::new();
@@ -142,20 +145,23 @@ impl Topology {
             if !valid_name(&c.name, 12) {
                 return Err(invalid(
                     field("name"),
-                    format!(
-                        "{:?} must be 1-12 lowercase letters, digits or '-'",
-                        c.name
-                    ),
+                    format!("{:?} must be 1-12 lowercase letters, digits or '-'", c.name),
                 ));
             }
             if !names.insert(c.name.clone()) {
-                return Err(invalid(field("name"), format!("duplicate cluster name {:?}", c.name)));
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate cluster name {:?}", c.name),
+                ));
             }
             if c.id == 0 {
                 return Err(invalid(field("id"), "cluster IDs run from 1 to 255".into()));
             }
             if !ids.insert(c.id) {
-                return Err(invalid(field("id"), format!("cluster ID {} is used twice", c.id)));
+                return Err(invalid(
+                    field("id"),
+                    format!("cluster ID {} is used twice", c.id),
+                ));
             }
             for other in &clusters {
                 if overlaps(&other.pod_cidr, &c.pod_cidr) {
@@ -187,7 +193,10 @@ impl Topology {
                 NodesFile::Names(v) => v.clone(),
             };
             if node_names.is_empty() {
-                return Err(invalid(field("nodes"), "a cluster needs at least one node".into()));
+                return Err(invalid(
+                    field("nodes"),
+                    "a cluster needs at least one node".into(),
+                ));
             }
             let mask = c.node_mask_size.unwrap_or(24);
             if mask < c.pod_cidr.prefix_len() || mask > 28 {
@@ -209,20 +218,29 @@ impl Topology {
                 if !valid_name(name, 12) || !seen.insert(name.clone()) {
                     return Err(invalid(
                         format!("clusters[{ci}].nodes[{ni}]"),
-                        format!("{name:?} must be a unique name of 1-12 lowercase letters, digits or '-'"),
+                        format!(
+                            "{name:?} must be a unique name of 1-12 lowercase letters, digits or '-'"
+                        ),
                     ));
                 }
                 let pod_cidr = subnets.next().ok_or_else(|| {
                     invalid(
                         field("podCIDR"),
-                        format!("{} has room for fewer than {} nodes", c.pod_cidr, node_names.len()),
+                        format!(
+                            "{} has room for fewer than {} nodes",
+                            c.pod_cidr,
+                            node_names.len()
+                        ),
                     )
                 })?;
                 let gateway = pod_cidr.hosts().next().ok_or_else(|| {
                     invalid(field("nodeMaskSize"), "node pod CIDRs are too small".into())
                 })?;
                 let underlay_ip = underlay_hosts.next().ok_or_else(|| {
-                    invalid("underlay".into(), format!("{underlay} has too few addresses"))
+                    invalid(
+                        "underlay".into(),
+                        format!("{underlay} has too few addresses"),
+                    )
                 })?;
                 nodes.push(NodeSpec {
                     name: name.clone(),
@@ -291,18 +309,28 @@ mod tests {
         let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1}\n- {name: b, id: 1, podCIDR: 10.2.0.0/16, serviceCIDR: 10.9.1.0/24, nodes: 1}\n";
         let e = Topology::parse("t.yaml", y).unwrap_err().to_string();
         assert!(e.contains("clusters[1].id"), "{e}");
-        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: nope, nodes: 1}\n";
+        let y =
+            "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: nope, nodes: 1}\n";
         let e = Topology::parse("t.yaml", y).unwrap_err().to_string();
         assert!(e.contains("clusters[0].serviceCIDR"), "{e}");
         let y = "clusters:\n- {name: a, id: 0, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1}\n";
-        assert!(Topology::parse("t.yaml", y).unwrap_err().to_string().contains("1 to 255"));
+        assert!(
+            Topology::parse("t.yaml", y)
+                .unwrap_err()
+                .to_string()
+                .contains("1 to 255")
+        );
     }
 
     #[test]
     fn node_names_can_be_listed() {
         let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: [alpha, beta]}\n";
         let t = Topology::parse("t.yaml", y).unwrap();
-        let names: Vec<_> = t.clusters[0].nodes.iter().map(|n| n.name.as_str()).collect();
+        let names: Vec<_> = t.clusters[0]
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
         assert_eq!(names, ["alpha", "beta"]);
     }
 }

@@ -89,7 +89,8 @@ impl ConnRecord {
 
     /// The finished record.
     pub fn finish(mut self) -> FlowRecord {
-        self.record.duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.record.duration_us =
+            u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.record
     }
 }

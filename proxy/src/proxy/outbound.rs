@@ -118,7 +118,10 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
     let _ = client.shutdown().await;
 }
 
-async fn forward_direct(client: &mut TcpStream, target: SocketAddrV4) -> Result<(u64, u64), String> {
+async fn forward_direct(
+    client: &mut TcpStream,
+    target: SocketAddrV4,
+) -> Result<(u64, u64), String> {
     let mut upstream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;

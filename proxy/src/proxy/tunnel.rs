@@ -210,9 +210,11 @@ async fn handle(
     let src_cluster = header(&req, SOURCE_CLUSTER).unwrap_or_default().to_string();
     let original = header(&req, ORIGINAL_DST).unwrap_or_default().to_string();
     let source = match src_addr {
-        SocketAddr::V4(v4) if src_cluster == tables.cluster.name => {
-            peer(&src_cluster, tables.endpoint(*v4.ip()).map(|e| &**e), src_addr)
-        }
+        SocketAddr::V4(v4) if src_cluster == tables.cluster.name => peer(
+            &src_cluster,
+            tables.endpoint(*v4.ip()).map(|e| &**e),
+            src_addr,
+        ),
         _ => FlowPeer {
             ip: Some(src_addr.ip()),
             port: src_addr.port(),

@@ -100,7 +100,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("strait-src-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.json");
-        std::fs::write(&p, r#"{"revision": 1, "cluster": {"name": "c1", "id": "x"}}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"revision": 1, "cluster": {"name": "c1", "id": "x"}}"#,
+        )
+        .unwrap();
         let e = read(&p, "c1").unwrap_err().to_string();
         assert!(e.contains("cluster.id"), "{e}");
         std::fs::write(&p, r#"{"revision": 1, "cluster": {"name": "c2", "id": 2}}"#).unwrap();
