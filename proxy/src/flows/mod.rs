@@ -6,7 +6,7 @@ mod record;
 mod ring;
 
 pub use filter::{Criterion, FilterError, FlowFilter, PodSelector, VERDICTS, verdict_name};
-pub use record::{Direction, FlowPeer, FlowRecord, ServiceRef, Verdict};
+pub use record::{Direction, FlowPeer, FlowRecord, HttpFlow, ServiceRef, Verdict};
 pub use ring::{DEFAULT_FEED_CAPACITY, FlowEvent, FlowRing, FlowSubscription, RingStats};
 
 #[cfg(test)]

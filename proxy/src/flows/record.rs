@@ -89,6 +89,29 @@ pub struct FlowRecord {
     pub bytes_received: u64,
     /// Connection lifetime in microseconds.
     pub duration_us: u64,
+    /// Where the verdict was reached: `kernel` (eBPF) or `proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// The policy rules that decided, as `namespace/name: spec.path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The HTTP request, for flows of one L7 request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpFlow>,
+}
+
+/// One HTTP request and its answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFlow {
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Response status; absent when no response was produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Time from request to response headers, in microseconds.
+    pub latency_us: u64,
 }
 
 impl FlowRecord {

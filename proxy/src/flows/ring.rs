@@ -185,6 +185,9 @@ pub(crate) mod tests {
             bytes_sent: 0,
             bytes_received: 0,
             duration_us: 0,
+            decided_by: None,
+            policies: Vec::new(),
+            http: None,
         }
     }
 

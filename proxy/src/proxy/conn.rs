@@ -58,6 +58,9 @@ impl ConnRecord {
                 bytes_sent: 0,
                 bytes_received: 0,
                 duration_us: 0,
+                decided_by: None,
+                policies: Vec::new(),
+                http: None,
             },
         }
     }

@@ -2,6 +2,7 @@
 //! through another node's proxy, and records a flow for each.
 
 pub mod conn;
+pub mod l7;
 pub mod outbound;
 pub mod tables;
 pub mod tunnel;

@@ -44,6 +44,9 @@ fn sample() -> FlowRecord {
         bytes_sent: 1234,
         bytes_received: 3400,
         duration_us: 12_345,
+        decided_by: None,
+        policies: Vec::new(),
+        http: None,
     }
 }
 
