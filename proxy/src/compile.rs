@@ -98,6 +98,8 @@ mod tests {
                 protocol: Protocol::Tcp,
             }],
             ready,
+            cgroup_id: None,
+            host_ifname: None,
         };
         ClusterState {
             revision: 3,

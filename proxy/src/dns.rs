@@ -374,6 +374,8 @@ mod tests {
             workload: None,
             ports: vec![],
             ready,
+            cgroup_id: None,
+            host_ifname: None,
         }
     }
 

@@ -263,10 +263,26 @@ pub fn compact_line(f: &FlowRecord, color: bool) -> String {
     if let Some(svc) = &f.service {
         line.push_str(&format!(" via {} {}", svc.name, f.original_destination));
     }
+    let direction = match f.direction {
+        crate::flows::Direction::Egress => "egress",
+        crate::flows::Direction::Ingress => "ingress",
+    };
     line.push_str(&format!(
-        " {} {}  {} {}",
+        " {} {direction} {}",
         f.protocol,
-        format_verdict(f, color),
+        format_verdict(f, color)
+    ));
+    if let Some(h) = &f.http {
+        line.push_str(&format!(" {} {}", h.method, h.path));
+        if let Some(status) = h.status {
+            line.push_str(&format!(" => {status}"));
+        }
+    }
+    if let Some(by) = &f.decided_by {
+        line.push_str(&format!(" by {by}"));
+    }
+    line.push_str(&format!(
+        "  {} {}",
         format_bytes_pair(f),
         format_duration_us(f.duration_us),
     ));

@@ -279,7 +279,7 @@ impl Lab {
             })?;
         let res = st.clusters.entry(cluster.to_string()).or_default();
         let paths = &self.paths;
-        let cs = state::cluster_state(&spec, res, |p| pods::ready(paths, cluster, p))?;
+        let cs = state::cluster_state(&spec, res, |p| pods::runtime(paths, cluster, p))?;
         let bytes = serde_json::to_vec_pretty(&cs)
             .map_err(|e| self.state_err("encode cluster state", e.to_string()))?;
         let path = self.paths.cluster_state_file(cluster);

@@ -196,6 +196,18 @@ pub fn start(
     Ok(pids)
 }
 
+/// What the running pod looks like to its node: readiness, cgroup ID, host interface.
+pub fn runtime(paths: &LabPaths, cluster: &str, pod: &PodRecord) -> super::state::PodRuntime {
+    use std::os::unix::fs::MetadataExt;
+    let cg = paths.pod_cgroup(cluster, &pod.node, &pod.namespace, &pod.name);
+    super::state::PodRuntime {
+        ready: ready(paths, cluster, pod),
+        // A cgroup v2 directory's inode number is the ID the kernel reports for it.
+        cgroup_id: std::fs::metadata(&cg).ok().map(|m| m.ino()),
+        host_ifname: Some(host_ifname(&pod.namespace, &pod.name)),
+    }
+}
+
 /// Whether the pod's processes are up and its workload said it is serving.
 pub fn ready(paths: &LabPaths, cluster: &str, pod: &PodRecord) -> bool {
     !pod.pids.is_empty()

@@ -432,17 +432,27 @@ fn allocate_pod_ip(
         .find(|ip| !used.contains(ip))
 }
 
-/// The cluster as its agents see it. `ready` says which pods may receive service traffic.
+/// What only the running system knows about a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRuntime {
+    /// Whether the pod may receive service traffic.
+    pub ready: bool,
+    pub cgroup_id: Option<u64>,
+    pub host_ifname: Option<String>,
+}
+
+/// The cluster as its agents see it; `runtime` supplies what only the running pods know.
 pub fn cluster_state(
     spec: &ClusterSpec,
     r: &mut ClusterResources,
-    ready: impl Fn(&PodRecord) -> bool,
+    runtime: impl Fn(&PodRecord) -> PodRuntime,
 ) -> Result<ClusterState, PlanError> {
     let mut endpoints = Vec::new();
     for p in r.pods.values() {
         let ns_labels = r.namespaces.get(&p.namespace).cloned().unwrap_or_default();
         let id_labels = identity_labels(&p.template.labels, &p.namespace, &ns_labels, &spec.name);
         let identity = r.identities.allocate(spec.id, &id_labels)?;
+        let rt = runtime(p);
         endpoints.push(model::Endpoint {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -455,7 +465,9 @@ pub fn cluster_state(
                 .as_ref()
                 .map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
             ports: p.ports(),
-            ready: ready(p),
+            ready: rt.ready,
+            cgroup_id: rt.cgroup_id,
+            host_ifname: rt.host_ifname,
         });
     }
     Ok(ClusterState {
@@ -602,7 +614,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.create[0].node, "node-2");
-        let st = cluster_state(&spec, &mut p.resources, |_| true).unwrap();
+        let st = cluster_state(&spec, &mut p.resources, |_| PodRuntime {
+            ready: true,
+            ..PodRuntime::default()
+        })
+        .unwrap();
         assert_eq!(st.endpoints.len(), 1);
         assert_eq!(crate::identity::cluster_of(st.endpoints[0].identity), 1);
         assert_eq!(st.nodes.len(), 2);

@@ -79,6 +79,13 @@ pub struct Endpoint {
     pub ports: Vec<NamedPort>,
     /// Only ready endpoints receive service traffic.
     pub ready: bool,
+    /// The pod's cgroup v2 ID (what `bpf_get_current_cgroup_id()` returns for its processes),
+    /// used by its node's socket programs to know which endpoint is connecting.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
+    /// The node-side interface of the pod's veth, where the tc programs attach.
+    #[serde(default)]
+    pub host_ifname: Option<String>,
 }
 
 /// A service port: what clients dial and where it lands on the endpoint.

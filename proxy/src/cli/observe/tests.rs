@@ -78,9 +78,24 @@ fn compact_drop_external_remote_and_colour() {
     assert_eq!(
         compact_line(&f, false),
         "Nov 25 06:01:02.123 c1/node-1: demo/frontend-abc@c2:41234 (ID:65792) -> 8.8.8.8:53 \
-         TCP DROPPED (POLICY_DENIED)  0B/0B 850µs"
+         TCP egress DROPPED (POLICY_DENIED)  0B/0B 850µs"
     );
     assert!(compact_line(&f, true).contains("\x1b[31mDROPPED\x1b[0m (POLICY_DENIED)"));
+    f.protocol = "HTTP/1.1".into();
+    f.decided_by = Some("proxy".into());
+    f.http = Some(crate::flows::HttpFlow {
+        method: "GET".into(),
+        path: "/private".into(),
+        host: None,
+        status: Some(403),
+        latency_us: 850,
+    });
+    assert!(
+        compact_line(&f, false)
+            .contains("HTTP/1.1 egress DROPPED (POLICY_DENIED) GET /private => 403 by proxy"),
+        "{}",
+        compact_line(&f, false)
+    );
 }
 
 #[test]
