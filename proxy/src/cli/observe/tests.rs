@@ -55,7 +55,7 @@ fn compact_matches_hubble_style() {
     assert_eq!(
         compact_line(&sample(), false),
         "Nov 25 06:01:02.123 c1/node-1: demo/frontend-abc:41234 (ID:65792) -> \
-         demo/backend-xyz:8080 (ID:65793) via backend 198.19.1.10:80 TCP FORWARDED  \
+         demo/backend-xyz:8080 (ID:65793) via backend 198.19.1.10:80 TCP egress FORWARDED  \
          1.2kB/3.4kB 12ms"
     );
 }
