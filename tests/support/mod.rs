@@ -1,0 +1,256 @@
+//! The lab test harness: each test builds its own lab under a unique name and removes it on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait::flows::FlowRecord;
+
+pub const STRAIT: &str = env!("CARGO_BIN_EXE_strait");
+
+/// One cluster, two nodes: enough for same-node and cross-node paths, quick to build.
+pub const ONE_CLUSTER: &str = "clusters:
+  - name: c1
+    id: 1
+    podCIDR: 198.18.16.0/20
+    serviceCIDR: 198.19.1.0/24
+    nodes: 2
+";
+
+/// A backend pinned to node-1, a client on each node, and a service in front of the backend.
+pub const APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: demo, labels: {app: backend}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-local, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-remote, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+";
+
+pub struct TestLab {
+    pub name: String,
+    pub dir: std::path::PathBuf,
+}
+
+pub fn require_root() {
+    let uid = effective_uid();
+    assert_eq!(
+        uid, 0,
+        "these tests build network namespaces, cgroups and eBPF programs: run them as root \
+         (the README's test command does)"
+    );
+}
+
+pub fn effective_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+impl TestLab {
+    pub fn up(test: &str, topology: &str) -> Self {
+        require_root();
+        let mut h: u32 = 0x811c_9dc5;
+        for b in format!("{test}/{}", std::process::id()).bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let name = format!("t{h:08x}");
+        let dir = std::env::temp_dir().join(format!("strait-test-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("topology.yaml"), topology).unwrap();
+        let lab = TestLab { name, dir };
+        let out = lab.strait(&[
+            "lab",
+            "up",
+            "-f",
+            lab.dir.join("topology.yaml").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "lab up failed: {}", text(&out));
+        lab
+    }
+
+    pub fn strait(&self, args: &[&str]) -> Output {
+        Command::new(STRAIT)
+            .args(args)
+            .env("STRAIT_LAB", &self.name)
+            .output()
+            .unwrap()
+    }
+
+    pub fn apply(&self, cluster: &str, yaml: &str) -> Output {
+        let f = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&f, yaml).unwrap();
+        self.strait(&[
+            "lab",
+            "apply",
+            "--cluster",
+            cluster,
+            "-f",
+            f.to_str().unwrap(),
+        ])
+    }
+
+    pub fn apply_ok(&self, cluster: &str, yaml: &str) {
+        let out = self.apply(cluster, yaml);
+        assert!(out.status.success(), "apply failed: {}", text(&out));
+    }
+
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", target, "--"];
+        args.extend_from_slice(cmd);
+        self.strait(&args)
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.strait(&["lab", "status", "-o", "json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn pod_ip(&self, cluster: &str, ns: &str, pod: &str) -> String {
+        let st = self.status();
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["cluster"] == cluster && p["namespace"] == ns && p["name"] == pod)
+            .unwrap_or_else(|| panic!("no pod {cluster}/{ns}/{pod} in {st}"))["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn service_ip(&self, ns: &str, name: &str) -> String {
+        let st = self.status();
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["namespace"] == ns && s["name"] == name)
+            .unwrap()["cluster_ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn agent_pid(&self, cluster: &str, node: &str) -> i32 {
+        let st = self.status();
+        st["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["cluster"] == cluster && a["node"] == node)
+            .unwrap()["pid"]
+            .as_i64()
+            .unwrap() as i32
+    }
+
+    /// All flows the lab's agents hold, via `strait observe -o json`.
+    pub fn flows(&self) -> Vec<FlowRecord> {
+        let out = self.strait(&["observe", "-o", "json", "--last", "10000"]);
+        assert!(out.status.success(), "observe failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Waits (flows are recorded when a connection closes) for a flow matching `pred`.
+    pub fn wait_flow(&self, what: &str, pred: impl Fn(&FlowRecord) -> bool) -> FlowRecord {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let flows = self.flows();
+            if let Some(f) = flows.iter().find(|f| pred(f)) {
+                return f.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no flow {what} among {} flows: {flows:#?}", flows.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn curl(&self, target: &str, url: &str) -> Output {
+        self.exec(
+            target,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ],
+        )
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let out = self.strait(&["lab", "down"]);
+        if !out.status.success() {
+            eprintln!("lab down failed: {}", text(&out));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Splits curl's output (body, then the status code on the last line).
+pub fn curl_result(out: &Output) -> (Value, String) {
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.trim_end().rsplit_once('\n').unwrap_or(("", s.trim()));
+    let json = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    (json, code.to_string())
+}
+
