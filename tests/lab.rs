@@ -138,7 +138,26 @@ fn stopped_agent_fails_closed_and_restart_recovers() {
     let out = lab.curl("c1/demo/client-remote", &format!("http://{remote_ip}/"));
     assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
 
-    // `lab up` is idempotent and restarts the agent.
+    // Kill the backend's workload too: `lab up` restarts dead pods as a kubelet would.
+    let backend_pids: Vec<i32> = {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &format!("st-{}-c1-demo-backend", lab.name)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    assert!(!backend_pids.is_empty());
+    for p in &backend_pids {
+        Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    // `lab up` is idempotent and restarts the agent and the pod.
     let out = lab.strait(&[
         "lab",
         "up",

@@ -23,7 +23,7 @@ pub struct LabName {
 /// `strait lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Create the lab's clusters, nodes and agents (idempotent: restarts agents that died).
+    /// Create the lab's clusters, nodes and agents (idempotent: restarts agents and pods that died).
     Up {
         #[command(flatten)]
         lab: LabName,

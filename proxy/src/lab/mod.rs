@@ -181,6 +181,7 @@ impl Lab {
                 && netns::exists(&self.paths.underlay_netns());
             if complete {
                 self.ensure_agents(&mut st)?;
+                self.restart_dead_pods(&mut st)?;
                 self.save(&st)?;
                 return Ok(st);
             }
@@ -249,6 +250,47 @@ impl Lab {
             netns::sysctl(&node_ns, "net.ipv4.conf.all.rp_filter", "0")?;
             netns::sysctl(&node_ns, "net.ipv4.conf.default.rp_filter", "0")?;
             cgroup::create(&p.node_cgroup(&c.name, &n.name))?;
+        }
+        Ok(())
+    }
+
+    /// Recreates pods whose processes died (same name, node and address), as a kubelet would.
+    fn restart_dead_pods(&self, st: &mut LabState) -> Result<(), LabError> {
+        let clusters: Vec<String> = st.clusters.keys().cloned().collect();
+        for cluster in clusters {
+            let Some(spec) = st.topology.cluster(&cluster).cloned() else {
+                continue;
+            };
+            let dead: Vec<PodRecord> = st.clusters[&cluster]
+                .pods
+                .values()
+                .filter(|p| p.pids.is_empty() || !p.pids.iter().all(|pid| process::alive(*pid)))
+                .cloned()
+                .collect();
+            if dead.is_empty() {
+                continue;
+            }
+            for p in &dead {
+                pods::stop(&self.paths, &cluster, p)?;
+                let Some(node) = spec.nodes.iter().find(|n| n.name == p.node) else {
+                    continue;
+                };
+                let pids = pods::start(&self.paths, &spec, node, p)?;
+                if let Some(rec) = st
+                    .clusters
+                    .get_mut(&cluster)
+                    .and_then(|r| r.pods.get_mut(&p.key()))
+                {
+                    rec.pids = pids;
+                }
+            }
+            self.save(st)?;
+            self.wait_pods_ready(st, &cluster, &dead)?;
+            if let Some(res) = st.clusters.get_mut(&cluster) {
+                res.revision += 1;
+            }
+            let rev = self.publish(st, &cluster)?;
+            self.wait_cluster_agents(st, &cluster, rev)?;
         }
         Ok(())
     }
