@@ -253,4 +253,3 @@ pub fn curl_result(out: &Output) -> (Value, String) {
     let json = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
     (json, code.to_string())
 }
-
