@@ -11,20 +11,36 @@
 //! - `cgroup/getpeername4` shows the application the address it dialed;
 //! - `cgroup/connect6` rejects IPv4-mapped IPv6 connects that would otherwise bypass connect4.
 //!
+//! L3/L4 policy is enforced in the kernel from maps that [`Datapath::apply_policy`] fills from a
+//! [`PolicyImage`]: `connect4` refuses a denied pod connect (EPERM, no SYN leaves the pod), and
+//! tc programs on each pod's host-side veth ([`Datapath::attach_pod_interface`]) drop denied
+//! packets that do not go through the proxy (UDP, ICMP, direct TCP), with connection tracking
+//! for replies. Drops are counted ([`Datapath::drop_counters`]) and reported as
+//! [`DropEvent`]s ([`Datapath::drop_events`]).
+//!
 //! The programs stay attached through pinned links while the agent is down, so pods' connects
 //! fail rather than bypass the proxy; [`remove_pins`] detaches them.
 
 pub mod abi;
+mod events;
 mod loader;
 mod maps;
+mod policy;
 pub mod sys;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicBool},
 };
 
-pub use abi::DropReason;
+use parking_lot::Mutex;
+
+pub use abi::{DropHook, DropReason, PolicyAction};
+pub use events::{DropEvent, DropEvents, Error as EventsError};
+pub use policy::{
+    ApplyStats, EndpointEntry, MapStats, PolicyError, PolicyImage, PolicyKey, ServiceBackend,
+};
 
 /// Everything needed to set up one node's data path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +72,10 @@ pub enum Error {
     Loader(#[from] loader::Error),
     #[error(transparent)]
     Map(#[from] maps::Error),
+    #[error("invalid policy image")]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Events(#[from] events::Error),
     #[error("invalid data path config: {reason}")]
     InvalidConfig { reason: String },
 }
@@ -70,6 +90,12 @@ pub struct Datapath {
     pin_dir: PathBuf,
     cgroup: PathBuf,
     maps: maps::Maps,
+    /// The loaded tc programs, attached to pod interfaces on demand.
+    tc: Mutex<aya::Ebpf>,
+    /// Serialises [`Datapath::apply_policy`] calls.
+    apply_lock: Mutex<()>,
+    /// Set while a [`DropEvents`] reader is alive.
+    events_busy: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -100,7 +126,9 @@ impl Datapath {
         loader::unpin_incompatible_maps(&cfg.pin_dir)?;
         let mut sock = loader::load_object(loader::Object::Sock, &cfg.pin_dir)?;
         let mut sockops = loader::load_object(loader::Object::SockOps, &cfg.pin_dir)?;
-        // Both objects share the pinned maps; take the typed handles from one.
+        let mut tc = loader::load_object(loader::Object::Tc, &cfg.pin_dir)?;
+        loader::load_tc_programs(&mut tc)?;
+        // The objects share the pinned maps; take the typed handles from one.
         let maps = maps::Maps::take_from(&mut sock)?;
 
         // Configure before attaching: a program without a proxy address fails connects closed.
@@ -113,6 +141,7 @@ impl Datapath {
             let ebpf = match spec.object {
                 loader::Object::Sock => &mut sock,
                 loader::Object::SockOps => &mut sockops,
+                loader::Object::Tc => &mut tc,
             };
             loader::attach_and_pin(ebpf, spec, &cgroup, &cfg.cgroup, &cfg.pin_dir)?;
         }
@@ -126,6 +155,9 @@ impl Datapath {
             pin_dir: cfg.pin_dir.clone(),
             cgroup: cfg.cgroup.clone(),
             maps,
+            tc: Mutex::new(tc),
+            apply_lock: Mutex::new(()),
+            events_busy: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -162,6 +194,70 @@ impl Datapath {
         let config = self.maps.config()?;
         let enabled = config.flags & abi::CFG_DISABLED == 0;
         Ok((config.proxy(), self.maps.bypass()?, enabled))
+    }
+
+    /// Makes the policy maps hold exactly `image`, changing only what differs from what they hold
+    /// now (also after an agent restart: the maps are pinned). An invalid image changes nothing.
+    ///
+    /// Updates are ordered so that a flow allowed before and after is never denied in between:
+    /// enforcement that goes away is lifted first; then allow rules, identities, endpoints and
+    /// services are written; then deny rules; then new enforcement; stale entries go last (stale
+    /// allows before stale denies). "Deny wins": an allow rule covered by a deny rule of the same
+    /// identities is written as a deny. Entries whose map cannot hold old and new together are
+    /// removed first (logged).
+    pub fn apply_policy(&self, image: &PolicyImage) -> Result<ApplyStats, Error> {
+        let desired = policy::State::from_image(image)?;
+        let _serial = self.apply_lock.lock();
+        let current = self.maps.policy_state()?;
+        let plan = policy::plan(&current, &desired);
+        if !plan.early_removals.is_empty() {
+            tracing::warn!(maps = ?plan.early_removals,
+                "maps too full for old and new policy entries together: removing stale entries first");
+        }
+        for step in &plan.steps {
+            self.maps.apply_step(step)?;
+        }
+        tracing::debug!(stats = ?plan.stats, "policy maps updated");
+        Ok(plan.stats)
+    }
+
+    /// Attaches the tc programs to a pod's host-side veth `ifname` (ingress: from the pod;
+    /// egress: to the pod), as TCX links pinned at `<pin_dir>/tc_<ifname>_{in,eg}`. Idempotent;
+    /// links pinned before (by this agent or a previous one) are replaced without a gap. The name
+    /// is resolved in the calling thread's network namespace (the node's).
+    pub fn attach_pod_interface(&self, ifname: &str) -> Result<(), Error> {
+        loader::attach_tc(&mut self.tc.lock(), ifname, &self.pin_dir)?;
+        tracing::debug!(ifname, "tc programs attached");
+        Ok(())
+    }
+
+    /// Detaches the tc programs from `ifname` (removes its link pins). Fine if nothing is
+    /// attached, or if the interface is gone already (its links are then defunct, but pinned).
+    pub fn detach_pod_interface(&self, ifname: &str) -> Result<(), Error> {
+        loader::detach_tc(ifname, &self.pin_dir)?;
+        Ok(())
+    }
+
+    /// Interfaces whose tc links are pinned, sorted.
+    pub fn pod_interfaces(&self) -> Vec<String> {
+        loader::tc_interfaces(&self.pin_dir)
+    }
+
+    /// The reader of kernel drop events. Needs a tokio runtime; one reader at a time
+    /// ([`EventsError::Busy`] while another is alive).
+    pub fn drop_events(&self) -> Result<DropEvents, Error> {
+        let path = self.pin_dir.join(maps::EVENTS.name);
+        Ok(DropEvents::open(&path, self.events_busy.clone())?)
+    }
+
+    /// Kernel drops per reason since the maps were created (every reason but `None`).
+    pub fn drop_counters(&self) -> Result<Vec<(DropReason, u64)>, Error> {
+        Ok(self.maps.drop_counters()?)
+    }
+
+    /// (map name, entries, capacity) of each map that fills up, for metrics.
+    pub fn map_fill(&self) -> Vec<(&'static str, usize, usize)> {
+        self.maps.fill()
     }
 
     /// Name, hook and attach state of each program, for the agent's status endpoint.

@@ -3,13 +3,17 @@
 //! Layout of a node's pin directory (`/sys/fs/bpf/strait/<lab>/<cluster>-<node>`):
 //! - one file per map of `maps.h`, named after the map (pinned by name when loading);
 //! - `link_<program>` for each attached program: the link keeps the program attached after the
-//!   agent exits, until the pin is removed.
+//!   agent exits, until the pin is removed;
+//! - `tc_<ifname>_in` and `tc_<ifname>_eg` for each pod interface: the TCX links of the tc
+//!   programs on its host-side veth (ingress = from the pod, egress = to the pod).
 //!
 //! Restart without a gap: a new agent attaches its links next to the old ones (cgroup BPF links
 //! always run in multi mode), pins each at `link_new_<program>` and renames that over
 //! `link_<program>`. The rename drops the last reference to the old link, which detaches it, only
 //! once its replacement runs. Both generations share the pinned maps meanwhile, and connect4
-//! leaves connects to the proxy itself alone, so running twice is harmless.
+//! leaves connects to the proxy itself alone, so running twice is harmless. tc links are replaced
+//! the same way (`tcnew_<ifname>_<dir>` renamed over `tc_<ifname>_<dir>`): TCX also runs several
+//! programs per hook, and the first one to pass a packet ends the chain.
 
 use std::{
     fs::{self, File},
@@ -21,8 +25,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{MapError, MapInfo},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, SockOps,
+        TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 
@@ -30,22 +36,25 @@ use crate::maps::{self, MapSpec};
 
 static SOCK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock.bpf.o"));
 static SOCKOPS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.bpf.o"));
+static TC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc.bpf.o"));
 
 /// An object file built from one `bpf/*.bpf.c`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Object {
     Sock,
     SockOps,
+    Tc,
 }
 
 impl Object {
     #[cfg(test)]
-    pub(crate) const ALL: [Object; 2] = [Object::Sock, Object::SockOps];
+    pub(crate) const ALL: [Object; 3] = [Object::Sock, Object::SockOps, Object::Tc];
 
     pub(crate) const fn file(self) -> &'static str {
         match self {
             Object::Sock => "sock.bpf.o",
             Object::SockOps => "sockops.bpf.o",
+            Object::Tc => "tc.bpf.o",
         }
     }
 
@@ -53,6 +62,7 @@ impl Object {
         match self {
             Object::Sock => SOCK_OBJ,
             Object::SockOps => SOCKOPS_OBJ,
+            Object::Tc => TC_OBJ,
         }
     }
 }
@@ -103,7 +113,62 @@ pub(crate) const PROGRAMS: [ProgramSpec; 4] = [
     },
 ];
 
+/// One tc program and the side of a pod's host-side veth it attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TcProgramSpec {
+    pub name: &'static str,
+    pub hook: &'static str,
+    pub attach: TcAttachType,
+    /// Suffix of its link pins.
+    pub dir: &'static str,
+}
+
+/// The tc programs attached to every pod interface, in attach order.
+pub(crate) const TC_PROGRAMS: [TcProgramSpec; 2] = [
+    TcProgramSpec {
+        name: "strait_tc_from_pod",
+        hook: "tc ingress",
+        attach: TcAttachType::Ingress,
+        dir: "in",
+    },
+    TcProgramSpec {
+        name: "strait_tc_to_pod",
+        hook: "tc egress",
+        attach: TcAttachType::Egress,
+        dir: "eg",
+    },
+];
+
 const LINK_PREFIX: &str = "link_";
+const TC_LINK_PREFIX: &str = "tc_";
+const TC_STAGING_PREFIX: &str = "tcnew_";
+
+impl TcProgramSpec {
+    pub(crate) fn link_pin(&self, pin_dir: &Path, ifname: &str) -> PathBuf {
+        pin_dir.join(format!("{TC_LINK_PREFIX}{ifname}_{}", self.dir))
+    }
+
+    fn staging_link_pin(&self, pin_dir: &Path, ifname: &str) -> PathBuf {
+        pin_dir.join(format!("{TC_STAGING_PREFIX}{ifname}_{}", self.dir))
+    }
+}
+
+/// Interface names that can be pinned: what the kernel accepts (1..=15 bytes, no `/`, no
+/// whitespace, not `.` or `..`) minus dots, which bpffs refuses in names.
+pub(crate) fn check_ifname(ifname: &str) -> Result<(), Error> {
+    let ok = !ifname.is_empty()
+        && ifname.len() <= 15
+        && !ifname
+            .bytes()
+            .any(|b| b == b'/' || b == b'.' || b == 0 || b.is_ascii_whitespace() || b == b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInterface {
+            ifname: ifname.to_owned(),
+        })
+    }
+}
 
 impl ProgramSpec {
     pub(crate) fn link_pin(&self, pin_dir: &Path) -> PathBuf {
@@ -185,6 +250,22 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: MapError,
+    },
+    #[error(
+        "interface name {ifname:?} cannot carry Strait's tc programs (1 to 15 bytes; no `/`, \
+         `.`, `:` or whitespace)"
+    )]
+    InvalidInterface { ifname: String },
+    #[error(
+        "attaching program `{program}` ({hook}) to interface {ifname} (TCX links need Linux >= \
+         6.6; the agent must run in the node's network namespace)"
+    )]
+    AttachTc {
+        program: &'static str,
+        hook: &'static str,
+        ifname: String,
+        #[source]
+        source: Box<ProgramError>,
     },
     #[error("{op} {path}")]
     Fs {
@@ -306,22 +387,158 @@ pub(crate) fn attach_and_pin(
 
 fn replace_pinned_link(spec: &ProgramSpec, link: FdLink, pin_dir: &Path) -> Result<(), Error> {
     let path = spec.link_pin(pin_dir);
-    let staging = spec.staging_link_pin(pin_dir);
-    remove_if_present(&staging)?;
-    let pinned = link.pin(&staging).map_err(|source| Error::PinLink {
-        program: spec.name,
-        path: staging.clone(),
+    pin_replacing(spec.name, link, &spec.staging_link_pin(pin_dir), &path)?;
+    tracing::debug!(program = spec.name, hook = spec.hook, pin = %path.display(), "attached");
+    Ok(())
+}
+
+/// Pins `link` at `staging`, then renames it over `path`: a link pinned there before loses its
+/// last reference (and detaches) only now that its replacement is attached.
+fn pin_replacing(
+    program: &'static str,
+    link: FdLink,
+    staging: &Path,
+    path: &Path,
+) -> Result<(), Error> {
+    remove_if_present(staging)?;
+    let pinned = link.pin(staging).map_err(|source| Error::PinLink {
+        program,
+        path: staging.to_owned(),
         source,
     })?;
-    fs::rename(&staging, &path).map_err(|source| Error::ReplaceLink {
-        program: spec.name,
-        path: path.clone(),
+    fs::rename(staging, path).map_err(|source| Error::ReplaceLink {
+        program,
+        path: path.to_owned(),
         source,
     })?;
     // Closing our descriptor leaves the pin as the link's only reference.
     drop(pinned);
-    tracing::debug!(program = spec.name, hook = spec.hook, pin = %path.display(), "attached");
     Ok(())
+}
+
+/// Loads the tc programs of `ebpf` (an [`Object::Tc`]) into the kernel, ready to attach.
+pub(crate) fn load_tc_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    for spec in &TC_PROGRAMS {
+        tc_program(ebpf, spec)?
+            .load()
+            .map_err(|source| Error::Load {
+                program: spec.name,
+                hook: spec.hook,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(())
+}
+
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    spec: &TcProgramSpec,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(spec.name)
+        .ok_or(Error::ProgramMissing {
+            object: Object::Tc.file(),
+            program: spec.name,
+        })?
+        .try_into()
+        .map_err(|source| Error::ProgramType {
+            program: spec.name,
+            hook: spec.hook,
+            source: Box::new(source),
+        })
+}
+
+/// Attaches both tc programs to `ifname` (resolved in this thread's network namespace) with
+/// TCX links pinned at [`TcProgramSpec::link_pin`].
+///
+/// A link pinned there already (by this agent or a previous one) is switched to our program in
+/// place (`BPF_LINK_UPDATE`: atomic, and the same link stays attached, so attaching twice is a
+/// no-op; TCX refuses the same program twice on one hook anyway). If that link cannot be
+/// reused (its interface was deleted and re-created, say), a new link is attached and renamed
+/// over the old pin, which detaches the old link only once the new one runs.
+pub(crate) fn attach_tc(ebpf: &mut Ebpf, ifname: &str, pin_dir: &Path) -> Result<(), Error> {
+    check_ifname(ifname)?;
+    for spec in &TC_PROGRAMS {
+        let program = tc_program(ebpf, spec)?;
+        let path = spec.link_pin(pin_dir, ifname);
+        if path.exists() {
+            match update_pinned_tc_link(program, &path) {
+                Ok(()) => {
+                    tracing::debug!(program = spec.name, ifname, pin = %path.display(),
+                        "replaced the program of the pinned link");
+                    continue;
+                }
+                Err(error) => tracing::debug!(program = spec.name, ifname, %error,
+                    "pinned link not reusable; attaching a new one"),
+            }
+        }
+        let attach_err = |source| Error::AttachTc {
+            program: spec.name,
+            hook: spec.hook,
+            ifname: ifname.to_owned(),
+            source: Box::new(source),
+        };
+        let id = program
+            .attach_with_options(
+                ifname,
+                spec.attach,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_err)?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(attach_err)?
+            .try_into()
+            .map_err(|source| Error::LinkNotPinnable {
+                program: spec.name,
+                source,
+            })?;
+        let staging = spec.staging_link_pin(pin_dir, ifname);
+        pin_replacing(spec.name, link, &staging, &path)?;
+        tracing::debug!(program = spec.name, ifname, pin = %path.display(), "attached");
+    }
+    Ok(())
+}
+
+/// Points the TCX link pinned at `path` to `program`.
+fn update_pinned_tc_link(
+    program: &mut SchedClassifier,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let link = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(path)?))?;
+    let id = program.attach_to_link(link)?;
+    // Closing our descriptor leaves the pin as the link's only reference.
+    drop(program.take_link(id)?);
+    Ok(())
+}
+
+/// Removes the tc link pins of `ifname`, detaching the programs. Missing pins are fine.
+pub(crate) fn detach_tc(ifname: &str, pin_dir: &Path) -> Result<(), Error> {
+    check_ifname(ifname)?;
+    for spec in &TC_PROGRAMS {
+        remove_if_present(&spec.staging_link_pin(pin_dir, ifname))?;
+        remove_if_present(&spec.link_pin(pin_dir, ifname))?;
+    }
+    Ok(())
+}
+
+/// Interfaces with tc links pinned under `pin_dir`, sorted.
+pub(crate) fn tc_interfaces(pin_dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| {
+            let rest = n.strip_prefix(TC_LINK_PREFIX)?;
+            TC_PROGRAMS
+                .iter()
+                .find_map(|spec| rest.strip_suffix(&format!("_{}", spec.dir)))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Whether the link pinned for `spec` exists (and so keeps the program attached).
@@ -358,9 +575,11 @@ pub(crate) fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
             source,
         })?;
     let is_link = |p: &PathBuf| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(LINK_PREFIX))
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            [LINK_PREFIX, TC_LINK_PREFIX, TC_STAGING_PREFIX]
+                .iter()
+                .any(|prefix| n.starts_with(prefix))
+        })
     };
     paths.sort_by_key(|p| !is_link(p));
     for path in paths {
@@ -419,11 +638,48 @@ mod tests {
                 spec.object.file()
             );
         }
+        for spec in TC_PROGRAMS {
+            let has = |needle: &str| TC_OBJ.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(has(spec.name), "{} not in tc.bpf.o", spec.name);
+        }
         for object in Object::ALL {
             assert!(
-                PROGRAMS.iter().any(|p| p.object == object),
+                PROGRAMS.iter().any(|p| p.object == object) || object == Object::Tc,
                 "{object:?} unused"
             );
+        }
+    }
+
+    #[test]
+    fn tc_pins_are_per_interface_and_recognised() {
+        let dir = Path::new("/sys/fs/bpf/x");
+        let pins: Vec<PathBuf> = TC_PROGRAMS
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.link_pin(dir, "lxc1234"),
+                    s.staging_link_pin(dir, "lxc1234"),
+                ]
+            })
+            .collect();
+        assert_eq!(
+            pins,
+            [
+                dir.join("tc_lxc1234_in"),
+                dir.join("tcnew_lxc1234_in"),
+                dir.join("tc_lxc1234_eg"),
+                dir.join("tcnew_lxc1234_eg"),
+            ]
+        );
+        for pin in &pins {
+            assert!(maps::ALL.iter().all(|m| dir.join(m.name) != *pin));
+            assert!(PROGRAMS.iter().all(|p| p.link_pin(dir) != *pin));
+        }
+        for ok in ["lxc0", "veth-a_b", "a", "eth012345678901"] {
+            assert!(check_ifname(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "eth0.100", "a/b", "a b", "eth0123456789012", ".", "a:1"] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
         }
     }
 

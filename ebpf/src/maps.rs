@@ -10,11 +10,18 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, MapType},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, MapType, PerCpuArray, lpm_trie::Key},
 };
+use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 
-use crate::abi::{self, Config, OrigDst, SockKey};
+use crate::{
+    abi::{
+        self, Config, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, OrigDst,
+        PolicyAction, PolicyKeyData, SockKey, SvcBackend, SvcEntry, SvcKey,
+    },
+    policy::{PolicyKey, ServiceBackend, State, Step},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,14 +91,100 @@ pub(crate) const ORIG_BY_CLIENT: MapSpec = MapSpec {
     max_entries: abi::ORIG_MAX,
 };
 
+pub(crate) const IPCACHE: MapSpec = MapSpec {
+    name: "strait_ipcache",
+    map_type: MapType::LpmTrie,
+    key_size: size::<Key<u32>>(),
+    value_size: size::<u32>(),
+    max_entries: abi::IPCACHE_MAX,
+};
+pub(crate) const ENDPOINTS: MapSpec = MapSpec {
+    name: "strait_endpoint",
+    map_type: MapType::Hash,
+    key_size: size::<u64>(),
+    value_size: size::<Endpoint>(),
+    max_entries: abi::ENDPOINTS_MAX,
+};
+pub(crate) const POLICED: MapSpec = MapSpec {
+    name: "strait_policed",
+    map_type: MapType::Hash,
+    key_size: size::<u32>(),
+    value_size: size::<u32>(),
+    max_entries: abi::POLICED_MAX,
+};
+pub(crate) const POLICY: MapSpec = MapSpec {
+    name: "strait_policy",
+    map_type: MapType::LpmTrie,
+    key_size: size::<Key<PolicyKeyData>>(),
+    value_size: size::<u32>(),
+    max_entries: abi::POLICY_MAX,
+};
+pub(crate) const SERVICES: MapSpec = MapSpec {
+    name: "strait_svc_ids",
+    map_type: MapType::Hash,
+    key_size: size::<SvcKey>(),
+    value_size: size::<SvcEntry>(),
+    max_entries: abi::SVC_MAX,
+};
+pub(crate) const CONNTRACK: MapSpec = MapSpec {
+    name: "strait_ct",
+    map_type: MapType::LruHash,
+    key_size: size::<CtKey>(),
+    value_size: size::<CtEntry>(),
+    max_entries: abi::CT_MAX,
+};
+pub(crate) const FRAGS: MapSpec = MapSpec {
+    name: "strait_frags",
+    map_type: MapType::LruHash,
+    key_size: size::<FragKey>(),
+    value_size: size::<FragEntry>(),
+    max_entries: abi::FRAG_MAX,
+};
+pub(crate) const EVENTS: MapSpec = MapSpec {
+    name: "strait_events",
+    map_type: MapType::RingBuf,
+    key_size: 0,
+    value_size: 0,
+    max_entries: abi::EVENTS_BYTES,
+};
+pub(crate) const DROPS: MapSpec = MapSpec {
+    name: "strait_drops",
+    map_type: MapType::PerCpuArray,
+    key_size: size::<u32>(),
+    value_size: size::<u64>(),
+    max_entries: abi::DROP_COUNTERS,
+};
+
 /// Every map of `maps.h`, all pinned by name.
-pub(crate) const ALL: [MapSpec; 4] = [CONFIG, BYPASS, ORIG_BY_COOKIE, ORIG_BY_CLIENT];
+pub(crate) const ALL: [MapSpec; 13] = [
+    CONFIG,
+    BYPASS,
+    ORIG_BY_COOKIE,
+    ORIG_BY_CLIENT,
+    IPCACHE,
+    ENDPOINTS,
+    POLICED,
+    POLICY,
+    SERVICES,
+    CONNTRACK,
+    FRAGS,
+    EVENTS,
+    DROPS,
+];
 
 /// The maps user space reads and writes.
 pub(crate) struct Maps {
     config: Mutex<Array<MapData, Config>>,
     bypass: Mutex<HashMap<MapData, u32, u8>>,
     orig_by_client: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    ipcache: Mutex<LpmTrie<MapData, u32, u32>>,
+    endpoints: Mutex<HashMap<MapData, u64, Endpoint>>,
+    policed: Mutex<HashMap<MapData, u32, u32>>,
+    policy: Mutex<LpmTrie<MapData, PolicyKeyData, u32>>,
+    services: Mutex<HashMap<MapData, SvcKey, SvcEntry>>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    frags: HashMap<MapData, FragKey, FragEntry>,
+    drops: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -101,6 +194,14 @@ impl Maps {
             config: Mutex::new(take(ebpf, &CONFIG)?),
             bypass: Mutex::new(take(ebpf, &BYPASS)?),
             orig_by_client: Mutex::new(take(ebpf, &ORIG_BY_CLIENT)?),
+            ipcache: Mutex::new(take(ebpf, &IPCACHE)?),
+            endpoints: Mutex::new(take(ebpf, &ENDPOINTS)?),
+            policed: Mutex::new(take(ebpf, &POLICED)?),
+            policy: Mutex::new(take(ebpf, &POLICY)?),
+            services: Mutex::new(take(ebpf, &SERVICES)?),
+            conntrack: take(ebpf, &CONNTRACK)?,
+            frags: take(ebpf, &FRAGS)?,
+            drops: take(ebpf, &DROPS)?,
         })
     }
 
@@ -194,6 +295,188 @@ impl Maps {
         ignore_missing(map.remove(&key)).map_err(op_err("delete"))?;
         Ok(Some(orig.addr()))
     }
+}
+
+// === policy maps ===
+
+impl Maps {
+    /// What the policy maps hold now, as a [`State`]. Entries this crate never writes (a
+    /// malformed policy key, a non-TCP service) are left out, with a warning.
+    pub(crate) fn policy_state(&self) -> Result<State, Error> {
+        let mut state = State::default();
+        for entry in self.ipcache.lock().iter() {
+            let (key, identity) = entry.map_err(op_err(&IPCACHE, "list"))?;
+            match Ipv4Net::new(abi::ip_from_net(key.data()), key.prefix_len() as u8) {
+                Ok(net) => {
+                    state.ipcache.insert(net.trunc(), identity);
+                }
+                Err(_) => tracing::warn!(
+                    map = IPCACHE.name,
+                    prefix_len = key.prefix_len(),
+                    "ignoring an entry with an impossible prefix"
+                ),
+            }
+        }
+        for entry in self.endpoints.lock().iter() {
+            let (cgroup_id, ep) = entry.map_err(op_err(&ENDPOINTS, "list"))?;
+            state
+                .endpoints
+                .insert(cgroup_id, (ep.identity, abi::ip_from_net(ep.ip4)));
+        }
+        for entry in self.policed.lock().iter() {
+            let (identity, flags) = entry.map_err(op_err(&POLICED, "list"))?;
+            state.policed.insert(identity, flags);
+        }
+        for entry in self.policy.lock().iter() {
+            let (key, action) = entry.map_err(op_err(&POLICY, "list"))?;
+            let Some(key) = PolicyKey::from_abi(key.prefix_len(), key.data()) else {
+                tracing::warn!(map = POLICY.name, prefix_len = key.prefix_len(), data = ?key.data(),
+                    "ignoring an entry Strait does not write");
+                continue;
+            };
+            // The kernel treats an unknown action as a deny.
+            let action = PolicyAction::try_from(action).unwrap_or(PolicyAction::Deny);
+            state.policy.insert(key, action);
+        }
+        for entry in self.services.lock().iter() {
+            let (key, svc) = entry.map_err(op_err(&SERVICES, "list"))?;
+            if key.protocol != abi::IPPROTO_TCP {
+                tracing::warn!(map = SERVICES.name, ?key, "ignoring a non-TCP entry");
+                continue;
+            }
+            let count = svc.count as usize;
+            let backends = svc
+                .backends
+                .get(..count)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| ServiceBackend {
+                    identity: b.identity,
+                    port: u16::from_be(b.port),
+                })
+                .collect();
+            state.services.insert(key.addr(), backends);
+        }
+        Ok(state)
+    }
+
+    /// Runs one step of a [`crate::policy::Plan`].
+    pub(crate) fn apply_step(&self, step: &Step) -> Result<(), Error> {
+        match step {
+            Step::Ipcache(net, value) => {
+                let key = Key::new(u32::from(net.prefix_len()), abi::ip_to_net(net.network()));
+                let mut map = self.ipcache.lock();
+                match value {
+                    Some(id) => map.insert(&key, id, 0).map_err(op_err(&IPCACHE, "insert")),
+                    None => ignore_missing(map.remove(&key)).map_err(op_err(&IPCACHE, "delete")),
+                }
+            }
+            Step::Endpoint(cgroup_id, value) => {
+                let mut map = self.endpoints.lock();
+                match value {
+                    Some((identity, ip)) => {
+                        let ep = Endpoint {
+                            identity: *identity,
+                            ip4: abi::ip_to_net(*ip),
+                        };
+                        map.insert(cgroup_id, ep, 0)
+                            .map_err(op_err(&ENDPOINTS, "insert"))
+                    }
+                    None => {
+                        ignore_missing(map.remove(cgroup_id)).map_err(op_err(&ENDPOINTS, "delete"))
+                    }
+                }
+            }
+            Step::Policed(identity, value) => {
+                let mut map = self.policed.lock();
+                match value {
+                    Some(flags) => map
+                        .insert(identity, flags, 0)
+                        .map_err(op_err(&POLICED, "insert")),
+                    None => {
+                        ignore_missing(map.remove(identity)).map_err(op_err(&POLICED, "delete"))
+                    }
+                }
+            }
+            Step::Policy(key, value) => {
+                let (prefixlen, data) = key.to_abi();
+                let key = Key::new(prefixlen, data);
+                let mut map = self.policy.lock();
+                match value {
+                    Some(action) => map
+                        .insert(&key, *action as u32, 0)
+                        .map_err(op_err(&POLICY, "insert")),
+                    None => ignore_missing(map.remove(&key)).map_err(op_err(&POLICY, "delete")),
+                }
+            }
+            Step::Service(frontend, value) => {
+                let key = SvcKey::tcp(*frontend);
+                let mut map = self.services.lock();
+                match value {
+                    Some(backends) => map
+                        .insert(key, svc_entry(backends), 0)
+                        .map_err(op_err(&SERVICES, "insert")),
+                    None => ignore_missing(map.remove(&key)).map_err(op_err(&SERVICES, "delete")),
+                }
+            }
+        }
+    }
+
+    /// Drops per reason since the maps were created, summed over CPUs (every reason but `None`).
+    pub(crate) fn drop_counters(&self) -> Result<Vec<(DropReason, u64)>, Error> {
+        DropReason::ALL
+            .into_iter()
+            .filter(|r| *r != DropReason::None)
+            .map(|reason| {
+                let per_cpu = self
+                    .drops
+                    .get(&(reason as u32), 0)
+                    .map_err(op_err(&DROPS, "read"))?;
+                Ok((
+                    reason,
+                    per_cpu.iter().copied().fold(0u64, u64::wrapping_add),
+                ))
+            })
+            .collect()
+    }
+
+    /// (map name, entries, capacity) of every map that fills up.
+    pub(crate) fn fill(&self) -> Vec<(&'static str, usize, usize)> {
+        let entry = |spec: &MapSpec, n: usize| (spec.name, n, spec.max_entries as usize);
+        vec![
+            entry(&IPCACHE, self.ipcache.lock().keys().flatten().count()),
+            entry(&ENDPOINTS, self.endpoints.lock().keys().flatten().count()),
+            entry(&POLICED, self.policed.lock().keys().flatten().count()),
+            entry(&POLICY, self.policy.lock().keys().flatten().count()),
+            entry(&SERVICES, self.services.lock().keys().flatten().count()),
+            entry(&CONNTRACK, self.conntrack.keys().flatten().count()),
+            entry(&FRAGS, self.frags.keys().flatten().count()),
+            entry(
+                &ORIG_BY_CLIENT,
+                self.orig_by_client.lock().keys().flatten().count(),
+            ),
+        ]
+    }
+}
+
+fn svc_entry(backends: &[ServiceBackend]) -> SvcEntry {
+    let mut entry = SvcEntry::default();
+    if backends.len() <= entry.backends.len() {
+        for (slot, b) in entry.backends.iter_mut().zip(backends) {
+            *slot = SvcBackend {
+                identity: b.identity,
+                port: b.port.to_be(),
+                pad: 0,
+            };
+        }
+        entry.count = backends.len() as u32;
+    }
+    entry
+}
+
+fn op_err(spec: &MapSpec, op: &'static str) -> impl Fn(MapError) -> Error {
+    let map = spec.name;
+    move |source| Error::Op { map, op, source }
 }
 
 fn take<V>(ebpf: &mut Ebpf, spec: &MapSpec) -> Result<V, Error>

@@ -19,7 +19,6 @@
 #define STRAIT_AF_INET		2
 #define STRAIT_AF_INET6		10
 #define STRAIT_SOCK_STREAM	1
-#define STRAIT_IPPROTO_TCP	6
 
 /* Return values of cgroup sock_addr programs. */
 #define STRAIT_SOCK_REJECT	0	/* the syscall fails with EPERM */

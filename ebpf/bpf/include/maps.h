@@ -68,4 +68,96 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_orig_tp SEC(".maps");
 
+/* --- policy: written by user space only (Datapath::apply_policy) -------- */
+
+/* IPv4 prefix -> identity (__u32). See struct strait_ipcache_key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAIT_IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct strait_ipcache_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_ipcache SEC(".maps");
+
+/* Pod cgroup id (__u64) -> struct strait_endpoint. Read by connect4. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAIT_ENDPOINTS_MAX);
+	__type(key, __u64);
+	__type(value, struct strait_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_endpoint SEC(".maps");
+
+/* Identity (__u32) -> STRAIT_POLICED_* flags (__u32). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAIT_POLICED_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_policed SEC(".maps");
+
+/* {src, dst, protocol, dport} prefix -> enum strait_policy_action (__u32). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, STRAIT_POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct strait_policy_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_policy SEC(".maps");
+
+/* Service frontend -> backend identities and target ports. Read by connect4. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAIT_SVC_MAX);
+	__type(key, struct strait_svc_key);
+	__type(value, struct strait_svc_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_svc_ids SEC(".maps");
+
+/* --- state written by the tc programs --------------------------------- */
+
+/*
+ * Flows allowed at tc, keyed by the 5-tuple of their first packet. Packets
+ * of the same tuple, and of its reverse (replies), pass without a policy
+ * lookup until the flow idles out (STRAIT_CT_LIFETIME_*); so a policy update
+ * never cuts a flow that was allowed when it started. LRU evicts the rest.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAIT_CT_MAX);
+	__type(key, struct strait_ct_key);
+	__type(value, struct strait_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_ct SEC(".maps");
+
+/* IPv4 datagrams whose first fragment was allowed: later fragments follow it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAIT_FRAG_MAX);
+	__type(key, struct strait_frag_key);
+	__type(value, struct strait_frag_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_frags SEC(".maps");
+
+/* --- observability ------------------------------------------------------ */
+
+/* struct strait_drop_event records, read by Datapath::drop_events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, STRAIT_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_events SEC(".maps");
+
+/* Per-CPU drop counters (__u64), indexed by enum strait_drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STRAIT_DROP_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_drops SEC(".maps");
+
 #endif /* STRAIT_MAPS_H */

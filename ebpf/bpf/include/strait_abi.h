@@ -21,6 +21,16 @@
 #define STRAIT_CONFIG_MAX	1	/* strait_cfg: one entry, index 0 */
 #define STRAIT_BYPASS_MAX	64	/* strait_bypass */
 #define STRAIT_ORIG_MAX		65536	/* strait_orig_ck and strait_orig_tp (LRU) */
+#define STRAIT_IPCACHE_MAX	65536	/* strait_ipcache (LPM trie) */
+#define STRAIT_ENDPOINTS_MAX	4096	/* strait_endpoint */
+#define STRAIT_POLICED_MAX	16384	/* strait_policed */
+#define STRAIT_POLICY_MAX	65536	/* strait_policy (LPM trie) */
+#define STRAIT_SVC_MAX		4096	/* strait_svc_ids */
+#define STRAIT_SVC_BACKENDS_MAX	16	/* backends per strait_svc_entry */
+#define STRAIT_CT_MAX		65536	/* strait_ct (LRU) */
+#define STRAIT_FRAG_MAX		8192	/* strait_frags (LRU) */
+#define STRAIT_EVENTS_BYTES	262144	/* strait_events ring buffer (256 KiB) */
+#define STRAIT_DROP_COUNTERS	256	/* strait_drops: one per-CPU counter per reason */
 
 /* --- strait_config.flags */
 /* Redirection switched off on purpose: every connect passes unchanged. */
@@ -58,6 +68,179 @@ struct strait_sock_key {
 };
 _Static_assert(sizeof(struct strait_sock_key) == 8, "strait_sock_key layout");
 
+/* --- IP protocol numbers (the uapi headers need libc for these) */
+#define STRAIT_IPPROTO_ICMP	1
+#define STRAIT_IPPROTO_TCP	6
+#define STRAIT_IPPROTO_UDP	17
+#define STRAIT_IPPROTO_SCTP	132
+
+/* --- reserved identities */
+#define STRAIT_ID_HOST		1	/* the node itself: gateway address, proxy, DNS */
+#define STRAIT_ID_WORLD		2	/* any address strait_ipcache does not know */
+
+/*
+ * Key of strait_ipcache (LPM trie): IPv4 prefix -> identity (__u32 value).
+ * Pod addresses are /32, CIDR identities their prefix, the node gateway /32
+ * maps to STRAIT_ID_HOST. Missing -> STRAIT_ID_WORLD. Lookups use /32.
+ */
+struct strait_ipcache_key {
+	__u32 prefixlen;	/* 0..=32 */
+	__be32 ip4;		/* network order; bits past prefixlen zero */
+};
+_Static_assert(sizeof(struct strait_ipcache_key) == 8, "strait_ipcache_key layout");
+
+/*
+ * Value of strait_endpoint, keyed by the pod's cgroup v2 id (__u64, the inode
+ * number of its cgroup directory, as bpf_get_current_cgroup_id() returns it).
+ */
+struct strait_endpoint {
+	__u32 identity;
+	__be32 ip4;		/* the pod's address, network order */
+};
+_Static_assert(sizeof(struct strait_endpoint) == 8, "strait_endpoint layout");
+
+/* --- strait_policed values (identity -> flags); an identity without an entry is not policed */
+#define STRAIT_POLICED_INGRESS	(1U << 0)	/* traffic towards it needs a rule */
+#define STRAIT_POLICED_EGRESS	(1U << 1)	/* traffic from it needs a rule */
+
+/*
+ * Key of strait_policy (LPM trie), as Cilium lays out its policy key
+ * (bpf/lib/common.h): every field that is always matched exactly comes
+ * first, the one that may be wildcarded last, so that a prefix length says
+ * how much of the port is matched:
+ *
+ *   bits  0..31   src_identity   always exact
+ *   bits 32..63   dst_identity   always exact
+ *   bits 64..71   reserved       always zero, always inside the prefix
+ *   bits 72..79   protocol       exact, or wildcarded (prefixlen 72: any protocol)
+ *   bits 80..95   dport          network order: its high bits come first, so
+ *                                prefixlen 80 + n matches a 2^(16-n) port range
+ *
+ * The identities are matched whole, so their byte order does not matter;
+ * they are stored in host order. prefixlen: 72 (any protocol, any port),
+ * 80 (one protocol, any port) .. 96 (one port). The datapath looks up with
+ * prefixlen 96, so the longest stored prefix wins; "deny wins over allow" is
+ * the writer's job (user space turns any allow covered by a deny into a deny).
+ */
+struct strait_policy_key {
+	__u32 prefixlen;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u8 reserved;		/* zero */
+	__u8 protocol;		/* STRAIT_IPPROTO_*; zero when prefixlen is 72 */
+	__be16 dport;		/* network order; bits past the prefix zero */
+};
+_Static_assert(sizeof(struct strait_policy_key) == 16, "strait_policy_key layout");
+
+#define STRAIT_POLICY_PREFIX_ANY_PROTO	72	/* src + dst + reserved */
+#define STRAIT_POLICY_PREFIX_ANY_PORT	80	/* ... + protocol */
+#define STRAIT_POLICY_PREFIX_FULL	96	/* ... + all 16 bits of the port */
+
+/* Value of strait_policy (__u32). */
+enum strait_policy_action {
+	STRAIT_POLICY_ALLOW = 1,
+	STRAIT_POLICY_DENY = 2,
+	/* Allowed at L4; the node proxy applies L7 rules. An allow for the kernel. */
+	STRAIT_POLICY_PROXY = 3,
+};
+
+/* Key of strait_svc_ids: a service frontend (ClusterIP:port). */
+struct strait_svc_key {
+	__be32 vip;		/* network order */
+	__be16 port;		/* network order */
+	__u8 protocol;		/* STRAIT_IPPROTO_TCP */
+	__u8 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_svc_key) == 8, "strait_svc_key layout");
+
+/* One backend of a service as policy sees it: who, and on which port. */
+struct strait_svc_backend {
+	__u32 identity;
+	__be16 port;		/* target port, network order */
+	__u16 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_svc_backend) == 8, "strait_svc_backend layout");
+
+/*
+ * Value of strait_svc_ids: the distinct (identity, target port) pairs of the
+ * service's backends. count 0 means "the kernel cannot tell" (no backends,
+ * or more distinct pairs than fit): connect4 then leaves the decision to the
+ * proxy, which judges the backend it picks.
+ */
+struct strait_svc_entry {
+	__u32 count;		/* 0..=STRAIT_SVC_BACKENDS_MAX */
+	struct strait_svc_backend backends[STRAIT_SVC_BACKENDS_MAX];
+};
+_Static_assert(sizeof(struct strait_svc_entry) == 132, "strait_svc_entry layout");
+
+/*
+ * Key of strait_ct: a flow's 5-tuple in the direction its first packet went.
+ * ICMP echo uses the identifier as a port: requests {sport = id, dport = 0},
+ * replies {sport = 0, dport = id}, so a reply is the reverse of its request.
+ */
+struct strait_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 pad[3];		/* zero */
+};
+_Static_assert(sizeof(struct strait_ct_key) == 16, "strait_ct_key layout");
+
+struct strait_ct_entry {
+	__u64 created_ns;	/* bpf_ktime_get_ns() */
+	__u64 seen_ns;		/* last packet, either direction (refreshed at most once a second) */
+};
+_Static_assert(sizeof(struct strait_ct_entry) == 16, "strait_ct_entry layout");
+
+/* Idle time after which a tracked flow is judged again by policy. */
+#define STRAIT_CT_LIFETIME_TCP_S	21600
+#define STRAIT_CT_LIFETIME_OTHER_S	60
+
+/* Key of strait_frags: an IPv4 datagram whose first fragment was allowed. */
+struct strait_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;		/* IPv4 identification */
+	__u8 protocol;
+	__u8 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_frag_key) == 12, "strait_frag_key layout");
+
+/* Value of strait_frags: the ports of the first fragment (for drop events). */
+struct strait_frag_entry {
+	__be16 sport;
+	__be16 dport;
+};
+_Static_assert(sizeof(struct strait_frag_entry) == 4, "strait_frag_entry layout");
+
+/* Where a drop happened. */
+enum strait_hook {
+	STRAIT_HOOK_CONNECT4 = 1,	/* cgroup/connect4: the connect() failed */
+	STRAIT_HOOK_TC_FROM_POD = 2,	/* tc ingress of a pod's host-side veth */
+	STRAIT_HOOK_TC_TO_POD = 3,	/* tc egress of a pod's host-side veth */
+	STRAIT_HOOK_CONNECT6 = 4,	/* cgroup/connect6 (IPv4-mapped destinations) */
+};
+
+/* One record of the strait_events ring buffer. */
+struct strait_drop_event {
+	__u64 ktime_ns;		/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__be32 src_ip;		/* network order; connect hooks: the pod's address, if known */
+	__be32 dst_ip;		/* network order; connect hooks: the address dialed */
+	__be16 sport;		/* network order; 0 on connect hooks */
+	__be16 dport;		/* network order */
+	__u8 protocol;		/* STRAIT_IPPROTO_* */
+	__u8 hook;		/* enum strait_hook */
+	__u16 reason;		/* enum strait_drop_reason */
+	__u32 src_identity;	/* 0 when not known */
+	__u32 dst_identity;	/* services: the first backend's */
+	__u64 cgroup_id;	/* connect hooks: the caller's cgroup; tc: 0 */
+	__u32 ifindex;		/* tc: the host-side veth; connect hooks: 0 */
+	__u32 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout");
+
 /*
  * Why Strait dropped or refused something. One list for kernel drops, proxy
  * denials, flow records and metrics. Values of reasons Cilium also has are
@@ -67,6 +250,10 @@ _Static_assert(sizeof(struct strait_sock_key) == 8, "strait_sock_key layout");
 enum strait_drop_reason {
 	STRAIT_DROP_NONE = 0,
 	STRAIT_DROP_POLICY_DENIED = 133,
+	/* A packet too short or malformed to judge. */
+	STRAIT_DROP_INVALID = 134,
+	/* A later IPv4 fragment whose first fragment was not allowed (or not seen). */
+	STRAIT_DROP_FRAG_NOT_FOUND = 175,
 	/* The node proxy's address is not configured: fail closed. */
 	STRAIT_DROP_NO_PROXY = 190,
 	/* An IPv4-mapped IPv6 connect that would have bypassed the proxy. */

@@ -20,20 +20,36 @@ struct Field {
 
 macro_rules! fields {
     ($ty:ty, $c:literal, [$($f:ident),* $(,)?]) => {
+        fields!($ty, $c, base 0, [$($f),*])
+    };
+    // `base`: where the Rust struct starts inside the C one (LPM keys: after `prefixlen`).
+    ($ty:ty, $c:literal, base $base:expr, [$($f:ident),* $(,)?]) => {
         vec![$(Field {
             c_struct: $c,
             name: stringify!($f),
-            offset: offset_of!($ty, $f),
+            offset: $base + offset_of!($ty, $f),
             size: size_of_val(&<$ty>::default().$f),
         }),*]
     };
 }
 
 fn structs() -> Vec<(&'static str, usize)> {
+    use aya::maps::lpm_trie::Key;
     vec![
         ("strait_config", size_of::<Config>()),
         ("strait_orig_dst", size_of::<OrigDst>()),
         ("strait_sock_key", size_of::<SockKey>()),
+        ("strait_ipcache_key", size_of::<Key<u32>>()),
+        ("strait_endpoint", size_of::<Endpoint>()),
+        ("strait_policy_key", size_of::<Key<PolicyKeyData>>()),
+        ("strait_svc_key", size_of::<SvcKey>()),
+        ("strait_svc_backend", size_of::<SvcBackend>()),
+        ("strait_svc_entry", size_of::<SvcEntry>()),
+        ("strait_ct_key", size_of::<CtKey>()),
+        ("strait_ct_entry", size_of::<CtEntry>()),
+        ("strait_frag_key", size_of::<FragKey>()),
+        ("strait_frag_entry", size_of::<FragEntry>()),
+        ("strait_drop_event", size_of::<DropEventRecord>()),
     ]
 }
 
@@ -41,6 +57,62 @@ fn fields() -> Vec<Field> {
     let mut all = fields!(Config, "strait_config", [proxy_ip4, proxy_port, pad, flags]);
     all.extend(fields!(OrigDst, "strait_orig_dst", [ip4, port, pad]));
     all.extend(fields!(SockKey, "strait_sock_key", [ip4, port, pad]));
+    // aya's `lpm_trie::Key<u32>`: a u32 prefix length, then the address.
+    all.extend([("prefixlen", 0), ("ip4", 4)].map(|(name, offset)| Field {
+        c_struct: "strait_ipcache_key",
+        name,
+        offset,
+        size: 4,
+    }));
+    all.extend(fields!(Endpoint, "strait_endpoint", [identity, ip4]));
+    all.extend(fields!(
+        PolicyKeyData,
+        "strait_policy_key",
+        base 4,
+        [src_identity, dst_identity, reserved, protocol, dport]
+    ));
+    all.extend(fields!(
+        SvcKey,
+        "strait_svc_key",
+        [vip, port, protocol, pad]
+    ));
+    all.extend(fields!(
+        SvcBackend,
+        "strait_svc_backend",
+        [identity, port, pad]
+    ));
+    all.extend(fields!(SvcEntry, "strait_svc_entry", [count, backends]));
+    all.extend(fields!(
+        CtKey,
+        "strait_ct_key",
+        [saddr, daddr, sport, dport, protocol, pad]
+    ));
+    all.extend(fields!(CtEntry, "strait_ct_entry", [created_ns, seen_ns]));
+    all.extend(fields!(
+        FragKey,
+        "strait_frag_key",
+        [saddr, daddr, id, protocol, pad]
+    ));
+    all.extend(fields!(FragEntry, "strait_frag_entry", [sport, dport]));
+    all.extend(fields!(
+        DropEventRecord,
+        "strait_drop_event",
+        [
+            ktime_ns,
+            src_ip,
+            dst_ip,
+            sport,
+            dport,
+            protocol,
+            hook,
+            reason,
+            src_identity,
+            dst_identity,
+            cgroup_id,
+            ifindex,
+            pad
+        ]
+    ));
     all
 }
 
@@ -50,11 +122,50 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_BYPASS_MAX", u64::from(BYPASS_MAX)),
         ("STRAIT_ORIG_MAX", u64::from(ORIG_MAX)),
         ("STRAIT_CFG_DISABLED", u64::from(CFG_DISABLED)),
+        ("STRAIT_IPCACHE_MAX", u64::from(IPCACHE_MAX)),
+        ("STRAIT_ENDPOINTS_MAX", u64::from(ENDPOINTS_MAX)),
+        ("STRAIT_POLICED_MAX", u64::from(POLICED_MAX)),
+        ("STRAIT_POLICY_MAX", u64::from(POLICY_MAX)),
+        ("STRAIT_SVC_MAX", u64::from(SVC_MAX)),
+        ("STRAIT_SVC_BACKENDS_MAX", u64::from(SVC_BACKENDS_MAX)),
+        ("STRAIT_CT_MAX", u64::from(CT_MAX)),
+        ("STRAIT_FRAG_MAX", u64::from(FRAG_MAX)),
+        ("STRAIT_EVENTS_BYTES", u64::from(EVENTS_BYTES)),
+        ("STRAIT_DROP_COUNTERS", u64::from(DROP_COUNTERS)),
+        ("STRAIT_ID_HOST", u64::from(ID_HOST)),
+        ("STRAIT_ID_WORLD", u64::from(ID_WORLD)),
+        ("STRAIT_POLICED_INGRESS", u64::from(POLICED_INGRESS)),
+        ("STRAIT_POLICED_EGRESS", u64::from(POLICED_EGRESS)),
+        (
+            "STRAIT_POLICY_PREFIX_ANY_PROTO",
+            u64::from(POLICY_PREFIX_ANY_PROTO),
+        ),
+        (
+            "STRAIT_POLICY_PREFIX_ANY_PORT",
+            u64::from(POLICY_PREFIX_ANY_PORT),
+        ),
+        ("STRAIT_POLICY_PREFIX_FULL", u64::from(POLICY_PREFIX_FULL)),
+        ("STRAIT_CT_LIFETIME_TCP_S", u64::from(CT_LIFETIME_TCP_S)),
+        ("STRAIT_CT_LIFETIME_OTHER_S", u64::from(CT_LIFETIME_OTHER_S)),
+        ("STRAIT_IPPROTO_ICMP", u64::from(IPPROTO_ICMP)),
+        ("STRAIT_IPPROTO_TCP", u64::from(IPPROTO_TCP)),
+        ("STRAIT_IPPROTO_UDP", u64::from(IPPROTO_UDP)),
+        ("STRAIT_IPPROTO_SCTP", u64::from(IPPROTO_SCTP)),
     ];
     for reason in DropReason::ALL {
         let name: &'static str =
             Box::leak(format!("STRAIT_DROP_{}", reason.as_str()).into_boxed_str());
         all.push((name, u64::from(reason as u32)));
+    }
+    for action in PolicyAction::ALL {
+        let name: &'static str =
+            Box::leak(format!("STRAIT_POLICY_{}", action.as_str()).into_boxed_str());
+        all.push((name, u64::from(action as u32)));
+    }
+    for hook in DropHook::ALL {
+        let name: &'static str =
+            Box::leak(format!("STRAIT_HOOK_{}", hook.as_str()).into_boxed_str());
+        all.push((name, u64::from(hook as u8)));
     }
     all
 }
@@ -183,4 +294,44 @@ fn addresses_are_stored_in_network_order() {
 
     let key = SockKey::from(addr);
     assert_eq!((key.ip4, key.port, key.pad), (orig.ip4, orig.port, 0));
+}
+
+#[test]
+fn drop_event_records_parse_from_ring_buffer_bytes() {
+    let record = DropEventRecord {
+        ktime_ns: 0x0102_0304_0506_0708,
+        src_ip: ip_to_net(Ipv4Addr::new(10, 0, 0, 1)),
+        dst_ip: ip_to_net(Ipv4Addr::new(10, 0, 0, 2)),
+        sport: 40000u16.to_be(),
+        dport: 53u16.to_be(),
+        protocol: IPPROTO_UDP,
+        hook: DropHook::TcToPod as u8,
+        reason: DropReason::PolicyDenied as u16,
+        src_identity: 1000,
+        dst_identity: 1001,
+        cgroup_id: 0xdead_beef_0000_0001,
+        ifindex: 7,
+        pad: 0,
+    };
+    // The bytes the kernel writes: the struct's memory, field by field in native order.
+    let mut bytes = Vec::new();
+    bytes.extend(record.ktime_ns.to_ne_bytes());
+    bytes.extend(record.src_ip.to_ne_bytes());
+    bytes.extend(record.dst_ip.to_ne_bytes());
+    bytes.extend(record.sport.to_ne_bytes());
+    bytes.extend(record.dport.to_ne_bytes());
+    bytes.extend([record.protocol, record.hook]);
+    bytes.extend(record.reason.to_ne_bytes());
+    bytes.extend(record.src_identity.to_ne_bytes());
+    bytes.extend(record.dst_identity.to_ne_bytes());
+    bytes.extend(record.cgroup_id.to_ne_bytes());
+    bytes.extend(record.ifindex.to_ne_bytes());
+    bytes.extend(record.pad.to_ne_bytes());
+    assert_eq!(bytes.len(), DropEventRecord::SIZE);
+    assert_eq!(DropEventRecord::from_bytes(&bytes), Some(record));
+    assert_eq!(DropEventRecord::from_bytes(&bytes[..47]), None);
+    assert_eq!(DropHook::try_from(3), Ok(DropHook::TcToPod));
+    assert_eq!(DropHook::try_from(9), Err(9));
+    assert_eq!(PolicyAction::try_from(3), Ok(PolicyAction::Proxy));
+    assert_eq!(PolicyAction::try_from(0), Err(0));
 }

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod pods;
+
 use std::{
     io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddrV4},
@@ -97,36 +99,9 @@ impl Fixture {
     /// Starts a TCP listener at `addr` inside the namespace (outside the cgroup, like the proxy).
     /// Each accepted connection is answered with `tag` and reported on the returned receiver.
     pub fn listen(&mut self, addr: SocketAddrV4, tag: &str) -> Listener {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "python3", "-c", LISTENER])
-            .args([
-                addr.ip().to_string(),
-                addr.port().to_string(),
-                tag.to_owned(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = rx.recv_timeout(TIMEOUT).unwrap();
-        assert_eq!(ready, "READY", "listener at {addr}");
-        let pid = child.id();
+        let (child, listener) = spawn_listener(&self.netns, addr, tag);
         self.listeners.push(child);
-        Listener {
-            pid,
-            lines: rx,
-            addr,
-        }
+        listener
     }
 
     pub fn stop(&mut self, listener: Listener) {
@@ -139,37 +114,12 @@ impl Fixture {
 
     /// Runs the client script inside the namespace and the cgroup; returns its stdout lines.
     pub fn client(&self, args: &[&str]) -> Vec<String> {
-        let procs = self.cgroup.join("cgroup.procs");
-        let out = Command::new("sh")
-            .args(["-c", r#"echo $$ > "$1" && shift && exec "$@""#, "sh"])
-            .arg(&procs)
-            .args(["ip", "netns", "exec", &self.netns, "python3", "-c", CLIENT])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "client {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        client_in(&self.netns, &self.cgroup, args)
     }
 
     /// Connects from a pod to `addr`: `Ok((peer the app saw, reply))` or `Err(errno name)`.
     pub fn connect(&self, addr: &str, port: u16) -> Result<(String, String), String> {
-        let lines = self.client(&["connect", addr, &port.to_string()]);
-        match lines.as_slice() {
-            [peer, data] => Ok((
-                peer.strip_prefix("PEER ").unwrap().to_owned(),
-                data.strip_prefix("DATA ").unwrap().to_owned(),
-            )),
-            [err] => Err(err.strip_prefix("ERR ").unwrap().to_owned()),
-            other => panic!("unexpected client output {other:?}"),
-        }
+        connect_in(&self.netns, &self.cgroup, addr, port)
     }
 
     /// Number of Strait programs attached to the test cgroup, as bpftool sees them.
@@ -222,6 +172,83 @@ impl Drop for Fixture {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+    }
+}
+
+/// Starts the listener script in `netns` (see [`Fixture::listen`]).
+pub fn spawn_listener(netns: &str, addr: SocketAddrV4, tag: &str) -> (Child, Listener) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "python3", "-c", LISTENER])
+        .args([
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            tag.to_owned(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(TIMEOUT).unwrap();
+    assert_eq!(ready, "READY", "listener at {addr}");
+    let pid = child.id();
+    (
+        child,
+        Listener {
+            pid,
+            lines: rx,
+            addr,
+        },
+    )
+}
+
+/// Runs the client script in `netns`, as a process of `cgroup`; returns its stdout lines.
+pub fn client_in(netns: &str, cgroup: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let procs = cgroup.join("cgroup.procs");
+    let out = Command::new("sh")
+        .args(["-c", r#"echo $$ > "$1" && shift && exec "$@""#, "sh"])
+        .arg(&procs)
+        .args(["ip", "netns", "exec", netns, "python3", "-c", CLIENT])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connects from `netns` + `cgroup` to `addr`: `Ok((peer the app saw, reply))` or
+/// `Err(errno name)`.
+pub fn connect_in(
+    netns: &str,
+    cgroup: &std::path::Path,
+    addr: &str,
+    port: u16,
+) -> Result<(String, String), String> {
+    let lines = client_in(netns, cgroup, &["connect", addr, &port.to_string()]);
+    match lines.as_slice() {
+        [peer, data] => Ok((
+            peer.strip_prefix("PEER ").unwrap().to_owned(),
+            data.strip_prefix("DATA ").unwrap().to_owned(),
+        )),
+        [err] => Err(err.strip_prefix("ERR ").unwrap().to_owned()),
+        other => panic!("unexpected client output {other:?}"),
     }
 }
 

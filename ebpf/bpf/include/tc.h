@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The decision of the tc programs for one parsed IPv4 packet.
+ *
+ * Precedence, first match wins:
+ *   1. later fragment        -> follows its first fragment: ALLOW if that was
+ *                               allowed (strait_frags), else FRAG_NOT_FOUND
+ *   2. either side is HOST   -> ALLOW, untracked (pod <-> gateway: the proxy,
+ *                               which enforced policy already, and DNS)
+ *   3. ICMP error quoting a tracked flow (either direction) -> ALLOW
+ *   4. tracked flow, this direction or the reverse (strait_ct) -> ALLOW
+ *   5. policy (policy.h)     -> ALLOW, and the flow is tracked from now on;
+ *                               or POLICY_DENIED
+ * An allowed first fragment is recorded so that the later ones follow.
+ */
+#ifndef STRAIT_TC_H
+#define STRAIT_TC_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#include "strait_abi.h"
+#include "maps.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "policy.h"
+
+static __always_inline struct strait_frag_key strait_frag_key_of(const struct strait_pkt *pkt)
+{
+	struct strait_frag_key k = {
+		.saddr = pkt->tuple.saddr,
+		.daddr = pkt->tuple.daddr,
+		.id = pkt->ip_id,
+		.protocol = pkt->tuple.protocol,
+	};
+
+	return k;
+}
+
+/* Returns STRAIT_DROP_NONE to let the packet pass, else why it is dropped. */
+static __always_inline enum strait_drop_reason
+strait_tc_judge(const struct strait_pkt *pkt, __u32 src_id, __u32 dst_id, __u64 now)
+{
+	struct strait_frag_key fk = strait_frag_key_of(pkt);
+	struct strait_frag_entry fe;
+	enum strait_policy_match m;
+
+	if (pkt->frag == STRAIT_FRAG_LATER)
+		return bpf_map_lookup_elem(&strait_frags, &fk) ? STRAIT_DROP_NONE
+							       : STRAIT_DROP_FRAG_NOT_FOUND;
+	if (src_id == STRAIT_ID_HOST || dst_id == STRAIT_ID_HOST)
+		goto allowed;
+	if (pkt->has_inner && strait_ct_lookup(&pkt->inner, now) != STRAIT_CT_NEW)
+		goto allowed;
+	if (strait_ct_lookup(&pkt->tuple, now) != STRAIT_CT_NEW)
+		goto allowed;
+	m = strait_policy_check(src_id, dst_id, pkt->tuple.protocol, pkt->policy_dport);
+	if (!strait_match_allows(m))
+		return STRAIT_DROP_POLICY_DENIED;
+	strait_ct_create(&pkt->tuple, now);
+allowed:
+	if (pkt->frag == STRAIT_FRAG_FIRST) {
+		fe.sport = pkt->tuple.sport;
+		fe.dport = pkt->tuple.dport;
+		bpf_map_update_elem(&strait_frags, &fk, &fe, BPF_ANY);
+	}
+	return STRAIT_DROP_NONE;
+}
+
+#endif /* STRAIT_TC_H */

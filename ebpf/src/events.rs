@@ -1,0 +1,193 @@
+//! Kernel drop events: the `strait_events` ring buffer, read asynchronously as typed
+//! [`DropEvent`]s.
+//!
+//! One reader at a time: the ring buffer has a single consumer position, so a second reader
+//! would steal the first one's events. [`crate::Datapath::drop_events`] refuses while a
+//! [`DropEvents`] is alive.
+
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{Map, MapData, MapError, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::abi::{self, DropEventRecord, DropHook, DropReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening the drop event ring buffer pinned at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("the drop events are already being read (one reader at a time)")]
+    Busy,
+    #[error("reading drop events needs a tokio runtime with I/O enabled")]
+    NoRuntime,
+    #[error("waiting for drop events")]
+    Poll(#[source] std::io::Error),
+}
+
+/// A packet dropped or a connect refused by the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropEvent {
+    /// Wall-clock time of the drop.
+    pub time: SystemTime,
+    /// The kernel's monotonic timestamp (`bpf_ktime_get_ns`).
+    pub ktime_ns: u64,
+    pub hook: DropHook,
+    pub reason: DropReason,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP).
+    pub protocol: u8,
+    /// Connect hooks: the pod's address (0.0.0.0 when its cgroup is unknown), port 0.
+    pub src: SocketAddrV4,
+    /// Connect hooks: the address dialed (a service frontend stays as dialed).
+    pub dst: SocketAddrV4,
+    /// 0 when not known (unknown cgroup, malformed packet).
+    pub src_identity: u32,
+    /// For a service: its first backend's identity.
+    pub dst_identity: u32,
+    /// Connect hooks: the calling process's cgroup id; tc: 0.
+    pub cgroup_id: u64,
+    /// tc: the pod's host-side veth; connect hooks: 0.
+    pub ifindex: u32,
+}
+
+impl DropEvent {
+    fn from_record(r: &DropEventRecord, clock: &Clock) -> Option<Self> {
+        Some(Self {
+            time: clock.wall(r.ktime_ns),
+            ktime_ns: r.ktime_ns,
+            hook: DropHook::try_from(r.hook).ok()?,
+            reason: DropReason::try_from(u32::from(r.reason)).ok()?,
+            protocol: r.protocol,
+            src: SocketAddrV4::new(abi::ip_from_net(r.src_ip), u16::from_be(r.sport)),
+            dst: SocketAddrV4::new(abi::ip_from_net(r.dst_ip), u16::from_be(r.dport)),
+            src_identity: r.src_identity,
+            dst_identity: r.dst_identity,
+            cgroup_id: r.cgroup_id,
+            ifindex: r.ifindex,
+        })
+    }
+}
+
+/// Maps `bpf_ktime_get_ns` (CLOCK_MONOTONIC) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    /// Wall-clock nanoseconds since the epoch minus monotonic nanoseconds, when opened.
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+            i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec())
+        });
+        Self {
+            offset_ns: wall - mono,
+        }
+    }
+
+    fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let nanos = (self.offset_ns + i128::from(ktime_ns)).max(0);
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// The async reader of drop events. Dropping it lets another reader start.
+pub struct DropEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+    clock: Clock,
+    busy: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for DropEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropEvents").finish_non_exhaustive()
+    }
+}
+
+impl DropEvents {
+    /// Opens the ring buffer pinned at `path`; `busy` is the one-reader flag.
+    pub(crate) fn open(path: &Path, busy: Arc<AtomicBool>) -> Result<Self, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        if busy.swap(true, Ordering::AcqRel) {
+            return Err(Error::Busy);
+        }
+        let release = |e| {
+            busy.store(false, Ordering::Release);
+            e
+        };
+        let open_err = |source| Error::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let ring = MapData::from_pin(path)
+            .and_then(Map::from_map_data)
+            .and_then(RingBuf::try_from)
+            .map_err(open_err)
+            .map_err(release)?;
+        // `AsyncFd::register` is the non-deprecated form, but `unsafe`; its safety condition
+        // holds here: `RingBuf` owns its map fd and neither closes nor changes it while alive.
+        #[expect(deprecated, reason = "the safe form of AsyncFd::register, see above")]
+        let ring = AsyncFd::new(ring).map_err(Error::Poll).map_err(release)?;
+        Ok(Self {
+            ring,
+            clock: Clock::now(),
+            busy,
+        })
+    }
+
+    /// The next event, waiting for one if none is queued.
+    pub async fn next(&mut self) -> Result<DropEvent, Error> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(Error::Poll)?;
+            if let Some(event) = pop(guard.get_inner_mut(), &self.clock) {
+                return Ok(event);
+            }
+            // Tokio keeps readiness that arrived since it was observed, so nothing is lost.
+            guard.clear_ready();
+        }
+    }
+
+    /// The next queued event, without waiting.
+    pub fn try_next(&mut self) -> Option<DropEvent> {
+        pop(self.ring.get_mut(), &self.clock)
+    }
+}
+
+impl Drop for DropEvents {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Consumes records until one parses; `None` when the ring is empty.
+fn pop(ring: &mut RingBuf<MapData>, clock: &Clock) -> Option<DropEvent> {
+    loop {
+        let item = ring.next()?;
+        let record = DropEventRecord::from_bytes(&item);
+        drop(item);
+        match record
+            .as_ref()
+            .and_then(|r| DropEvent::from_record(r, clock))
+        {
+            Some(event) => return Some(event),
+            // Written by another build of the programs (e.g. a previous agent's, still attached).
+            None => tracing::debug!(?record, "skipping an unreadable drop event"),
+        }
+    }
+}
