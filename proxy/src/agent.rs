@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::config::AgentConfig;
+use crate::datapath::Installer;
 use crate::dns::{DnsServer, DnsTable};
 use crate::flows::FlowRing;
 use crate::model::{ClusterInfo, Store};
@@ -35,7 +36,7 @@ pub enum AgentError {
 }
 
 /// The eBPF maps as the proxy's source of original destinations.
-struct KernelOriginalDst(strait_ebpf::Datapath);
+struct KernelOriginalDst(Arc<strait_ebpf::Datapath>);
 
 impl OriginalDst for KernelOriginalDst {
     fn take(&self, client: SocketAddrV4) -> Option<SocketAddrV4> {
@@ -51,12 +52,15 @@ impl OriginalDst for KernelOriginalDst {
 
 /// Runs the agent until the process is stopped.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
-    let datapath = strait_ebpf::Datapath::load_and_attach(&strait_ebpf::DatapathConfig {
-        pin_dir: cfg.bpf_pin_dir.clone(),
-        cgroup: cfg.cgroup.clone(),
-        proxy: cfg.outbound,
-        bypass: vec![*cfg.outbound.ip()],
-    })?;
+    let datapath = Arc::new(strait_ebpf::Datapath::load_and_attach(
+        &strait_ebpf::DatapathConfig {
+            pin_dir: cfg.bpf_pin_dir.clone(),
+            cgroup: cfg.cgroup.clone(),
+            proxy: cfg.outbound,
+            bypass: vec![*cfg.outbound.ip()],
+        },
+    )?);
+    let mut drops = datapath.drop_events()?;
     let programs: Vec<serde_json::Value> = datapath
         .programs()
         .into_iter()
@@ -88,8 +92,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             cfg.node.clone(),
         ),
         flows.clone(),
-        Arc::new(KernelOriginalDst(datapath)),
+        Arc::new(KernelOriginalDst(datapath.clone())),
     ));
+    let installer = Arc::new(Installer::new(datapath.clone()));
     let store = Arc::new(Store::new());
     let ready = Arc::new(AtomicBool::new(false));
     let state_revision = Arc::new(AtomicU64::new(0));
@@ -102,15 +107,43 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let ready = ready.clone();
         let state_revision = state_revision.clone();
         let node = cfg.node.clone();
+        let installer = installer.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let Some(snap) = rx.borrow_and_update().clone() else {
                     continue;
                 };
+                let image =
+                    compile::kernel_image(&snap.cluster, &node, Vec::new(), Vec::new(), Vec::new());
+                let interfaces = compile::pod_interfaces(&snap.cluster, &node);
+                // Kernel first: a revision is reported only once the maps enforce it.
+                if let Err(e) = installer.install(&image, &interfaces) {
+                    error!(error = %crate::errors::chain(&e), revision = snap.cluster.revision,
+                        "cannot install revision; the previous one stays in force");
+                    continue;
+                }
                 proxy.swap_tables(compile::proxy_tables(&snap.cluster, &node, snap.revision));
                 let _ = dns_tx.send(Arc::new(DnsTable::from_cluster(&snap.cluster)));
                 state_revision.store(snap.cluster.revision, Ordering::SeqCst);
                 ready.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    // Kernel drops become flows; reading never blocks the data path (a full ring drops events).
+    {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                match drops.next().await {
+                    Ok(ev) => {
+                        let flow = crate::flows::kernel::flow_from_drop(&ev, &proxy.tables());
+                        proxy.flows().record(flow);
+                    }
+                    Err(e) => {
+                        error!(error = %crate::errors::chain(&e), "drop events");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
             }
         });
     }
@@ -138,6 +171,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 "endpoints": t.endpoints.len(),
                 "services": t.services.len(),
                 "programs": programs,
+                "pod_interfaces": installer.interfaces(),
                 "listeners": {
                     "outbound": cfg.outbound.to_string(),
                     "tunnel": cfg.tunnel.to_string(),

@@ -29,6 +29,12 @@ pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> Pr
             )
         })
         .collect();
+    let by_cgroup = state
+        .endpoints
+        .iter()
+        .filter(|e| e.node == local_node)
+        .filter_map(|e| Some((e.cgroup_id?, endpoints.get(&e.ip)?.clone())))
+        .collect();
     let mut services = HashMap::new();
     for svc in &state.services {
         for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
@@ -62,6 +68,7 @@ pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> Pr
         cluster: state.cluster.clone(),
         local_node: local_node.to_string(),
         endpoints,
+        by_cgroup,
         services,
         nodes: state
             .nodes
@@ -73,6 +80,80 @@ pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> Pr
             })
             .collect(),
     }
+}
+
+/// What the kernel needs of the cluster on `local_node`: who has which address (ipcache), which
+/// cgroup is which local pod, service backends, and the compiled policy (`policed`, `rules`).
+pub fn kernel_image(
+    state: &ClusterState,
+    local_node: &str,
+    policed: Vec<(u32, bool, bool)>,
+    rules: Vec<(strait_ebpf::PolicyKey, strait_ebpf::PolicyAction)>,
+    cidr_identities: Vec<(ipnet::Ipv4Net, u32)>,
+) -> strait_ebpf::PolicyImage {
+    use crate::identity::reserved;
+    let host = |ip| ipnet::Ipv4Net::from(ip);
+    let mut ipcache: Vec<(ipnet::Ipv4Net, u32)> = cidr_identities;
+    for n in &state.nodes {
+        if n.name == local_node {
+            ipcache.push((host(n.gateway), reserved::HOST));
+        } else {
+            ipcache.push((host(n.gateway), reserved::REMOTE_NODE));
+            ipcache.push((host(n.underlay_ip), reserved::REMOTE_NODE));
+        }
+    }
+    ipcache.extend(state.endpoints.iter().map(|e| (host(e.ip), e.identity)));
+    let endpoints = state
+        .endpoints
+        .iter()
+        .filter(|e| e.node == local_node)
+        .filter_map(|e| {
+            Some(strait_ebpf::EndpointEntry {
+                cgroup_id: e.cgroup_id?,
+                identity: e.identity,
+                ip: e.ip,
+            })
+        })
+        .collect();
+    let mut services = Vec::new();
+    for svc in &state.services {
+        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+            let mut backends: Vec<strait_ebpf::ServiceBackend> = state
+                .endpoints
+                .iter()
+                .filter(|ep| ep.ready && svc.selects(ep))
+                .filter_map(|ep| {
+                    Some(strait_ebpf::ServiceBackend {
+                        identity: ep.identity,
+                        port: port.target_on(ep)?,
+                    })
+                })
+                .collect();
+            backends.sort_by_key(|b| (b.identity, b.port));
+            backends.dedup_by_key(|b| (b.identity, b.port));
+            services.push((SocketAddrV4::new(svc.cluster_ip, port.port), backends));
+        }
+    }
+    strait_ebpf::PolicyImage {
+        ipcache,
+        endpoints,
+        policed,
+        rules,
+        services,
+    }
+}
+
+/// Host-side interfaces of this node's pods, where the tc programs go.
+pub fn pod_interfaces(
+    state: &ClusterState,
+    local_node: &str,
+) -> std::collections::BTreeSet<String> {
+    state
+        .endpoints
+        .iter()
+        .filter(|e| e.node == local_node)
+        .filter_map(|e| e.host_ifname.clone())
+        .collect()
 }
 
 #[cfg(test)]

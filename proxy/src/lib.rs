@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod datapath;
 pub mod dns;
 pub mod errors;
 pub mod flows;

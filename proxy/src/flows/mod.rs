@@ -2,6 +2,7 @@
 
 pub mod client;
 mod filter;
+pub mod kernel;
 mod record;
 mod ring;
 

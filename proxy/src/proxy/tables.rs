@@ -76,6 +76,8 @@ pub struct ProxyTables {
     pub cluster: ClusterInfo,
     pub local_node: String,
     pub endpoints: HashMap<Ipv4Addr, Arc<EndpointInfo>>,
+    /// This node's endpoints by cgroup ID, for kernel events raised at connect().
+    pub by_cgroup: HashMap<u64, Arc<EndpointInfo>>,
     /// TCP service frontends by `clusterIP:port`.
     pub services: HashMap<SocketAddrV4, ServiceEntry>,
     pub nodes: Vec<NodeEntry>,
@@ -117,6 +119,7 @@ impl ProxyTables {
             cluster,
             local_node,
             endpoints: HashMap::new(),
+            by_cgroup: HashMap::new(),
             services: HashMap::new(),
             nodes: Vec::new(),
         }
@@ -125,6 +128,11 @@ impl ProxyTables {
     /// The endpoint with this address, if it is a pod of the cluster.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<&Arc<EndpointInfo>> {
         self.endpoints.get(&ip)
+    }
+
+    /// The local endpoint whose processes live in cgroup `id`.
+    pub fn endpoint_by_cgroup(&self, id: u64) -> Option<&Arc<EndpointInfo>> {
+        self.by_cgroup.get(&id)
     }
 
     /// The node owning `ip` (by endpoint, else by pod CIDR).
