@@ -4,6 +4,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -13,6 +14,8 @@ use crate::datapath::Installer;
 use crate::dns::{DnsServer, DnsTable};
 use crate::flows::FlowRing;
 use crate::model::{ClusterInfo, Store};
+use crate::policy::engine::SelectorCache;
+use crate::policy::{Engine, Universe};
 use crate::proxy::tables::ProxyTables;
 use crate::proxy::{OriginalDst, Proxy};
 use crate::{admin, compile, proxy, sources};
@@ -99,6 +102,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let ready = Arc::new(AtomicBool::new(false));
     let state_revision = Arc::new(AtomicU64::new(0));
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
+    let policy_stats = Arc::new(parking_lot::Mutex::new(serde_json::Value::Null));
 
     // Compile every new snapshot and install it: proxy tables, DNS.
     {
@@ -108,13 +112,35 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let state_revision = state_revision.clone();
         let node = cfg.node.clone();
         let installer = installer.clone();
+        let policy_stats = policy_stats.clone();
         tokio::spawn(async move {
+            let mut selectors = SelectorCache::default();
             while rx.changed().await.is_ok() {
                 let Some(snap) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let image =
-                    compile::kernel_image(&snap.cluster, &node, Vec::new(), Vec::new(), Vec::new());
+                let started = Instant::now();
+                let policies = &snap.cluster.policies;
+                let universe = Arc::new(Universe::from_state(&snap.cluster, policies));
+                let engine = Arc::new(Engine::build_cached(
+                    policies,
+                    universe.clone(),
+                    &mut selectors,
+                ));
+                let kernel = crate::policy::kernel::compile(&engine);
+                let stats = serde_json::json!({
+                    "policies": policies.len(),
+                    "selected_identities": engine.subject_ids().len(),
+                    "kernel_rules": kernel.rules.len(),
+                    "compile_us": started.elapsed().as_micros() as u64,
+                });
+                let image = compile::kernel_image(
+                    &snap.cluster,
+                    &node,
+                    kernel.policed,
+                    kernel.rules,
+                    universe.cidr_entries(),
+                );
                 let interfaces = compile::pod_interfaces(&snap.cluster, &node);
                 // Kernel first: a revision is reported only once the maps enforce it.
                 if let Err(e) = installer.install(&image, &interfaces) {
@@ -122,7 +148,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                         "cannot install revision; the previous one stays in force");
                     continue;
                 }
-                proxy.swap_tables(compile::proxy_tables(&snap.cluster, &node, snap.revision));
+                proxy.swap_tables(compile::proxy_tables(
+                    &snap.cluster,
+                    &node,
+                    snap.revision,
+                    engine,
+                ));
+                info!(revision = snap.cluster.revision, policy = %stats, "revision installed");
+                *policy_stats.lock() = stats;
                 let _ = dns_tx.send(Arc::new(DnsTable::from_cluster(&snap.cluster)));
                 state_revision.store(snap.cluster.revision, Ordering::SeqCst);
                 ready.store(true, Ordering::SeqCst);
@@ -172,6 +205,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 "services": t.services.len(),
                 "programs": programs,
                 "pod_interfaces": installer.interfaces(),
+                "policy": policy_stats.lock().clone(),
                 "listeners": {
                     "outbound": cfg.outbound.to_string(),
                     "tunnel": cfg.tunnel.to_string(),

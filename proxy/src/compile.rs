@@ -5,12 +5,18 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use crate::config::TUNNEL_PORT;
+use crate::policy::Engine;
 use crate::flows::ServiceRef;
 use crate::model::{ClusterState, Protocol};
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
 /// Compiles the tables the proxy of `local_node` uses.
-pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> ProxyTables {
+pub fn proxy_tables(
+    state: &ClusterState,
+    local_node: &str,
+    revision: u64,
+    policy: Arc<Engine>,
+) -> ProxyTables {
     let endpoints: HashMap<_, _> = state
         .endpoints
         .iter()
@@ -77,8 +83,10 @@ pub fn proxy_tables(state: &ClusterState, local_node: &str, revision: u64) -> Pr
                 name: n.name.clone(),
                 pod_cidr: n.pod_cidr,
                 tunnel: (n.underlay_ip, TUNNEL_PORT).into(),
+                gateway: n.gateway,
             })
             .collect(),
+        policy,
     }
 }
 
@@ -93,16 +101,20 @@ pub fn kernel_image(
 ) -> strait_ebpf::PolicyImage {
     use crate::identity::reserved;
     let host = |ip| ipnet::Ipv4Net::from(ip);
-    let mut ipcache: Vec<(ipnet::Ipv4Net, u32)> = cidr_identities;
+    // Later entries win: a policy CIDR that is exactly a node's or a pod's address still
+    // resolves to that node or pod, as Cilium's ipcache does.
+    let mut ipcache: std::collections::BTreeMap<ipnet::Ipv4Net, u32> =
+        cidr_identities.into_iter().collect();
     for n in &state.nodes {
         if n.name == local_node {
-            ipcache.push((host(n.gateway), reserved::HOST));
+            ipcache.insert(host(n.gateway), reserved::HOST);
         } else {
-            ipcache.push((host(n.gateway), reserved::REMOTE_NODE));
-            ipcache.push((host(n.underlay_ip), reserved::REMOTE_NODE));
+            ipcache.insert(host(n.gateway), reserved::REMOTE_NODE);
+            ipcache.insert(host(n.underlay_ip), reserved::REMOTE_NODE);
         }
     }
     ipcache.extend(state.endpoints.iter().map(|e| (host(e.ip), e.identity)));
+    let ipcache: Vec<(ipnet::Ipv4Net, u32)> = ipcache.into_iter().collect();
     let endpoints = state
         .endpoints
         .iter()
@@ -221,7 +233,12 @@ mod tests {
                 }],
                 selector: [("app".to_string(), "backend".to_string())].into(),
             }],
+            policies: vec![],
         }
+    }
+
+    fn no_policy() -> Arc<Engine> {
+        Arc::new(Engine::build(&[], Arc::new(crate::policy::Universe::new("c1"))))
     }
 
     fn vip() -> SocketAddrV4 {
@@ -230,7 +247,7 @@ mod tests {
 
     #[test]
     fn service_round_robins_over_ready_backends_with_named_target_port() {
-        let t = proxy_tables(&state(), "node-1", 1);
+        let t = proxy_tables(&state(), "node-1", 1, no_policy());
         let mut seen = Vec::new();
         for _ in 0..4 {
             let d = t.decide(vip());
@@ -247,7 +264,7 @@ mod tests {
 
     #[test]
     fn remote_backend_goes_through_its_node_tunnel() {
-        let t = proxy_tables(&state(), "node-1", 1);
+        let t = proxy_tables(&state(), "node-1", 1, no_policy());
         let d = t.decide("198.18.17.2:8080".parse().unwrap());
         assert_eq!(d.service, None);
         match d.route {
@@ -279,7 +296,7 @@ mod tests {
         for e in &mut s.endpoints {
             e.ready = false;
         }
-        let t = proxy_tables(&s, "node-1", 1);
+        let t = proxy_tables(&s, "node-1", 1, no_policy());
         assert_eq!(t.decide(vip()).route, Route::NoBackend);
         assert!(t.is_local_pod(Ipv4Addr::new(198, 18, 16, 2)));
         assert!(!t.is_local_pod(Ipv4Addr::new(198, 18, 17, 2)));

@@ -407,6 +407,7 @@ mod tests {
                 service("web", [10, 96, 0, 10], "web"),
                 service("db", [0, 0, 0, 0], "db"),
             ],
+            policies: vec![],
         }
     }
 

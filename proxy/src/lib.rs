@@ -12,5 +12,6 @@ pub mod flows;
 pub mod identity;
 pub mod lab;
 pub mod model;
+pub mod policy;
 pub mod proxy;
 pub mod sources;

@@ -20,6 +20,13 @@ pub struct LabName {
     name: String,
 }
 
+impl LabName {
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// `strait lab` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {

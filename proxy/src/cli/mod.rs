@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod lab;
 pub mod observe;
+pub mod policy;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,9 @@ enum Command {
     Lab(lab::LabCommand),
     /// Show flows recorded by the agents, like `hubble observe`.
     Observe(lab::ObserveCommand),
+    /// Validate, trace and list network policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Entry point of the binary.
@@ -41,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Observe(cmd) => lab::observe(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -96,6 +96,8 @@ pub enum Object {
         ports: Vec<ServicePort>,
         selector: Labels,
     },
+    /// A CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy, validated.
+    Policy(Box<crate::policy::Policy>),
 }
 
 impl Object {
@@ -106,6 +108,7 @@ impl Object {
             Object::Pod { .. } => "Pod",
             Object::Deployment { .. } => "Deployment",
             Object::Service { .. } => "Service",
+            Object::Policy(p) => p.kind.as_str(),
         }
     }
 
@@ -122,6 +125,7 @@ impl Object {
             | Object::Service {
                 namespace, name, ..
             } => format!("{namespace}/{name}"),
+            Object::Policy(p) => p.key(),
         }
     }
 }
@@ -240,6 +244,27 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
     if kind.is_empty() {
         return Err(ctx.err("kind", "missing"));
     }
+    if crate::policy::is_policy_kind(&kind) {
+        let policy = crate::policy::parse(value, "default").map_err(|e| ctx.err(e.field, e.reason))?;
+        if let Some(ns) = &policy.namespace
+            && !valid_dns_label(ns)
+        {
+            return Err(ctx.err(
+                "metadata.namespace",
+                format!("{ns:?} is not a valid namespace name"),
+            ));
+        }
+        if !valid_dns_subdomain(&policy.name) {
+            return Err(ctx.err(
+                "metadata.name",
+                format!(
+                    "{:?} must be a DNS subdomain: lowercase letters, digits, '-' and '.'",
+                    policy.name
+                ),
+            ));
+        }
+        return Ok(Object::Policy(Box::new(policy)));
+    }
     let expected_api = match kind.as_str() {
         "Namespace" | "Pod" | "Service" => "v1",
         "Deployment" => "apps/v1",
@@ -247,7 +272,7 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
             return Err(ctx.err(
                 "kind",
                 format!(
-                    "{other} is not supported by the lab (supported: Namespace, Pod, Deployment, Service)"
+                    "{other} is not supported by the lab (supported: Namespace, Pod, Deployment, Service, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy)"
                 ),
             ));
         }
@@ -466,6 +491,11 @@ fn namespace_of(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<String, ManifestErro
         ));
     }
     Ok(ns)
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires for names of most objects.
+pub fn valid_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(valid_dns_label)
 }
 
 /// RFC 1123 label, as Kubernetes requires for names of namespaces, services and (here) pods.

@@ -61,6 +61,9 @@ pub struct ClusterResources {
     pub pods: BTreeMap<String, PodRecord>,
     #[serde(default)]
     pub identities: IdentityAllocator,
+    /// Network policies in force, by `Kind/namespace/name`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, crate::policy::Policy>,
 }
 
 /// A Deployment as applied.
@@ -153,6 +156,7 @@ impl Default for ClusterResources {
             services: BTreeMap::new(),
             pods: BTreeMap::new(),
             identities: IdentityAllocator::default(),
+            policies: BTreeMap::new(),
         }
     }
 }
@@ -191,6 +195,8 @@ pub fn plan(
                 r.deployments.retain(|k, _| !k.starts_with(&prefix));
                 r.standalone.retain(|k, _| !k.starts_with(&prefix));
                 r.services.retain(|k, _| !k.starts_with(&prefix));
+                r.policies
+                    .retain(|_, p| p.namespace.as_deref() != Some(name.as_str()));
             } else {
                 r.namespaces
                     .insert(name.clone(), ns_labels(name, labels.clone()));
@@ -207,8 +213,23 @@ pub fn plan(
         {
             return Err(err(o, obj, format!("namespace {namespace:?} not found")));
         }
+        if let Object::Policy(p) = obj
+            && let Some(namespace) = &p.namespace
+            && !delete
+            && !r.namespaces.contains_key(namespace)
+        {
+            return Err(err(o, obj, format!("namespace {namespace:?} not found")));
+        }
         match obj {
             Object::Namespace { .. } => {}
+            Object::Policy(p) => {
+                let key = format!("{}/{}", p.kind.as_str(), p.key());
+                if delete {
+                    r.policies.remove(&key);
+                } else {
+                    r.policies.insert(key, (**p).clone());
+                }
+            }
             Object::Pod { template, .. } => {
                 if delete {
                     r.standalone.remove(&key);
@@ -496,6 +517,7 @@ pub fn cluster_state(
             .collect(),
         endpoints,
         services: r.services.values().cloned().collect(),
+        policies: r.policies.values().cloned().collect(),
     })
 }
 

@@ -132,6 +132,9 @@ pub struct ClusterState {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Network policies of the cluster, validated by the source.
+    #[serde(default)]
+    pub policies: Vec<crate::policy::Policy>,
 }
 
 /// What a source hands to the store.

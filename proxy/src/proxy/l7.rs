@@ -35,15 +35,7 @@ pub type Connector =
 /// Response body: the upstream's or our own.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// The parts of a request policy rules look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestInfo {
-    pub method: String,
-    /// Path with query, as Envoy matches it.
-    pub path: String,
-    pub host: Option<String>,
-    pub headers: Vec<(String, String)>,
-}
+pub use crate::policy::http::RequestInfo;
 
 /// The policy's answer for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,10 +9,86 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::Proxy;
+use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::conn::{ConnRecord, peer};
 use super::tables::Route;
 use super::tunnel::TunnelSource;
-use crate::flows::Direction;
+use crate::flows::{Direction, FlowRecord, FlowRing};
+
+const TCP: u8 = 6;
+
+/// Judges each request against the policy in force when it arrives.
+struct PolicyJudge {
+    proxy: Arc<Proxy>,
+    src: u32,
+    dst: u32,
+    port: u16,
+}
+
+impl HttpJudge for PolicyJudge {
+    fn judge(&self, req: &RequestInfo) -> Judgement {
+        let v = self
+            .proxy
+            .tables()
+            .policy
+            .verdict(self.src, self.dst, TCP, self.port);
+        if !v.allowed() {
+            return Judgement {
+                allowed: false,
+                rules: v.deciding_rules(),
+            };
+        }
+        if !v.needs_l7() {
+            return Judgement {
+                allowed: true,
+                rules: v.deciding_rules(),
+            };
+        }
+        let (allowed, rules) = v.judge_http(req);
+        Judgement { allowed, rules }
+    }
+}
+
+/// Per-request flows go to the node's ring.
+struct RingSink(Arc<FlowRing>);
+
+impl FlowSink for RingSink {
+    fn record(&self, flow: FlowRecord) {
+        self.0.record(flow);
+    }
+}
+
+/// Opens the upstream of an L7 connection: the pod directly, or a tunnel to its node.
+fn upstream_connector(
+    proxy: Arc<Proxy>,
+    target: SocketAddrV4,
+    via: Option<(String, SocketAddr)>,
+    source: TunnelSource,
+) -> Connector {
+    let source = Arc::new(source);
+    Box::new(move || {
+        let proxy = proxy.clone();
+        let via = via.clone();
+        let source = source.clone();
+        Box::pin(async move {
+            match via {
+                None => {
+                    let s = TcpStream::connect(target)
+                        .await
+                        .map_err(|e| format!("connect {target}: {e}"))?;
+                    let _ = s.set_nodelay(true);
+                    Ok(Box::new(s) as BoxIo)
+                }
+                Some((_, tunnel)) => proxy
+                    .pool
+                    .open(tunnel, target, &source)
+                    .await
+                    .map(|s| Box::new(s) as BoxIo)
+                    .map_err(|e| crate::errors::chain(&e)),
+            }
+        })
+    })
+}
 
 /// Accepts redirected connections until the listener fails.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -59,7 +135,11 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         reset(client);
         return;
     };
-    let decision = tables.decide(original);
+    let src_identity = match &src_ep {
+        Some(ep) => ep.identity,
+        None => tables.identity_of(*client_v4.ip()),
+    };
+    let decision = tables.decide_for(original, src_identity);
     let (target, endpoint, via) = match &decision.route {
         Route::Local { target, endpoint } => (*target, endpoint.clone(), None),
         Route::Remote {
@@ -86,9 +166,47 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         decision.service.clone(),
         peer(&tables.cluster.name, endpoint.as_deref(), target.into()),
     );
-    let identity = rec.record.source.identity;
+    let dst_identity = tables.identity_of(*target.ip());
+    rec.record.destination.identity = dst_identity;
+    let verdict = tables
+        .policy
+        .verdict(src_identity, dst_identity, TCP, target.port());
+    // The kernel refuses most denied connects already; this catches the rest (a service whose
+    // backends the kernel could not judge, a policy that changed in between).
+    if !verdict.allowed() {
+        rec.dropped("POLICY_DENIED");
+        rec.record.decided_by = Some("proxy".into());
+        rec.record.policies = verdict.deciding_rules();
+        proxy.record(rec);
+        reset(client);
+        return;
+    }
+    let identity = src_identity;
     drop(tables);
     debug!(%original, %target, "routing");
+    if verdict.needs_l7() {
+        let source = TunnelSource {
+            identity,
+            addr: client_addr,
+            cluster: proxy.cluster.clone(),
+            original_dst: original.to_string(),
+        };
+        if let Some((node, _)) = &via {
+            rec.record.tunnel_peer = Some(node.clone());
+        }
+        let connect = upstream_connector(proxy.clone(), target, via, source);
+        let judge = Arc::new(PolicyJudge {
+            proxy: proxy.clone(),
+            src: src_identity,
+            dst: dst_identity,
+            port: target.port(),
+        });
+        let sink = Arc::new(RingSink(proxy.flows().clone()));
+        if let Err(e) = l7::serve(client, connect, judge, sink, rec.finish()).await {
+            debug!(error = %e, "HTTP connection ended");
+        }
+        return;
+    }
     let result = match via {
         None => forward_direct(&mut client, target).await,
         Some((node, tunnel)) => {

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ipnet::Ipv4Net;
 
 use crate::flows::ServiceRef;
+use crate::identity::reserved;
+use crate::policy::{Engine, Universe};
 use crate::model::{ClusterInfo, Labels};
 
 /// A pod as the proxy needs it for routing and flow records.
@@ -66,6 +68,8 @@ pub struct NodeEntry {
     pub name: String,
     pub pod_cidr: Ipv4Net,
     pub tunnel: SocketAddr,
+    /// The node's address on its pods' side.
+    pub gateway: Ipv4Addr,
 }
 
 /// Everything the proxy consults per connection.
@@ -81,6 +85,8 @@ pub struct ProxyTables {
     /// TCP service frontends by `clusterIP:port`.
     pub services: HashMap<SocketAddrV4, ServiceEntry>,
     pub nodes: Vec<NodeEntry>,
+    /// Network policy resolved for this revision.
+    pub policy: Arc<Engine>,
 }
 
 /// Where a connection goes.
@@ -114,6 +120,7 @@ pub struct Decision {
 impl ProxyTables {
     /// Tables with nothing in them, for an agent that has not read its state yet.
     pub fn empty(cluster: ClusterInfo, local_node: String) -> Self {
+        let cluster_name = cluster.name.clone();
         Self {
             revision: 0,
             cluster,
@@ -122,7 +129,59 @@ impl ProxyTables {
             by_cgroup: HashMap::new(),
             services: HashMap::new(),
             nodes: Vec::new(),
+            policy: Arc::new(Engine::build(&[], Arc::new(Universe::new(&cluster_name)))),
         }
+    }
+
+    /// The security identity of `ip`: a pod's, the node's (host / remote-node), else the CIDR
+    /// identity policies gave it, else world.
+    pub fn identity_of(&self, ip: Ipv4Addr) -> u32 {
+        if let Some(ep) = self.endpoints.get(&ip) {
+            return ep.identity;
+        }
+        for n in &self.nodes {
+            if n.gateway == ip {
+                return if n.name == self.local_node {
+                    reserved::HOST
+                } else {
+                    reserved::REMOTE_NODE
+                };
+            }
+            if n.tunnel.ip() == std::net::IpAddr::V4(ip) {
+                return reserved::REMOTE_NODE;
+            }
+        }
+        self.policy.universe.identity_of_ip(ip)
+    }
+
+    /// Like [`Self::decide`], but for a service prefers a backend policy lets `src_identity`
+    /// reach, so one denied backend does not fail a share of the connections.
+    pub fn decide_for(&self, dst: SocketAddrV4, src_identity: u32) -> Decision {
+        let Some(entry) = self.services.get(&dst) else {
+            return self.decide(dst);
+        };
+        if self.policy.is_empty() {
+            return self.decide(dst);
+        }
+        let mut first = None;
+        for _ in 0..entry.backends.len() {
+            let d = self.decide(dst);
+            let target = match &d.route {
+                Route::Local { target, .. } | Route::Remote { target, .. } => *target,
+                _ => return d,
+            };
+            let v = self.policy.verdict(
+                src_identity,
+                self.identity_of(*target.ip()),
+                6,
+                target.port(),
+            );
+            if v.allowed() {
+                return d;
+            }
+            first.get_or_insert(d);
+        }
+        first.unwrap_or_else(|| self.decide(dst))
     }
 
     /// The endpoint with this address, if it is a pod of the cluster.

@@ -238,6 +238,19 @@ async fn handle(
         proxy.record(rec);
         return reply(StatusCode::MISDIRECTED_REQUEST);
     }
+    // Ingress policy of the destination, judged with the identity the source node vouches for.
+    let dst_identity = tables.identity_of(*target.ip());
+    rec.record.destination.identity = dst_identity;
+    let verdict = tables
+        .policy
+        .verdict(src_identity, dst_identity, 6, target.port());
+    if !verdict.allowed() {
+        rec.dropped("POLICY_DENIED");
+        rec.record.decided_by = Some("proxy".into());
+        rec.record.policies = verdict.deciding_rules();
+        proxy.record(rec);
+        return reply(StatusCode::FORBIDDEN);
+    }
     drop(tables);
     let upstream = match TcpStream::connect(target).await {
         Ok(s) => s,

@@ -1,0 +1,485 @@
+//! Policies resolved against identities: per subject identity and direction, the entries that
+//! apply, each with its peers as a set of identities. Answers per-flow verdicts (proxy, trace)
+//! and feeds the kernel compiler.
+//!
+//! Semantics, as Cilium documents them: an endpoint selected by any policy for a direction is
+//! default-deny there (unless every such policy turns `enableDefaultDeny` off); allow rules add
+//! up; deny rules win; a port with L7 rules allows only matching requests, unless another rule
+//! allows the same peer on that port at L4 only; the local host may always reach local pods.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::http::{HttpRule, RequestInfo};
+use super::model::{Direction, Entity, Peer, Policy, PortRule, PortSel};
+use super::selector::Selector;
+use super::universe::{IdentityInfo, IdentityKind, Universe};
+use crate::identity::reserved;
+
+/// A rule named for humans: `Kind namespace/name: spec.ingress[0]`.
+pub type RuleRef = Arc<str>;
+
+/// Peers of an entry.
+#[derive(Debug, Clone)]
+pub(crate) enum PeerSet {
+    All,
+    Ids(Arc<HashSet<u32>>),
+}
+
+impl PeerSet {
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        match self {
+            Self::All => true,
+            Self::Ids(s) => s.contains(&id),
+        }
+    }
+}
+
+/// One rule as it applies to one subject.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub rule: RuleRef,
+    pub deny: bool,
+    pub peers: PeerSet,
+    /// Empty: every port and protocol.
+    pub ports: Arc<Vec<PortRule>>,
+}
+
+/// What applies to a subject in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct DirPolicy {
+    /// Some policy selects the subject for this direction (allow or deny rules, or default deny).
+    pub enforced: bool,
+    /// What no rule allows is dropped.
+    pub default_deny: bool,
+    /// Policies that select the subject in this direction.
+    pub selected_by: BTreeSet<String>,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl DirPolicy {
+    /// The rules that apply, by name, in the order policies were given.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.rule.to_string()).collect()
+    }
+}
+
+/// Everything in force for one identity.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectPolicy {
+    pub ingress: DirPolicy,
+    pub egress: DirPolicy,
+}
+
+/// What one direction says about a flow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DirOutcome {
+    /// No policy selects the endpoint in this direction (or it is not a local endpoint).
+    NotEnforced,
+    /// Allowed by `rules` (empty when the direction is enforced without default deny, or for the
+    /// local host). `http`: the L7 rules requests must match, `None` when any request may pass.
+    Allowed {
+        rules: Vec<RuleRef>,
+        http: Option<Vec<(RuleRef, Arc<Vec<HttpRule>>)>>,
+    },
+    /// Denied by these deny rules.
+    Denied { rules: Vec<RuleRef> },
+    /// Enforced and no rule allows it; `selected_by` names the policies that enforce.
+    DefaultDenied { selected_by: Vec<String> },
+}
+
+impl DirOutcome {
+    fn denies(&self) -> bool {
+        matches!(self, Self::Denied { .. } | Self::DefaultDenied { .. })
+    }
+}
+
+/// The verdict for one flow: both directions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The source endpoint's egress policy.
+    pub egress: DirOutcome,
+    /// The destination endpoint's ingress policy.
+    pub ingress: DirOutcome,
+}
+
+impl Verdict {
+    /// Whether L3/L4 lets the flow through.
+    pub fn allowed(&self) -> bool {
+        !self.egress.denies() && !self.ingress.denies()
+    }
+
+    /// Whether requests must be judged by L7 rules.
+    pub fn needs_l7(&self) -> bool {
+        self.allowed()
+            && [&self.egress, &self.ingress]
+                .iter()
+                .any(|o| matches!(o, DirOutcome::Allowed { http: Some(_), .. }))
+    }
+
+    /// The rules that decided, for flows and `policy trace`.
+    pub fn deciding_rules(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let denied = !self.allowed();
+        for (dir, o) in [("egress", &self.egress), ("ingress", &self.ingress)] {
+            match o {
+                DirOutcome::Denied { rules } => out.extend(rules.iter().map(|r| r.to_string())),
+                DirOutcome::DefaultDenied { selected_by } => out.push(format!(
+                    "default deny ({dir}): selected by {}",
+                    selected_by.join(", ")
+                )),
+                DirOutcome::Allowed { rules, .. } if !denied => {
+                    out.extend(rules.iter().map(|r| r.to_string()))
+                }
+                _ => {}
+            }
+        }
+        out.dedup();
+        out
+    }
+
+    /// Judges one request: every direction with L7 rules must have a matching rule.
+    pub fn judge_http(&self, req: &RequestInfo) -> (bool, Vec<String>) {
+        let mut rules = Vec::new();
+        for o in [&self.egress, &self.ingress] {
+            if let DirOutcome::Allowed {
+                http: Some(sets), ..
+            } = o
+            {
+                let hit = sets
+                    .iter()
+                    .flat_map(|(_, rs)| rs.iter())
+                    .find(|r| r.matches(req));
+                match hit {
+                    Some(r) => rules.push(r.path.clone()),
+                    None => {
+                        let names = sets.iter().map(|(r, _)| r.to_string()).collect();
+                        return (false, names);
+                    }
+                }
+            }
+        }
+        (true, rules)
+    }
+}
+
+/// Resolved selectors, kept between builds so an update re-evaluates only what changed.
+#[derive(Debug, Default)]
+pub struct SelectorCache {
+    /// Identity → fingerprint of what selectors look at, as of the last sync.
+    seen: HashMap<u32, Arc<IdentityInfo>>,
+    sets: HashMap<CacheKey, Arc<HashSet<u32>>>,
+    /// Cluster name the sets were computed for (entity `cluster` depends on it).
+    cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CacheKey {
+    Subject(Selector),
+    Peer(Peer),
+}
+
+impl SelectorCache {
+    /// Brings every cached set up to date with `u`, looking only at identities that changed.
+    fn sync(&mut self, u: &Universe) {
+        if self.cluster != u.local_cluster {
+            self.sets.clear();
+            self.seen.clear();
+            self.cluster = u.local_cluster.clone();
+        }
+        let mut changed: Vec<Arc<IdentityInfo>> = Vec::new();
+        let mut current = HashSet::with_capacity(u.len());
+        for info in u.iter() {
+            current.insert(info.id);
+            let same = self
+                .seen
+                .get(&info.id)
+                .is_some_and(|old| old.labels == info.labels && old.kind == info.kind && old.ips == info.ips);
+            if !same {
+                let arc = Arc::new(info.clone());
+                self.seen.insert(info.id, arc.clone());
+                changed.push(arc);
+            }
+        }
+        let removed: Vec<u32> = self
+            .seen
+            .keys()
+            .filter(|id| !current.contains(id))
+            .copied()
+            .collect();
+        for id in &removed {
+            self.seen.remove(id);
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return;
+        }
+        for (key, set) in self.sets.iter_mut() {
+            let set = Arc::make_mut(set);
+            for id in &removed {
+                set.remove(id);
+            }
+            for info in &changed {
+                if key_matches(key, info, &u.local_cluster) {
+                    set.insert(info.id);
+                } else {
+                    set.remove(&info.id);
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, key: CacheKey, u: &Universe) -> Arc<HashSet<u32>> {
+        if let Some(s) = self.sets.get(&key) {
+            return s.clone();
+        }
+        let set: HashSet<u32> = u
+            .iter()
+            .filter(|i| key_matches(&key, i, &u.local_cluster))
+            .map(|i| i.id)
+            .collect();
+        let set = Arc::new(set);
+        self.sets.insert(key, set.clone());
+        set
+    }
+
+    /// Drops sets no policy used in the last build.
+    fn retain(&mut self, used: &HashSet<CacheKey>) {
+        self.sets.retain(|k, _| used.contains(k));
+    }
+}
+
+fn key_matches(key: &CacheKey, info: &IdentityInfo, local_cluster: &str) -> bool {
+    match key {
+        CacheKey::Subject(sel) => matches!(&info.kind, IdentityKind::Endpoint { cluster } if cluster == local_cluster)
+            && sel.matches(&info.labels),
+        CacheKey::Peer(p) => peer_matches(p, info, local_cluster),
+    }
+}
+
+/// Whether peer selector `p` selects identity `info`.
+fn peer_matches(p: &Peer, info: &IdentityInfo, local_cluster: &str) -> bool {
+    match p {
+        Peer::Endpoints(sel) => {
+            matches!(info.kind, IdentityKind::Endpoint { .. }) && sel.matches(&info.labels)
+        }
+        Peer::Entity(e) => match e {
+            Entity::All => true,
+            Entity::World => {
+                info.id == reserved::WORLD || matches!(info.kind, IdentityKind::Cidr(_))
+            }
+            Entity::Cluster => match &info.kind {
+                IdentityKind::Endpoint { cluster } => cluster == local_cluster,
+                IdentityKind::Reserved => info.id != reserved::WORLD,
+                IdentityKind::Cidr(_) => false,
+            },
+            Entity::Host => info.id == reserved::HOST,
+            Entity::RemoteNode => info.id == reserved::REMOTE_NODE,
+            Entity::Init => info.id == reserved::INIT,
+            Entity::Health => info.id == reserved::HEALTH,
+        },
+        Peer::Cidr { net, except, pods } => match &info.kind {
+            IdentityKind::Cidr(p) => net.contains(p) && !except.iter().any(|e| e.contains(p)),
+            IdentityKind::Reserved => info.id == reserved::WORLD && net.prefix_len() == 0,
+            // ipBlock over pod addresses: every pod of the identity must be inside (fail closed
+            // when pods sharing labels fall on both sides).
+            IdentityKind::Endpoint { .. } => {
+                *pods
+                    && !info.ips.is_empty()
+                    && info
+                        .ips
+                        .iter()
+                        .all(|ip| net.contains(ip) && !except.iter().any(|e| e.contains(ip)))
+            }
+        },
+    }
+}
+
+/// Policies resolved for one agent.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub universe: Arc<Universe>,
+    pub(crate) subjects: HashMap<u32, SubjectPolicy>,
+}
+
+impl Engine {
+    /// Resolves `policies` against `universe` from scratch.
+    pub fn build(policies: &[Policy], universe: Arc<Universe>) -> Self {
+        Self::build_cached(policies, universe, &mut SelectorCache::default())
+    }
+
+    /// Resolves `policies`, reusing (and updating) selector sets from earlier builds.
+    pub fn build_cached(
+        policies: &[Policy],
+        universe: Arc<Universe>,
+        cache: &mut SelectorCache,
+    ) -> Self {
+        cache.sync(&universe);
+        let mut used = HashSet::new();
+        let mut subjects: HashMap<u32, SubjectPolicy> = HashMap::new();
+        for p in policies {
+            let name = format!("{} {}", p.kind.as_str(), p.key());
+            for spec in &p.specs {
+                let key = CacheKey::Subject(spec.subject.clone());
+                let selected = cache.get(key.clone(), &universe);
+                used.insert(key);
+                if selected.is_empty() {
+                    continue;
+                }
+                let mut entries: Vec<(Direction, Entry)> = Vec::new();
+                for r in &spec.rules {
+                    let peers = match &r.peers {
+                        None => PeerSet::All,
+                        Some(list) => {
+                            let mut ids: HashSet<u32> = HashSet::new();
+                            for peer in list {
+                                let k = CacheKey::Peer(peer.clone());
+                                ids.extend(cache.get(k.clone(), &universe).iter());
+                                used.insert(k);
+                            }
+                            PeerSet::Ids(Arc::new(ids))
+                        }
+                    };
+                    entries.push((
+                        r.direction,
+                        Entry {
+                            rule: format!("{name}: {}", r.path).into(),
+                            deny: r.deny,
+                            peers,
+                            ports: Arc::new(r.ports.clone()),
+                        },
+                    ));
+                }
+                let has = |d: Direction| spec.rules.iter().any(|r| r.direction == d);
+                for id in selected.iter() {
+                    let sp = subjects.entry(*id).or_default();
+                    for (dir, dd, dp) in [
+                        (Direction::Ingress, spec.default_deny_ingress, &mut sp.ingress),
+                        (Direction::Egress, spec.default_deny_egress, &mut sp.egress),
+                    ] {
+                        if dd || has(dir) {
+                            dp.enforced = true;
+                            dp.default_deny |= dd;
+                            dp.selected_by.insert(name.clone());
+                        }
+                    }
+                    for (dir, e) in &entries {
+                        match dir {
+                            Direction::Ingress => sp.ingress.entries.push(e.clone()),
+                            Direction::Egress => sp.egress.entries.push(e.clone()),
+                        }
+                    }
+                }
+            }
+        }
+        cache.retain(&used);
+        Self { universe, subjects }
+    }
+
+    /// What is in force for identity `id` (`None`: no policy selects it).
+    pub fn subject(&self, id: u32) -> Option<&SubjectPolicy> {
+        self.subjects.get(&id)
+    }
+
+    /// Identities selected by some policy, sorted.
+    pub fn subject_ids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.subjects.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether any policy selects anything.
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    /// The verdict for `src` → `dst` on IP protocol `proto`, destination port `dport`.
+    pub fn verdict(&self, src: u32, dst: u32, proto: u8, dport: u16) -> Verdict {
+        let egress = match self.subjects.get(&src) {
+            // Pods may always reach their node: the proxy and DNS live there.
+            Some(sp) if sp.egress.enforced && dst == reserved::HOST => DirOutcome::Allowed {
+                rules: vec!["node: pods may always reach their node (proxy, DNS)".into()],
+                http: None,
+            },
+            Some(sp) if sp.egress.enforced => self.judge(&sp.egress, dst, dst, proto, dport),
+            _ => DirOutcome::NotEnforced,
+        };
+        let ingress = match self.subjects.get(&dst) {
+            // The node itself may always reach its pods (Cilium's allow-localhost).
+            Some(sp) if sp.ingress.enforced && src == reserved::HOST => DirOutcome::Allowed {
+                rules: vec!["allow-localhost: the node may always reach its pods".into()],
+                http: None,
+            },
+            Some(sp) if sp.ingress.enforced => self.judge(&sp.ingress, src, dst, proto, dport),
+            _ => DirOutcome::NotEnforced,
+        };
+        Verdict { egress, ingress }
+    }
+
+    /// Whether port rule `pr` covers `proto`/`port` towards `dst`.
+    pub(crate) fn port_matches(&self, pr: &PortRule, dst: u32, proto: u8, port: u16) -> bool {
+        if !pr.protocol.covers(proto) {
+            return false;
+        }
+        match &pr.port {
+            PortSel::Any => true,
+            PortSel::Range(a, b) => (*a..=*b).contains(&port),
+            PortSel::Named(n) => self
+                .universe
+                .named_port(dst, n, pr.protocol.number())
+                .iter()
+                .any(|(p, pp)| *p == port && *pp == proto),
+        }
+    }
+
+    fn judge(&self, dp: &DirPolicy, peer: u32, dst: u32, proto: u8, port: u16) -> DirOutcome {
+        let mut denied = Vec::new();
+        let mut allowed = Vec::new();
+        let mut http: Option<Vec<(RuleRef, Arc<Vec<HttpRule>>)>> = Some(Vec::new());
+        for e in dp.entries.iter().filter(|e| e.peers.contains(peer)) {
+            let matched: Vec<&PortRule> = e
+                .ports
+                .iter()
+                .filter(|pr| self.port_matches(pr, dst, proto, port))
+                .collect();
+            if !e.ports.is_empty() && matched.is_empty() {
+                continue;
+            }
+            if e.deny {
+                denied.push(e.rule.clone());
+                continue;
+            }
+            allowed.push(e.rule.clone());
+            // An L4-only allow for this peer and port lets every request through.
+            let l4_only = e.ports.is_empty() || matched.iter().any(|pr| pr.http.is_none());
+            if l4_only {
+                http = None;
+            } else if let Some(list) = &mut http {
+                for pr in matched {
+                    if let Some(rules) = &pr.http
+                        && !list.iter().any(|(_, r)| Arc::ptr_eq(r, rules))
+                    {
+                        list.push((e.rule.clone(), rules.clone()));
+                    }
+                }
+            }
+        }
+        if !denied.is_empty() {
+            return DirOutcome::Denied { rules: denied };
+        }
+        if allowed.is_empty() {
+            if dp.default_deny {
+                return DirOutcome::DefaultDenied {
+                    selected_by: dp.selected_by.iter().cloned().collect(),
+                };
+            }
+            return DirOutcome::Allowed {
+                rules: vec![],
+                http: None,
+            };
+        }
+        DirOutcome::Allowed {
+            rules: allowed,
+            http,
+        }
+    }
+}

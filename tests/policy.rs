@@ -1,0 +1,501 @@
+//! End-to-end policy tests: Cilium and Kubernetes policies applied to a lab, enforced by the real
+//! eBPF programs (connect() and tc) and the real proxy (L7), observed through `strait observe`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strait::flows::Verdict;
+use support::*;
+
+/// A backend (TCP 8080 named http, UDP 5353) on node-1; a frontend and an unrelated pod on node-2.
+const APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: demo, labels: {app: backend}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: demo, labels: {app: other}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+";
+
+/// The policy of Cilium's tutorial, unchanged.
+const ALLOW_FRONTEND_TO_BACKEND: &str = r#"
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-frontend-to-backend
+spec:
+  endpointSelector:
+    matchLabels:
+      app: backend
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: frontend
+"#;
+
+fn lab_with_app(test: &str) -> TestLab {
+    let lab = TestLab::up(test, ONE_CLUSTER);
+    lab.apply_ok("c1", APP);
+    lab
+}
+
+fn apply_in(lab: &TestLab, ns: &str, yaml: &str) {
+    let yaml = yaml.replace(
+        "metadata:\n  name:",
+        &format!("metadata:\n  namespace: {ns}\n  name:"),
+    );
+    lab.apply_ok("c1", &yaml);
+}
+
+/// Connects from a pod with python3 and reports `ok`, or the error class and errno.
+fn py_connect(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n\
+         \x20   s = socket.create_connection(('{host}', {port}), timeout=3)\n\
+         \x20   print('ok')\n\
+         except OSError as e:\n\
+         \x20   print(type(e).__name__, e.errno)\n"
+    );
+    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Sends one UDP datagram from a pod and reports whether the echo came back.
+fn py_udp(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(1.5)\n\
+         s.sendto(b'ping', ('{host}', {port}))\n\
+         try:\n\
+         \x20   print('reply', s.recvfrom(100)[0].decode())\n\
+         except socket.timeout:\n\
+         \x20   print('timeout')\n"
+    );
+    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn code(lab: &TestLab, pod: &str, url: &str) -> String {
+    curl_result(&lab.curl(&format!("c1/demo/{pod}"), url)).1
+}
+
+#[test]
+fn allow_frontend_to_backend_as_in_the_cilium_tutorial() {
+    let lab = lab_with_app("cnp_tutorial");
+    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    let backend = lab.pod_ip("c1", "demo", "backend");
+    let frontend = lab.pod_ip("c1", "demo", "frontend");
+
+    assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
+    // The kernel refuses the connect itself: EPERM, no SYN ever leaves the pod.
+    assert_eq!(
+        py_connect(&lab, "other", "backend", 80),
+        "PermissionError 1"
+    );
+    assert_eq!(
+        py_connect(&lab, "other", &backend, 8080),
+        "PermissionError 1"
+    );
+    let out = lab.curl("c1/demo/other", "http://backend/");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    // The frontend is not selected by any policy: the backend still reaches it.
+    assert_eq!(code(&lab, "backend", &format!("http://{frontend}/")), "200");
+
+    let drop = lab.wait_flow("DROPPED from other", |f| {
+        f.verdict == Verdict::Dropped && f.source.pod == "other"
+    });
+    assert_eq!(drop.drop_reason.as_deref(), Some("POLICY_DENIED"));
+    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
+    assert_eq!(drop.destination.pod, "backend");
+    assert_eq!(drop.source.namespace, "demo");
+    let out = lab.strait(&[
+        "observe",
+        "--namespace",
+        "demo",
+        "--verdict",
+        "DROPPED",
+        "-o",
+        "json",
+    ]);
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(lines.lines().count() >= 3, "{lines}");
+    assert!(
+        lines.lines().all(|l| l.contains("\"POLICY_DENIED\"")),
+        "{lines}"
+    );
+
+    // `policy trace` names the deciding rule, as `cilium policy trace` does.
+    let trace = |src: &str| {
+        let out = lab.strait(&[
+            "policy",
+            "trace",
+            "--src",
+            src,
+            "--dst",
+            "c1/demo/backend",
+            "--dport",
+            "8080",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let allowed = trace("c1/demo/frontend");
+    assert!(
+        allowed.contains(
+            "ALLOWED by CiliumNetworkPolicy demo/allow-frontend-to-backend: spec.ingress[0]"
+        ) && allowed.ends_with("Final verdict: ALLOWED\n"),
+        "{allowed}"
+    );
+    let denied = trace("c1/demo/other");
+    assert!(
+        denied.contains("default deny, selected by CiliumNetworkPolicy demo/allow-frontend-to-backend")
+            && denied.ends_with("Final verdict: DENIED\n"),
+        "{denied}"
+    );
+    // `policy get` shows the backend in default deny at ingress only.
+    let out = lab.strait(&["policy", "get", "-o", "json"]);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |ep: &str| {
+        rows.iter()
+            .find(|r| r["endpoint"] == ep)
+            .unwrap_or_else(|| panic!("{ep} missing: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(row("c1/demo/backend")["ingress"]["default_deny"], true);
+    assert_eq!(row("c1/demo/backend")["egress"]["enforced"], false);
+    assert_eq!(row("c1/demo/frontend")["ingress"]["enforced"], false);
+}
+
+#[test]
+fn l7_rule_allows_get_public_and_answers_403_on_the_same_connection() {
+    let lab = lab_with_app("cnp_l7");
+    apply_in(
+        &lab,
+        "demo",
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: l7-public
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          path: "/public.*"
+"#,
+    );
+    let out = lab.exec(
+        "c1/demo/frontend",
+        &[
+            "curl",
+            "-sS",
+            "-w",
+            "\n[%{url_effective} %{http_code} %{num_connects}]\n",
+            "http://backend/public/x",
+            "http://backend/private",
+            "http://backend/public/y",
+        ],
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("[http://backend/public/x 200 1]"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.contains("Access denied\r\n\n[http://backend/private 403 0]"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.contains("[http://backend/public/y 200 0]"),
+        "one connection: {}",
+        text(&out)
+    );
+    for (path, want) in [("/public/h2", "200"), ("/private", "403")] {
+        let out = lab.exec(
+            "c1/demo/frontend",
+            &[
+                "curl",
+                "-sS",
+                "--http2-prior-knowledge",
+                "-w",
+                "\n%{http_version} %{http_code}",
+                &format!("http://backend{path}"),
+            ],
+        );
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(s.ends_with(&format!("2 {want}")), "{path}: {}", text(&out));
+    }
+    // Other pods are not allowed at L3 at all.
+    assert_eq!(
+        py_connect(&lab, "other", "backend", 80),
+        "PermissionError 1"
+    );
+    let f = lab.wait_flow("HTTP 403", |f| {
+        f.http
+            .as_ref()
+            .is_some_and(|h| h.path == "/private" && h.status == Some(403))
+    });
+    assert_eq!(f.verdict, Verdict::Dropped);
+    assert_eq!(f.decided_by.as_deref(), Some("proxy"));
+    assert!(!f.policies.is_empty());
+}
+
+#[test]
+fn deny_rule_overrides_allow() {
+    let lab = lab_with_app("cnp_deny");
+    apply_in(
+        &lab,
+        "demo",
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-all-deny-frontend
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEntities: [cluster]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+"#,
+    );
+    assert_eq!(
+        py_connect(&lab, "frontend", "backend", 80),
+        "PermissionError 1"
+    );
+    assert_eq!(code(&lab, "other", "http://backend/"), "200");
+}
+
+#[test]
+fn network_policy_and_ip_block() {
+    let lab = lab_with_app("netpol");
+    let other = lab.pod_ip("c1", "demo", "other");
+    lab.apply_ok(
+        "c1",
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-from-frontend, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports: [{port: http}]
+",
+    );
+    assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
+    assert_eq!(
+        py_connect(&lab, "other", "backend", 80),
+        "PermissionError 1"
+    );
+    // ipBlock matches pod addresses too, as the Kubernetes NetworkPolicy e2e suite expects.
+    lab.apply_ok(
+        "c1",
+        &format!(
+            "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: backend-from-frontend, namespace: demo}}
+spec:
+  podSelector: {{matchLabels: {{app: backend}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{{ipBlock: {{cidr: 198.18.16.0/20, except: [{other}/32]}}}}]
+"
+        ),
+    );
+    assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
+    assert_eq!(
+        py_connect(&lab, "other", "backend", 80),
+        "PermissionError 1"
+    );
+}
+
+#[test]
+fn udp_is_enforced_by_tc() {
+    let lab = lab_with_app("udp_tc");
+    let backend = lab.pod_ip("c1", "demo", "backend");
+    assert_eq!(
+        py_udp(&lab, "other", &backend, 5353),
+        "reply ping",
+        "no policy yet"
+    );
+    apply_in(
+        &lab,
+        "demo",
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: udp-from-frontend
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "5353", protocol: UDP}]}]
+"#,
+    );
+    assert_eq!(py_udp(&lab, "frontend", &backend, 5353), "reply ping");
+    assert_eq!(py_udp(&lab, "other", &backend, 5353), "timeout");
+    let drop = lab.wait_flow("UDP drop", |f| {
+        f.verdict == Verdict::Dropped && f.protocol == "UDP" && f.source.pod == "other"
+    });
+    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
+    assert_eq!(drop.destination.port, 5353);
+}
+
+#[test]
+fn policy_update_never_breaks_an_established_stream_and_applies_to_new_connections() {
+    let lab = lab_with_app("update_stream");
+    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    let stream = Command::new(STRAIT)
+        .args([
+            "lab",
+            "exec",
+            "c1/demo/frontend",
+            "--",
+            "curl",
+            "-sS",
+            "-N",
+            "http://backend/stream?seconds=3&interval_ms=50",
+        ])
+        .env("STRAIT_LAB", &lab.name)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Now nothing may reach the backend any more.
+    let started = Instant::now();
+    apply_in(
+        &lab,
+        "demo",
+        r#"
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-frontend-to-backend
+spec:
+  endpointSelector:
+    matchLabels:
+      app: backend
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: nobody
+"#,
+    );
+    let applied = started.elapsed();
+    assert_eq!(
+        py_connect(&lab, "frontend", "backend", 80),
+        "PermissionError 1"
+    );
+    assert!(applied < Duration::from_secs(2), "apply took {applied:?}");
+    let out = stream.wait_with_output().unwrap();
+    assert!(out.status.success(), "the stream broke: {:?}", out);
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(lines >= 55, "the stream was cut short: {lines} lines");
+}
+
+#[test]
+fn invalid_policy_is_rejected_precisely_and_the_previous_one_stays() {
+    let lab = lab_with_app("invalid_policy");
+    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    let bad = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-frontend-to-backend
+  namespace: demo
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "8080", endPort: 70, protocol: TCP}]
+"#;
+    let out = lab.apply("c1", bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.ingress[0].toPorts[0].ports[0].endPort: 70 is below port 8080"),
+        "{err}"
+    );
+    assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
+    assert_eq!(
+        py_connect(&lab, "other", "backend", 80),
+        "PermissionError 1"
+    );
+    // `policy validate` gives the same answer without touching the lab, naming the file.
+    let file = std::env::temp_dir().join(format!("{}-bad-policy.yaml", lab.name));
+    std::fs::write(&file, bad).unwrap();
+    let out = lab.strait(&["policy", "validate", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: document 1 (CiliumNetworkPolicy allow-frontend-to-backend): \
+             spec.ingress[0].toPorts[0].ports[0].endPort: 70 is below port 8080",
+            file.display()
+        )),
+        "{err}"
+    );
+    let fqdn = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toFQDNs: [{matchName: example.com}]
+"#;
+    let out = lab.apply("c1", fqdn);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.egress[0].toFQDNs") && err.contains("not supported"),
+        "{err}"
+    );
+}
