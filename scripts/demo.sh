@@ -24,6 +24,17 @@ for cluster in c1 c2; do
 done
 sleep 0.3
 run $strait observe --namespace demo --last 12
+
+# Policy, as in Cilium's tutorial: only the frontend may reach the backend.
+run $strait lab apply --cluster c1 -f deploy/lab/intruder.yaml
+run $strait lab apply --cluster c1 -f deploy/lab/allow-frontend-to-backend.yaml
+say "$strait lab exec c1/demo/deploy/frontend -- curl -s -o /dev/null -w '%{http_code}' http://backend/"
+$strait lab exec c1/demo/deploy/frontend -- curl -s --max-time 5 -o /dev/null -w '%{http_code}\n' http://backend/
+say "$strait lab exec c1/demo/intruder -- curl -sS --max-time 5 http://backend/"
+$strait lab exec c1/demo/intruder -- curl -sS --max-time 5 http://backend/ || echo "(refused at connect(): the kernel denied it)"
+run $strait policy trace --src c1/demo/intruder --dst c1/demo/deploy/backend --dport 8080
+sleep 0.3
+run $strait observe --namespace demo --verdict DROPPED --last 3
 echo
 echo "The lab stays up: try '$strait lab exec c1/demo/deploy/frontend -- curl -s http://backend/'"
 echo "and '$strait observe --namespace demo'. Remove it with '$strait lab down'."

@@ -52,10 +52,10 @@ pub enum Output {
 pub struct TraceArgs {
     #[command(flatten)]
     lab: LabName,
-    /// Source pod, `CLUSTER/NAMESPACE/POD`.
+    /// Source pod, `CLUSTER/NAMESPACE/POD` (or `CLUSTER/NAMESPACE/deploy/NAME`).
     #[arg(long)]
     src: String,
-    /// Destination pod (`CLUSTER/NAMESPACE/POD`) or IPv4 address.
+    /// Destination pod (`CLUSTER/NAMESPACE/POD`, `CLUSTER/NAMESPACE/deploy/NAME`) or IPv4 address.
     #[arg(long)]
     dst: String,
     /// Destination port.
@@ -183,8 +183,12 @@ fn resolve(state: &ClusterState, engine: &Engine, who: &str) -> anyhow::Result<E
         });
     }
     let parts: Vec<&str> = who.split('/').collect();
-    let [cluster, ns, pod] = parts[..] else {
-        bail!("{who:?}: expected CLUSTER/NAMESPACE/POD or an IPv4 address");
+    let (cluster, ns, pod, deployment) = match parts[..] {
+        [c, ns, pod] => (c, ns, pod, false),
+        [c, ns, "deploy", name] => (c, ns, name, true),
+        _ => bail!(
+            "{who:?}: expected CLUSTER/NAMESPACE/POD, CLUSTER/NAMESPACE/deploy/NAME or an IPv4 address"
+        ),
     };
     if cluster != state.cluster.name {
         bail!(
@@ -195,10 +199,14 @@ fn resolve(state: &ClusterState, engine: &Engine, who: &str) -> anyhow::Result<E
     let e = state
         .endpoints
         .iter()
-        .find(|e| e.namespace == ns && e.name == pod)
+        .filter(|e| e.namespace == ns)
+        .find(|e| match deployment {
+            true => e.workload.as_deref() == Some(pod),
+            false => e.name == pod,
+        })
         .with_context(|| format!("{who:?}: no such pod"))?;
     Ok(End {
-        name: who.to_string(),
+        name: format!("{}/{}/{}", state.cluster.name, e.namespace, e.name),
         identity: e.identity,
     })
 }
