@@ -285,10 +285,7 @@ spec:
 #[test]
 fn deny_rule_overrides_allow() {
     let lab = lab_with_app("cnp_deny");
-    apply_in(
-        &lab,
-        "demo",
-        r#"
+    let policy = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:
@@ -299,13 +296,17 @@ spec:
   - fromEntities: [cluster]
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: frontend}}]
-"#,
-    );
+"#;
+    apply_in(&lab, "demo", policy);
     assert_eq!(
         py_connect(&lab, "frontend", "backend", 80),
         "PermissionError 1"
     );
     assert_eq!(code(&lab, "other", "http://backend/"), "200");
+    // `lab delete` removes the policy: the frontend gets through again.
+    let policy = policy.replace("metadata:\n  name:", "metadata:\n  namespace: demo\n  name:");
+    lab.delete_ok("c1", &policy);
+    assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
 }
 
 #[test]
@@ -498,4 +499,49 @@ spec:
         err.contains("spec.egress[0].toFQDNs") && err.contains("not supported"),
         "{err}"
     );
+}
+
+#[test]
+fn cidr_egress_rule_with_except() {
+    let lab = lab_with_app("cnp_cidr");
+    apply_in(
+        &lab,
+        "demo",
+        r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: frontend-egress-cidr
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toCIDRSet:
+    - cidr: 192.0.2.0/24
+      except: [192.0.2.128/25]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#,
+    );
+    // Allowed by the CIDR rule: the connect reaches the node proxy (which then finds no server).
+    assert_eq!(py_connect(&lab, "frontend", "192.0.2.5", 80), "ok");
+    // The except, another port, the rest of the world and pods are denied at connect().
+    for (host, port) in [
+        ("192.0.2.200", 80),
+        ("192.0.2.5", 443),
+        ("203.0.113.7", 80),
+        ("backend", 80),
+    ] {
+        assert_eq!(
+            py_connect(&lab, "frontend", host, port),
+            "PermissionError 1",
+            "{host}:{port}"
+        );
+    }
+    // Pods without the policy are not restricted.
+    assert_eq!(py_connect(&lab, "other", "192.0.2.200", 80), "ok");
+    let drop = lab.wait_flow("CIDR drop", |f| {
+        f.verdict == Verdict::Dropped
+            && f.destination.ip == Some("192.0.2.200".parse().unwrap())
+    });
+    assert_eq!(drop.source.pod, "frontend");
+    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
 }

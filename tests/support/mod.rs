@@ -132,6 +132,21 @@ impl TestLab {
         ])
     }
 
+    /// `lab delete` of `yaml`, which must succeed.
+    pub fn delete_ok(&self, cluster: &str, yaml: &str) {
+        let f = self.dir.join(format!("delete-{}.yaml", rand_suffix()));
+        std::fs::write(&f, yaml).unwrap();
+        let out = self.strait(&[
+            "lab",
+            "delete",
+            "--cluster",
+            cluster,
+            "-f",
+            f.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "delete failed: {}", text(&out));
+    }
+
     pub fn apply_ok(&self, cluster: &str, yaml: &str) {
         let out = self.apply(cluster, yaml);
         assert!(out.status.success(), "apply failed: {}", text(&out));
