@@ -180,8 +180,9 @@ fn allow_frontend_to_backend_as_in_the_cilium_tutorial() {
     );
     let denied = trace("c1/demo/other");
     assert!(
-        denied.contains("default deny, selected by CiliumNetworkPolicy demo/allow-frontend-to-backend")
-            && denied.ends_with("Final verdict: DENIED\n"),
+        denied.contains(
+            "default deny, selected by CiliumNetworkPolicy demo/allow-frontend-to-backend"
+        ) && denied.ends_with("Final verdict: DENIED\n"),
         "{denied}"
     );
     // `policy get` shows the backend in default deny at ingress only.
@@ -304,7 +305,10 @@ spec:
     );
     assert_eq!(code(&lab, "other", "http://backend/"), "200");
     // `lab delete` removes the policy: the frontend gets through again.
-    let policy = policy.replace("metadata:\n  name:", "metadata:\n  namespace: demo\n  name:");
+    let policy = policy.replace(
+        "metadata:\n  name:",
+        "metadata:\n  namespace: demo\n  name:",
+    );
     lab.delete_ok("c1", &policy);
     assert_eq!(code(&lab, "frontend", "http://backend/"), "200");
 }
@@ -539,8 +543,7 @@ spec:
     // Pods without the policy are not restricted.
     assert_eq!(py_connect(&lab, "other", "192.0.2.200", 80), "ok");
     let drop = lab.wait_flow("CIDR drop", |f| {
-        f.verdict == Verdict::Dropped
-            && f.destination.ip == Some("192.0.2.200".parse().unwrap())
+        f.verdict == Verdict::Dropped && f.destination.ip == Some("192.0.2.200".parse().unwrap())
     });
     assert_eq!(drop.source.pod, "frontend");
     assert_eq!(drop.decided_by.as_deref(), Some("kernel"));

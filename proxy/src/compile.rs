@@ -5,9 +5,9 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use crate::config::TUNNEL_PORT;
-use crate::policy::Engine;
 use crate::flows::ServiceRef;
 use crate::model::{ClusterState, Protocol};
+use crate::policy::Engine;
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
 /// Compiles the tables the proxy of `local_node` uses.
@@ -238,7 +238,10 @@ mod tests {
     }
 
     fn no_policy() -> Arc<Engine> {
-        Arc::new(Engine::build(&[], Arc::new(crate::policy::Universe::new("c1"))))
+        Arc::new(Engine::build(
+            &[],
+            Arc::new(crate::policy::Universe::new("c1")),
+        ))
     }
 
     fn vip() -> SocketAddrV4 {

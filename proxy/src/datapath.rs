@@ -12,12 +12,12 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("install policy maps")]
-    Maps(#[source] strait_ebpf::Error),
+    Maps(#[source] Box<strait_ebpf::Error>),
     #[error("attach tc programs to {ifname}")]
     Attach {
         ifname: String,
         #[source]
-        source: strait_ebpf::Error,
+        source: Box<strait_ebpf::Error>,
     },
 }
 
@@ -50,14 +50,14 @@ impl Installer {
                 .attach_pod_interface(ifname)
                 .map_err(|source| InstallError::Attach {
                     ifname: ifname.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             attached.insert(ifname.clone());
         }
         let stats = self
             .datapath
             .apply_policy(image)
-            .map_err(InstallError::Maps)?;
+            .map_err(|e| InstallError::Maps(Box::new(e)))?;
         let gone: Vec<String> = attached.difference(interfaces).cloned().collect();
         for ifname in gone {
             // The interface usually vanished with its pod; a failure here leaves nothing behind.

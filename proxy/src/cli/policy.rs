@@ -222,7 +222,10 @@ fn outcome_text(o: &DirOutcome) -> String {
             };
             if let Some(h) = http {
                 let names: Vec<&str> = h.iter().map(|(r, _)| &**r).collect();
-                s.push_str(&format!("; requests judged by the HTTP rules of {}", names.join("; ")));
+                s.push_str(&format!(
+                    "; requests judged by the HTTP rules of {}",
+                    names.join("; ")
+                ));
             }
             s
         }

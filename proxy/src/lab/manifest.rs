@@ -245,7 +245,8 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
         return Err(ctx.err("kind", "missing"));
     }
     if crate::policy::is_policy_kind(&kind) {
-        let policy = crate::policy::parse(value, "default").map_err(|e| ctx.err(e.field, e.reason))?;
+        let policy =
+            crate::policy::parse(value, "default").map_err(|e| ctx.err(e.field, e.reason))?;
         if let Some(ns) = &policy.namespace
             && !valid_dns_label(ns)
         {

@@ -11,12 +11,12 @@ use ipnet::Ipv4Net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
+use super::FieldError;
 use super::http::{HeaderMatch, HttpRule, Pattern};
 use super::model::{
     Direction, Entity, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
 };
 use super::selector::{LabelKey, RawExpression, Selector};
-use super::FieldError;
 use crate::identity::NAMESPACE_LABEL;
 
 type Unsupported = Option<serde_yaml::Value>;
@@ -199,7 +199,12 @@ pub fn parse(value: serde_yaml::Value, namespace: Option<&str>) -> Result<Policy
     let (kind, namespace) = match namespace {
         Some(default) => (
             PolicyKind::CiliumNetworkPolicy,
-            Some(raw.metadata.namespace.clone().unwrap_or(default.to_string())),
+            Some(
+                raw.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or(default.to_string()),
+            ),
         ),
         None => {
             if raw.metadata.namespace.is_some() {
@@ -232,7 +237,12 @@ pub fn parse(value: serde_yaml::Value, namespace: Option<&str>) -> Result<Policy
 }
 
 fn parse_spec(path: String, s: RawSpec, namespace: Option<&str>) -> Result<PolicySpec, FieldError> {
-    reject(&path, "nodeSelector", &s.node_selector, "nodeSelector (host policies)")?;
+    reject(
+        &path,
+        "nodeSelector",
+        &s.node_selector,
+        "nodeSelector (host policies)",
+    )?;
     reject(&path, "log", &s.log, "policy logging")?;
     let Some(sel) = &s.endpoint_selector else {
         return Err(FieldError::new(
@@ -313,10 +323,20 @@ fn parse_rule(
     reject(&path, "fromNodes", &r.from_nodes, "fromNodes")?;
     reject(&path, "toNodes", &r.to_nodes, "toNodes")?;
     reject(&path, "icmps", &r.icmps, "ICMP rules")?;
-    reject(&path, "authentication", &r.authentication, "mutual authentication")?;
+    reject(
+        &path,
+        "authentication",
+        &r.authentication,
+        "mutual authentication",
+    )?;
 
     let (endpoints, entities, cidrs, cidr_sets) = match direction {
-        Direction::Ingress => (&r.from_endpoints, &r.from_entities, &r.from_cidr, &r.from_cidr_set),
+        Direction::Ingress => (
+            &r.from_endpoints,
+            &r.from_entities,
+            &r.from_cidr,
+            &r.from_cidr_set,
+        ),
         Direction::Egress => (&r.to_endpoints, &r.to_entities, &r.to_cidr, &r.to_cidr_set),
     };
     let mut peers = Vec::new();
@@ -371,7 +391,12 @@ fn parse_rule(
         for (i, set) in list.iter().enumerate() {
             let field = format!("{path}.{from}CIDRSet[{i}]");
             reject(&field, "cidrGroupRef", &set.cidr_group_ref, "CIDR groups")?;
-            reject(&field, "cidrGroupSelector", &set.cidr_group_selector, "CIDR groups")?;
+            reject(
+                &field,
+                "cidrGroupSelector",
+                &set.cidr_group_selector,
+                "CIDR groups",
+            )?;
             let Some(c) = &set.cidr else {
                 return Err(FieldError::new(format!("{field}.cidr"), "missing"));
             };
@@ -435,8 +460,18 @@ pub(super) fn parse_cidr(field: &str, s: &str) -> Result<Ipv4Net, FieldError> {
 }
 
 fn parse_port_rule(field: &str, pr: &RawPortRule, deny: bool) -> Result<Vec<PortRule>, FieldError> {
-    reject(field, "terminatingTLS", &pr.terminating_tls, "TLS interception")?;
-    reject(field, "originatingTLS", &pr.originating_tls, "TLS origination")?;
+    reject(
+        field,
+        "terminatingTLS",
+        &pr.terminating_tls,
+        "TLS interception",
+    )?;
+    reject(
+        field,
+        "originatingTLS",
+        &pr.originating_tls,
+        "TLS origination",
+    )?;
     reject(field, "serverNames", &pr.server_names, "serverNames (SNI)")?;
     reject(field, "listener", &pr.listener, "custom Envoy listeners")?;
     let http = match &pr.rules {
@@ -478,7 +513,12 @@ fn parse_port_rule(field: &str, pr: &RawPortRule, deny: bool) -> Result<Vec<Port
     let mut out = Vec::new();
     for (i, p) in raw_ports.iter().enumerate() {
         let pf = format!("{field}.ports[{i}]");
-        let mut protocol = match p.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        let mut protocol = match p
+            .protocol
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
             None | Some("ANY") => Proto::Any,
             Some("TCP") => Proto::Tcp,
             Some("UDP") => Proto::Udp,
@@ -522,7 +562,10 @@ pub(super) fn port_sel(
 ) -> Result<PortSel, FieldError> {
     let number = |n: i64| -> Result<u16, FieldError> {
         u16::try_from(n).map_err(|_| {
-            FieldError::new(format!("{field}.port"), format!("{n} is not a port (0-65535)"))
+            FieldError::new(
+                format!("{field}.port"),
+                format!("{n} is not a port (0-65535)"),
+            )
         })
     };
     let first = match port {

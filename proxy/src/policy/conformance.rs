@@ -22,15 +22,63 @@ use crate::model::{Labels, NamedPort, Protocol};
 /// cluster. Pods of one cluster and namespace with the same labels share an identity, as in
 /// Cilium: `backend-2` has the identity of `backend` but an address outside `10.1.0.0/24`.
 const PODS: &[(&str, &str, &str, [u8; 4], &[(&str, &str)])] = &[
-    ("c1", "prod", "frontend", [10, 1, 0, 10], &[("app", "frontend"), ("tier", "web")]),
-    ("c1", "prod", "backend", [10, 1, 0, 20], &[("app", "backend"), ("tier", "api")]),
-    ("c1", "prod", "db", [10, 1, 0, 30], &[("app", "db"), ("tier", "data")]),
+    (
+        "c1",
+        "prod",
+        "frontend",
+        [10, 1, 0, 10],
+        &[("app", "frontend"), ("tier", "web")],
+    ),
+    (
+        "c1",
+        "prod",
+        "backend",
+        [10, 1, 0, 20],
+        &[("app", "backend"), ("tier", "api")],
+    ),
+    (
+        "c1",
+        "prod",
+        "db",
+        [10, 1, 0, 30],
+        &[("app", "db"), ("tier", "data")],
+    ),
     ("c1", "prod", "batch", [10, 1, 0, 40], &[("app", "batch")]),
-    ("c1", "dev", "frontend", [10, 1, 1, 10], &[("app", "frontend"), ("tier", "web")]),
-    ("c1", "dev", "backend", [10, 1, 1, 20], &[("app", "backend"), ("tier", "api")]),
-    ("c1", "other", "client", [10, 1, 2, 10], &[("app", "client")]),
-    ("c2", "prod", "frontend", [10, 2, 0, 10], &[("app", "frontend"), ("tier", "web")]),
-    ("c1", "prod", "backend-2", [10, 1, 3, 20], &[("app", "backend"), ("tier", "api")]),
+    (
+        "c1",
+        "dev",
+        "frontend",
+        [10, 1, 1, 10],
+        &[("app", "frontend"), ("tier", "web")],
+    ),
+    (
+        "c1",
+        "dev",
+        "backend",
+        [10, 1, 1, 20],
+        &[("app", "backend"), ("tier", "api")],
+    ),
+    (
+        "c1",
+        "other",
+        "client",
+        [10, 1, 2, 10],
+        &[("app", "client")],
+    ),
+    (
+        "c2",
+        "prod",
+        "frontend",
+        [10, 2, 0, 10],
+        &[("app", "frontend"), ("tier", "web")],
+    ),
+    (
+        "c1",
+        "prod",
+        "backend-2",
+        [10, 1, 3, 20],
+        &[("app", "backend"), ("tier", "api")],
+    ),
 ];
 
 fn ns_labels(ns: &str) -> Labels {
@@ -200,7 +248,12 @@ fn run(case: &Case) {
             Some(PolicyAction::Allow | PolicyAction::Proxy)
         )
     };
-    assert_eq!(kernel_allows, v.allowed(), "{ctx}: kernel disagrees: {:?}", k.rules);
+    assert_eq!(
+        kernel_allows,
+        v.allowed(),
+        "{ctx}: kernel disagrees: {:?}",
+        k.rules
+    );
     if v.allowed() && (policed(src, false) || policed(dst, true)) {
         let action = kernel::lookup(&k.rules, src, dst, case.proto, case.port);
         let want = if v.needs_l7() {

@@ -191,10 +191,9 @@ impl SelectorCache {
         let mut current = HashSet::with_capacity(u.len());
         for info in u.iter() {
             current.insert(info.id);
-            let same = self
-                .seen
-                .get(&info.id)
-                .is_some_and(|old| old.labels == info.labels && old.kind == info.kind && old.ips == info.ips);
+            let same = self.seen.get(&info.id).is_some_and(|old| {
+                old.labels == info.labels && old.kind == info.kind && old.ips == info.ips
+            });
             if !same {
                 let arc = Arc::new(info.clone());
                 self.seen.insert(info.id, arc.clone());
@@ -250,8 +249,10 @@ impl SelectorCache {
 
 fn key_matches(key: &CacheKey, info: &IdentityInfo, local_cluster: &str) -> bool {
     match key {
-        CacheKey::Subject(sel) => matches!(&info.kind, IdentityKind::Endpoint { cluster } if cluster == local_cluster)
-            && sel.matches(&info.labels),
+        CacheKey::Subject(sel) => {
+            matches!(&info.kind, IdentityKind::Endpoint { cluster } if cluster == local_cluster)
+                && sel.matches(&info.labels)
+        }
         CacheKey::Peer(p) => peer_matches(p, info, local_cluster),
     }
 }
@@ -353,7 +354,11 @@ impl Engine {
                 for id in selected.iter() {
                     let sp = subjects.entry(*id).or_default();
                     for (dir, dd, dp) in [
-                        (Direction::Ingress, spec.default_deny_ingress, &mut sp.ingress),
+                        (
+                            Direction::Ingress,
+                            spec.default_deny_ingress,
+                            &mut sp.ingress,
+                        ),
                         (Direction::Egress, spec.default_deny_egress, &mut sp.egress),
                     ] {
                         if dd || has(dir) {

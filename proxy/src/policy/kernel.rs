@@ -60,10 +60,24 @@ pub fn compile(engine: &Engine) -> KernelPolicy {
         };
         policed.push((id, sp.ingress.enforced, sp.egress.enforced));
         if sp.egress.enforced {
-            accumulate(engine, &sp.egress, &ids, |peer| (id, peer), true, &mut egress);
+            accumulate(
+                engine,
+                &sp.egress,
+                &ids,
+                |peer| (id, peer),
+                true,
+                &mut egress,
+            );
         }
         if sp.ingress.enforced {
-            accumulate(engine, &sp.ingress, &ids, |peer| (peer, id), false, &mut ingress);
+            accumulate(
+                engine,
+                &sp.ingress,
+                &ids,
+                |peer| (peer, id),
+                false,
+                &mut ingress,
+            );
         }
     }
     let mut pairs: Vec<(u32, u32)> = egress.keys().chain(ingress.keys()).copied().collect();
@@ -77,7 +91,11 @@ pub fn compile(engine: &Engine) -> KernelPolicy {
         let side = |map: &HashMap<(u32, u32), DirSegs>, dp: Option<&DirPolicy>| match dp {
             Some(dp) if dp.enforced => {
                 let segs = map.get(&(src, dst)).cloned().unwrap_or_default();
-                let allow = if dp.default_deny { Some(segs.allow) } else { None };
+                let allow = if dp.default_deny {
+                    Some(segs.allow)
+                } else {
+                    None
+                };
                 (allow, segs.deny)
             }
             _ => (None, Vec::new()),

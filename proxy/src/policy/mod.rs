@@ -65,7 +65,12 @@ pub fn parse(value: serde_yaml::Value, default_namespace: &str) -> Result<Policy
     let expected = match kind.as_str() {
         "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => "cilium.io/v2",
         "NetworkPolicy" => "networking.k8s.io/v1",
-        other => return Err(FieldError::new("kind", format!("{other:?} is not a policy"))),
+        other => {
+            return Err(FieldError::new(
+                "kind",
+                format!("{other:?} is not a policy"),
+            ));
+        }
     };
     if api != expected {
         return Err(FieldError::new(

@@ -6,10 +6,12 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::cnp::{parse_cidr, port_sel};
-use super::model::{Direction, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule};
-use super::selector::{LabelKey, RawExpression, Selector};
 use super::FieldError;
+use super::cnp::{parse_cidr, port_sel};
+use super::model::{
+    Direction, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
+};
+use super::selector::{LabelKey, RawExpression, Selector};
 use crate::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
 fn selector(field: &str, s: &LabelSelector) -> Result<Selector, FieldError> {

@@ -220,8 +220,14 @@ mod tests {
             Some("web"),
             "no source matches any source"
         );
-        assert_eq!(LabelKey::parse("k8s:app").unwrap().value_in(&l), Some("web"));
-        assert_eq!(LabelKey::parse("any:app").unwrap().value_in(&l), Some("web"));
+        assert_eq!(
+            LabelKey::parse("k8s:app").unwrap().value_in(&l),
+            Some("web")
+        );
+        assert_eq!(
+            LabelKey::parse("any:app").unwrap().value_in(&l),
+            Some("web")
+        );
         assert_eq!(LabelKey::parse("reserved:app").unwrap().value_in(&l), None);
         assert!(LabelKey::parse("container:app").is_err());
     }

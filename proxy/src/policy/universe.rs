@@ -90,7 +90,10 @@ impl Universe {
             let labels = identity_labels(
                 &e.labels,
                 &e.namespace,
-                ns_labels.get(e.namespace.as_str()).copied().unwrap_or(&empty),
+                ns_labels
+                    .get(e.namespace.as_str())
+                    .copied()
+                    .unwrap_or(&empty),
                 &state.cluster.name,
             );
             u.add_endpoint(e.identity, labels, &state.cluster.name, e.ip, &e.ports);

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::Proxy;
-use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::conn::{ConnRecord, peer};
+use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::tables::Route;
 use super::tunnel::TunnelSource;
 use crate::flows::{Direction, FlowRecord, FlowRing};

@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 
 use crate::flows::ServiceRef;
 use crate::identity::reserved;
-use crate::policy::{Engine, Universe};
 use crate::model::{ClusterInfo, Labels};
+use crate::policy::{Engine, Universe};
 
 /// A pod as the proxy needs it for routing and flow records.
 #[derive(Debug, Clone, PartialEq, Eq)]
