@@ -36,6 +36,8 @@ pub enum AgentError {
     Admin(#[from] admin::AdminError),
     #[error("DNS")]
     Dns(#[from] crate::dns::DnsError),
+    #[error("metrics")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// The eBPF maps as the proxy's source of original destinations.
@@ -55,6 +57,9 @@ impl OriginalDst for KernelOriginalDst {
 
 /// Runs the agent until the process is stopped.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let metrics = crate::metrics::install(crate::metrics::Options {
+        pod_labels: cfg.metrics_pod_labels,
+    })?;
     let datapath = Arc::new(strait_ebpf::Datapath::load_and_attach(
         &strait_ebpf::DatapathConfig {
             pin_dir: cfg.bpf_pin_dir.clone(),
@@ -128,6 +133,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     &mut selectors,
                 ));
                 let kernel = crate::policy::kernel::compile(&engine);
+                metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!(crate::metrics::names::POLICIES).set(policies.len() as f64);
+                metrics::gauge!(crate::metrics::names::POLICY_KERNEL_RULES)
+                    .set(kernel.rules.len() as f64);
                 let stats = serde_json::json!({
                     "policies": policies.len(),
                     "selected_identities": engine.subject_ids().len(),
@@ -158,6 +168,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 *policy_stats.lock() = stats;
                 let _ = dns_tx.send(Arc::new(DnsTable::from_cluster(&snap.cluster)));
                 state_revision.store(snap.cluster.revision, Ordering::SeqCst);
+                metrics::gauge!(crate::metrics::names::POLICY_REVISION)
+                    .set(snap.cluster.revision as f64);
                 ready.store(true, Ordering::SeqCst);
             }
         });
@@ -216,11 +228,45 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
     };
     info!(node = %cfg.node, cluster = %cfg.cluster, "agent serving");
+    let scrape = {
+        let datapath = datapath.clone();
+        let flows = flows.clone();
+        move || {
+            refresh_kernel_gauges(&datapath, &flows);
+            metrics.render()
+        }
+    };
     admin
         .serve(admin::AdminState {
             flows,
             status: Arc::new(status),
+            metrics: Arc::new(scrape),
         })
         .await?;
     Ok(())
+}
+
+/// Mirrors kernel state into gauges (and the kernel's drop counters into counters) before a
+/// scrape renders them.
+fn refresh_kernel_gauges(datapath: &strait_ebpf::Datapath, flows: &FlowRing) {
+    use crate::metrics::names;
+    for (map, entries, capacity) in datapath.map_fill() {
+        metrics::gauge!(names::MAP_ENTRIES, "map" => map).set(entries as f64);
+        metrics::gauge!(names::MAP_CAPACITY, "map" => map).set(capacity as f64);
+    }
+    for p in datapath.programs() {
+        metrics::gauge!(names::PROGRAM_ATTACHED, "program" => p.name.to_string(), "hook" => p.hook.to_string())
+            .set(if p.attached { 1.0 } else { 0.0 });
+    }
+    match datapath.drop_counters() {
+        Ok(counters) => {
+            for (reason, n) in counters {
+                metrics::counter!(names::KERNEL_DROPS, "reason" => reason.as_str()).absolute(n);
+            }
+        }
+        Err(e) => error!(error = %crate::errors::chain(&e), "read kernel drop counters"),
+    }
+    let stats = flows.stats();
+    metrics::gauge!(names::FLOW_RING_FLOWS).set(stats.len as f64);
+    metrics::counter!(names::FLOWS_EVICTED).absolute(stats.evicted);
 }

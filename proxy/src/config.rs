@@ -39,6 +39,9 @@ pub struct AgentConfig {
     pub admin_tcp: Option<SocketAddr>,
     #[serde(default = "default_ring")]
     pub flow_ring_capacity: usize,
+    /// Label HTTP metrics with pod names too (unbounded cardinality; off by default).
+    #[serde(default)]
+    pub metrics_pod_labels: bool,
 }
 
 fn default_ring() -> usize {

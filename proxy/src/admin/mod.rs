@@ -71,6 +71,8 @@ pub struct AdminState {
     pub flows: Arc<FlowRing>,
     /// Called on every `GET /status`; returns the whole response document.
     pub status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Called on every `GET /metrics`; returns the Prometheus text exposition.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 impl fmt::Debug for AdminState {

@@ -28,7 +28,7 @@ pub(crate) const NDJSON: &str = "application/x-ndjson";
 /// Answers one admin request.
 pub(super) fn route<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
     let path = req.uri().path();
-    if !matches!(path, "/healthz" | "/status" | "/flows") {
+    if !matches!(path, "/healthz" | "/status" | "/flows" | "/metrics") {
         return text(StatusCode::NOT_FOUND, format!("no route for {path}\n"));
     }
     if req.method() != Method::GET {
@@ -43,6 +43,11 @@ pub(super) fn route<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
     match path {
         "/healthz" => text(StatusCode::OK, "ok".into()),
         "/status" => status(state),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            full((state.metrics)().into_bytes()),
+        ),
         _ => flows(req.uri().query(), state),
     }
 }

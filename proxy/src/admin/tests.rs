@@ -41,6 +41,7 @@ fn state(ring: &Arc<FlowRing>) -> AdminState {
     AdminState {
         flows: ring.clone(),
         status: Arc::new(move || serde_json::json!({ "node": "node-1", "flows": r.stats() })),
+        metrics: Arc::new(|| "strait_build_info{version=\"test\"} 1\n".to_string()),
     }
 }
 

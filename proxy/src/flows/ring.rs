@@ -84,6 +84,8 @@ impl FlowRing {
 
     /// Stores a flow, evicting the oldest when full, and hands it to followers without waiting.
     pub fn record(&self, flow: FlowRecord) {
+        // Counted before the lock: metric updates are atomics and need no ordering with readers.
+        crate::metrics::record_flow(&flow);
         let flow = Arc::new(flow);
         let mut inner = self.inner.lock();
         if inner.flows.len() == inner.capacity {

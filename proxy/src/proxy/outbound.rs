@@ -115,6 +115,7 @@ fn reset(stream: TcpStream) {
 }
 
 async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAddr) {
+    let _open = crate::metrics::OpenConnection::start(Direction::Egress);
     let _ = client.set_nodelay(true);
     let tables = proxy.tables();
     let SocketAddr::V4(client_v4) = client_addr else {

@@ -98,6 +98,7 @@ impl TunnelPool {
                 debug!(%peer, error = %e, "tunnel connection closed");
             }
         });
+        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "client").increment(1);
         conns.insert(peer, sender.clone());
         Ok(sender)
     }
@@ -141,6 +142,8 @@ impl TunnelPool {
             let upgraded = hyper::upgrade::on(resp)
                 .await
                 .map_err(|source| TunnelError::Http { peer, source })?;
+            metrics::counter!(crate::metrics::names::TUNNEL_STREAMS, "role" => "client")
+                .increment(1);
             return Ok(TokioIo::new(upgraded));
         }
     }
@@ -157,6 +160,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         let _ = tcp.set_nodelay(true);
+        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server").increment(1);
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -263,6 +267,8 @@ async fn handle(
     let _ = upstream.set_nodelay(true);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _open = crate::metrics::OpenConnection::start(Direction::Ingress);
+        metrics::counter!(crate::metrics::names::TUNNEL_STREAMS, "role" => "server").increment(1);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut tunnel = TokioIo::new(upgraded);

@@ -1,0 +1,629 @@
+//! Policy compilation at scale: 10,000 endpoints (1,000 identities in 20 namespaces) × 1,000
+//! rules (250 policies × 4 rules). Measures parsing, a full build (engine + kernel entries), the
+//! incremental paths the agent takes on a policy or endpoint change (warm `SelectorCache`), and
+//! the per-flow verdict cost against a plain hash map lookup.
+//!
+//! Run: `cargo bench -p strait --bench policy` (release). Plain `main`, no harness: human-readable
+//! lines, then one JSON line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait::identity::identity_labels;
+use strait::model::{Labels, NamedPort, Protocol};
+use strait::policy::engine::SelectorCache;
+use strait::policy::{Engine, Policy, Universe, kernel, parse};
+use strait_ebpf::PolicyAction;
+
+const CLUSTER: &str = "c1";
+const NAMESPACES: u32 = 20;
+const SERVICES: u32 = 1_000;
+const REPLICAS: u32 = 10;
+const POLICIES: u32 = 250;
+const REPEAT: usize = 7;
+const LOOKUPS: usize = 1_000_000;
+const TIERS: [&str; 4] = ["frontend", "backend", "db", "cache"];
+
+/// Identity of service `n` (cluster ID 1 in bits 16–23, as the allocator numbers them).
+fn svc_id(n: u32) -> u32 {
+    (1 << 16) | (256 + n)
+}
+
+fn ns_of(svc: u32) -> u32 {
+    svc % NAMESPACES
+}
+
+/// Namespace labels: alternating env, five teams.
+fn ns_labels(ns: u32) -> Labels {
+    let env = if ns % 2 == 0 { "prod" } else { "staging" };
+    [
+        ("env".to_string(), env.to_string()),
+        ("team".to_string(), format!("team-{}", ns % 5)),
+    ]
+    .into()
+}
+
+fn pod_labels(svc: u32) -> Labels {
+    [
+        ("app".to_string(), format!("svc-{svc}")),
+        ("tier".to_string(), TIERS[(svc % 4) as usize].to_string()),
+        ("team".to_string(), format!("team-{}", svc % 10)),
+    ]
+    .into()
+}
+
+fn ports_of(svc: u32) -> Vec<NamedPort> {
+    let port = |name: &str, port: u16| NamedPort {
+        name: Some(name.to_string()),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let mut v = vec![port("http", 8080), port("metrics", 9090)];
+    match TIERS[(svc % 4) as usize] {
+        "db" => v.push(port("postgres", 5432)),
+        "cache" => v.push(port("redis", 6379)),
+        _ => {}
+    }
+    v
+}
+
+/// Pod `p` (global index) gets 10.0.0.0 + p + 1.
+fn pod_ip(p: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a00_0000 + p + 1)
+}
+
+fn add_pod(u: &mut Universe, svc: u32, id: u32, pod: u32) {
+    let ns = ns_of(svc);
+    let labels = identity_labels(
+        &pod_labels(svc),
+        &format!("ns-{ns}"),
+        &ns_labels(ns),
+        CLUSTER,
+    );
+    u.add_endpoint(id, labels, CLUSTER, pod_ip(pod), &ports_of(svc));
+}
+
+/// The service a policy protects: `i * 37 mod 1000` spreads 250 policies over all namespaces.
+fn target(i: u32) -> u32 {
+    (i * 37) % SERVICES
+}
+
+/// Another service of the same namespace as `svc`.
+fn sibling(svc: u32, k: u32) -> u32 {
+    (svc + NAMESPACES * k) % SERVICES
+}
+
+/// Policy `i` as a user would write it; `variant` changes one rule (for the incremental case).
+/// Kinds, by `i % 10`: 0–5 service policies (L3/L4, matchExpressions, named ports, L7, egress),
+/// 6–7 tier guards (deny rules, CIDR egress), 8 platform access (entities, cross-namespace),
+/// 9 Kubernetes NetworkPolicy. Every policy has 4 rules.
+fn policy_yaml(i: u32, variant: bool) -> String {
+    let t = target(i);
+    let ns = ns_of(t);
+    let other_ns = (ns + 1 + i % 7) % NAMESPACES;
+    match i % 10 {
+        0..=5 => {
+            let (a, port) = if variant {
+                (sibling(t, 5), 8081)
+            } else {
+                (sibling(t, 1), 8080)
+            };
+            let b = sibling(t, 2);
+            let c = sibling(t, 3);
+            let from_tier = if i % 10 < 3 {
+                format!(
+                    "    - matchExpressions:\n      - {{key: tier, operator: In, values: [frontend, backend]}}\n      - {{key: team, operator: NotIn, values: [team-{}]}}\n",
+                    i % 10
+                )
+            } else {
+                format!(
+                    "    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: ns-{other_ns}\n        tier: frontend\n"
+                )
+            };
+            format!(
+                r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: svc-{t}-{i}
+  namespace: ns-{ns}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: svc-{t}
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: svc-{a}
+    toPorts:
+    - ports:
+      - port: "{port}"
+        protocol: TCP
+  - fromEndpoints:
+{from_tier}    toPorts:
+    - ports:
+      - port: http
+  - fromEndpoints:
+    - matchLabels:
+        app: svc-{b}
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+      rules:
+        http:
+        - method: GET
+          path: "/api/v1/.*"
+        - method: POST
+          path: /api/v1/orders
+          headers: ["X-Tenant: acme"]
+  egress:
+  - toEndpoints:
+    - matchLabels:
+        app: svc-{c}
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+      - port: "9000"
+        endPort: 9100
+        protocol: TCP
+"#
+            )
+        }
+        6 | 7 => {
+            let k = i % 64;
+            format!(
+                r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: tier-guard-{i}
+  namespace: ns-{ns}
+spec:
+  endpointSelector:
+    matchLabels:
+      tier: db
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        tier: backend
+    toPorts:
+    - ports:
+      - port: "5432"
+        protocol: TCP
+  ingressDeny:
+  - fromEntities: [world]
+  egress:
+  - toCIDRSet:
+    - cidr: 52.{k}.0.0/16
+      except: [52.{k}.1.0/24]
+    toPorts:
+    - ports:
+      - port: "443"
+        protocol: TCP
+  egressDeny:
+  - toCIDR: [169.254.169.254/32]
+"#
+            )
+        }
+        8 => format!(
+            r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: platform-{i}
+  namespace: ns-{ns}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: svc-{t}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts:
+    - ports:
+      - port: metrics
+  - fromEndpoints:
+    - matchLabels:
+        k8s:io.kubernetes.pod.namespace: ns-{other_ns}
+      matchExpressions:
+      - {{key: tier, operator: Exists}}
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+  egress:
+  - toEntities: [world]
+    toPorts:
+    - ports:
+      - port: "443"
+        protocol: TCP
+  - toEndpoints:
+    - matchLabels:
+        k8s:io.kubernetes.pod.namespace: ns-0
+        app: svc-0
+    toPorts:
+    - ports:
+      - port: "53"
+        protocol: UDP
+      - port: "53"
+        protocol: TCP
+"#
+        ),
+        _ => format!(
+            r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: np-{i}
+  namespace: ns-{ns}
+spec:
+  podSelector:
+    matchLabels:
+      app: svc-{t}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          tier: frontend
+      namespaceSelector:
+        matchLabels:
+          env: prod
+    ports:
+    - port: 8080
+      protocol: TCP
+  - from:
+    - ipBlock:
+        cidr: 192.168.0.0/16
+        except: [192.168.1.0/24]
+  egress:
+  - to:
+    - namespaceSelector: {{}}
+    ports:
+    - port: 53
+      protocol: UDP
+  - to:
+    - ipBlock:
+        cidr: 10.0.0.0/8
+    ports:
+    - port: 443
+      protocol: TCP
+"#
+        ),
+    }
+}
+
+fn parse_one(yaml: &str) -> Policy {
+    let value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+    parse(value, "default").unwrap_or_else(|e| panic!("policy does not parse: {e}\n{yaml}"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// splitmix64: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One build as the agent does it: engine, then kernel entries.
+struct Build {
+    engine: Duration,
+    compile: Duration,
+    entries: usize,
+}
+
+fn build_cached(policies: &[Policy], u: &Arc<Universe>, cache: &mut SelectorCache) -> Build {
+    let t0 = Instant::now();
+    let engine = Engine::build_cached(policies, u.clone(), cache);
+    let t1 = Instant::now();
+    let kp = kernel::compile(&engine);
+    let t2 = Instant::now();
+    Build {
+        engine: t1 - t0,
+        compile: t2 - t1,
+        entries: black_box(kp.rules.len()),
+    }
+}
+
+fn total(b: &Build) -> Duration {
+    b.engine + b.compile
+}
+
+/// Median total time (and median engine / compile split) of `runs`.
+fn summarize(runs: &[Build]) -> (Duration, Duration, Duration) {
+    (
+        median(runs.iter().map(total).collect()),
+        median(runs.iter().map(|b| b.engine).collect()),
+        median(runs.iter().map(|b| b.compile).collect()),
+    )
+}
+
+fn main() {
+    let wall = Instant::now();
+
+    // Universe: 1,000 identities (deployments of 10 replicas), 10,000 pods, 20 namespaces.
+    let t = Instant::now();
+    let mut base = Universe::new(CLUSTER);
+    for svc in 0..SERVICES {
+        for r in 0..REPLICAS {
+            add_pod(&mut base, svc, svc_id(svc), svc * REPLICAS + r);
+        }
+    }
+    let universe_build = t.elapsed();
+
+    // Policies: YAML text first (not timed), then YAML → Value → Policy.
+    let yamls: Vec<String> = (0..POLICIES).map(|i| policy_yaml(i, false)).collect();
+    let t = Instant::now();
+    let mut policies: Vec<Policy> = yamls.iter().map(|y| parse_one(y)).collect();
+    let parse_time = t.elapsed();
+    let rules: usize = policies
+        .iter()
+        .flat_map(|p| &p.specs)
+        .map(|s| s.rules.len())
+        .sum();
+    let yaml_bytes: usize = yamls.iter().map(String::len).sum();
+    let netpols = policies
+        .iter()
+        .filter(|p| p.kind == strait::policy::PolicyKind::NetworkPolicy)
+        .count();
+    base.add_cidrs(&policies);
+    let cidr_ids = base.cidr_entries().len();
+    let universe = Arc::new(base.clone());
+    println!(
+        "universe: {} pods, {} identities ({} endpoint, {} CIDR) in {} namespaces, built in {:.1} ms",
+        SERVICES * REPLICAS,
+        universe.len(),
+        SERVICES,
+        cidr_ids,
+        NAMESPACES,
+        ms(universe_build)
+    );
+    println!(
+        "parse: {} policies ({} NetworkPolicy), {} rules, {} KiB YAML in {:.1} ms ({:.1} us/policy)",
+        policies.len(),
+        netpols,
+        rules,
+        yaml_bytes / 1024,
+        ms(parse_time),
+        parse_time.as_secs_f64() * 1e6 / policies.len() as f64
+    );
+
+    // FULL: from scratch, cold selector cache each time.
+    let mut full_runs = Vec::new();
+    let mut engine = None;
+    let mut kp = None;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let e = Engine::build(&policies, universe.clone());
+        let t1 = Instant::now();
+        let k = kernel::compile(&e);
+        let t2 = Instant::now();
+        full_runs.push(Build {
+            engine: t1 - t0,
+            compile: t2 - t1,
+            entries: k.rules.len(),
+        });
+        engine = Some(e);
+        kp = Some(k);
+    }
+    let engine = engine.expect("built");
+    let kp = kp.expect("compiled");
+    let (full, full_engine, full_compile) = summarize(&full_runs);
+    let count = |a: PolicyAction| kp.rules.iter().filter(|(_, x)| *x == a).count();
+    let (allow, deny, proxy) = (
+        count(PolicyAction::Allow),
+        count(PolicyAction::Deny),
+        count(PolicyAction::Proxy),
+    );
+    let mut pairs: Vec<(u32, u32)> = kp
+        .rules
+        .iter()
+        .map(|(k, _)| (k.src_identity, k.dst_identity))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    println!(
+        "full: {:.1} ms = engine build {:.1} ms + kernel compile {:.1} ms (median of {})",
+        ms(full),
+        ms(full_engine),
+        ms(full_compile),
+        full_runs.len()
+    );
+    println!(
+        "full: {} subjects, {} policed identities, {} kernel entries ({} allow, {} proxy, {} deny) over {} identity pairs",
+        engine.subject_ids().len(),
+        kp.policed.len(),
+        kp.rules.len(),
+        allow,
+        proxy,
+        deny,
+        pairs.len()
+    );
+    if kp.rules.len() > 1_000_000 {
+        println!("WARNING: kernel entry count exceeds 1M");
+    }
+
+    // INCREMENTAL (a): one policy changed (one rule's peer and port), warm cache. Alternate the
+    // two versions so every build sees a real change.
+    let mut cache = SelectorCache::default();
+    build_cached(&policies, &universe, &mut cache);
+    let changed = 0usize;
+    let versions = [
+        policies[changed].clone(),
+        parse_one(&policy_yaml(changed as u32, true)),
+    ];
+    let mut runs = Vec::new();
+    for r in 0..REPEAT {
+        policies[changed] = versions[(r + 1) % 2].clone();
+        runs.push(build_cached(&policies, &universe, &mut cache));
+    }
+    policies[changed] = versions[0].clone();
+    let (inc_policy, inc_policy_engine, inc_policy_compile) = summarize(&runs);
+    let inc_policy_entries = runs[0].entries;
+
+    // INCREMENTAL (b1): a new pod of an existing label set (identity gains an address).
+    build_cached(&policies, &universe, &mut cache);
+    let mut grown = base.clone();
+    add_pod(&mut grown, 7, svc_id(7), SERVICES * REPLICAS);
+    let grown = Arc::new(grown);
+    let mut runs = Vec::new();
+    for r in 0..REPEAT {
+        let u = if r % 2 == 0 { &grown } else { &universe };
+        runs.push(build_cached(&policies, u, &mut cache));
+    }
+    let (inc_pod, inc_pod_engine, inc_pod_compile) = summarize(&runs);
+
+    // INCREMENTAL (b2): a pod with a new label set (a new identity: svc-1000 in ns-0).
+    build_cached(&policies, &universe, &mut cache);
+    let mut fresh = base.clone();
+    add_pod(&mut fresh, SERVICES, svc_id(SERVICES), SERVICES * REPLICAS + 1);
+    let fresh = Arc::new(fresh);
+    let mut runs = Vec::new();
+    for r in 0..REPEAT {
+        let u = if r % 2 == 0 { &fresh } else { &universe };
+        runs.push(build_cached(&policies, u, &mut cache));
+    }
+    let (inc_ident, inc_ident_engine, inc_ident_compile) = summarize(&runs);
+    let inc_ident_entries = runs[0].entries;
+
+    let ratio = |d: Duration| d.as_secs_f64() / full.as_secs_f64();
+    for (what, d, e, c) in [
+        (
+            "one policy changed",
+            inc_policy,
+            inc_policy_engine,
+            inc_policy_compile,
+        ),
+        (
+            "one pod added, existing identity",
+            inc_pod,
+            inc_pod_engine,
+            inc_pod_compile,
+        ),
+        (
+            "one pod added, new identity",
+            inc_ident,
+            inc_ident_engine,
+            inc_ident_compile,
+        ),
+    ] {
+        println!(
+            "incremental ({what}): {:.1} ms = {:.2}x full (engine {:.1} ms + compile {:.1} ms, median of {REPEAT})",
+            ms(d),
+            ratio(d),
+            ms(e),
+            ms(c)
+        );
+    }
+    println!(
+        "incremental entries: policy changed {inc_policy_entries}, new identity {inc_ident_entries}"
+    );
+
+    // Per-flow verdicts: half the flows are pairs the kernel has entries for (on a port the
+    // entry covers), half uniformly random identities on common ports.
+    let ids: Vec<u32> = universe.iter().map(|i| i.id).collect();
+    let mut rng = Rng(0x5eed);
+    let common_ports = [8080u16, 9090, 5432, 443, 53, 6379, 9050, 22];
+    let flows: Vec<(u32, u32, u8, u16)> = (0..LOOKUPS)
+        .map(|n| {
+            if n % 2 == 0 {
+                let (k, _) = &kp.rules[rng.below(kp.rules.len())];
+                let proto = if k.protocol == 0 { 6 } else { k.protocol };
+                let span = 1u32 << (16 - k.dport_prefix_len.min(16));
+                let port = if k.dport_prefix_len == 0 {
+                    common_ports[rng.below(common_ports.len())]
+                } else {
+                    (u32::from(k.dport) + rng.below(span as usize) as u32) as u16
+                };
+                (k.src_identity, k.dst_identity, proto, port)
+            } else {
+                let proto = if rng.below(4) == 0 { 17 } else { 6 };
+                (
+                    ids[rng.below(ids.len())],
+                    ids[rng.below(ids.len())],
+                    proto,
+                    common_ports[rng.below(common_ports.len())],
+                )
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let mut allowed = 0usize;
+    for &(s, d, p, port) in &flows {
+        allowed += usize::from(black_box(&engine).verdict(s, d, p, port).allowed());
+    }
+    let verdict_time = t.elapsed();
+    let map: HashMap<(u32, u32, u8, u16), bool> = kp
+        .rules
+        .iter()
+        .map(|(k, a)| {
+            (
+                (k.src_identity, k.dst_identity, k.protocol, k.dport),
+                *a != PolicyAction::Deny,
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let mut hits = 0usize;
+    for f in &flows {
+        hits += usize::from(black_box(&map).get(f).copied().unwrap_or(false));
+    }
+    let map_time = t.elapsed();
+    let verdict_ns = verdict_time.as_secs_f64() * 1e9 / LOOKUPS as f64;
+    let map_ns = map_time.as_secs_f64() * 1e9 / LOOKUPS as f64;
+    println!(
+        "verdict: {verdict_ns:.0} ns/op over {LOOKUPS} flows ({allowed} allowed) vs HashMap<(u32,u32,u8,u16),bool> {map_ns:.1} ns/op ({} keys, {hits} hits) = {:.1}x",
+        map.len(),
+        verdict_ns / map_ns
+    );
+
+    let total_wall = wall.elapsed();
+    println!("bench wall time: {:.1} s", total_wall.as_secs_f64());
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let summary: BTreeMap<&str, serde_json::Value> = [
+        ("endpoints", serde_json::json!(SERVICES * REPLICAS)),
+        ("identities", serde_json::json!(universe.len())),
+        ("policies", serde_json::json!(policies.len())),
+        ("rules", serde_json::json!(rules)),
+        ("parse_ms", serde_json::json!(r3(ms(parse_time)))),
+        ("full_ms", serde_json::json!(r3(ms(full)))),
+        ("full_engine_ms", serde_json::json!(r3(ms(full_engine)))),
+        ("full_compile_ms", serde_json::json!(r3(ms(full_compile)))),
+        ("kernel_entries", serde_json::json!(kp.rules.len())),
+        ("kernel_pairs", serde_json::json!(pairs.len())),
+        ("policed", serde_json::json!(kp.policed.len())),
+        ("inc_policy_ms", serde_json::json!(r3(ms(inc_policy)))),
+        ("inc_policy_ratio", serde_json::json!(r3(ratio(inc_policy)))),
+        ("inc_pod_ms", serde_json::json!(r3(ms(inc_pod)))),
+        ("inc_pod_ratio", serde_json::json!(r3(ratio(inc_pod)))),
+        ("inc_identity_ms", serde_json::json!(r3(ms(inc_ident)))),
+        ("inc_identity_ratio", serde_json::json!(r3(ratio(inc_ident)))),
+        ("verdict_ns", serde_json::json!(r3(verdict_ns))),
+        ("hashmap_ns", serde_json::json!(r3(map_ns))),
+        ("verdict_vs_hashmap", serde_json::json!(r3(verdict_ns / map_ns))),
+        ("wall_s", serde_json::json!(r3(total_wall.as_secs_f64()))),
+    ]
+    .into_iter()
+    .collect();
+    println!("{}", serde_json::to_string(&summary).expect("json"));
+}
