@@ -43,10 +43,13 @@ fn namespace_selector(field: &str, s: &LabelSelector) -> Result<Selector, FieldE
 
 /// Parses a NetworkPolicy; `default_namespace` applies without `metadata.namespace`.
 pub fn parse(value: serde_yaml::Value, default_namespace: &str) -> Result<Policy, FieldError> {
-    let np: NetworkPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
+    let field_error = |e: serde_path_to_error::Error<serde_yaml::Error>| {
         let field = e.path().to_string();
         FieldError::new(field, e.into_inner().to_string())
-    })?;
+    };
+    serde_path_to_error::deserialize::<_, shape::NetworkPolicy>(value.clone())
+        .map_err(field_error)?;
+    let np: NetworkPolicy = serde_path_to_error::deserialize(value).map_err(field_error)?;
     let name = np.metadata.name.clone().unwrap_or_default();
     if name.is_empty() {
         return Err(FieldError::new("metadata.name", "missing"));
@@ -226,4 +229,71 @@ fn peer(field: &str, p: &NetworkPolicyPeer, namespace: &str) -> Result<Peer, Fie
         }
     }
     Ok(Peer::Endpoints(sel))
+}
+
+/// The fields a NetworkPolicy may have, only to reject unknown ones: k8s-openapi skips them, and
+/// a typo such as `frm:` or `prot:` would silently widen a rule to every peer or every port.
+mod shape {
+    #![allow(dead_code)]
+
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+
+    use super::super::cnp::RawSelector;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub(super) struct NetworkPolicy {
+        api_version: Option<IgnoredAny>,
+        kind: Option<IgnoredAny>,
+        metadata: Option<IgnoredAny>,
+        spec: Option<Spec>,
+        status: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Spec {
+        pod_selector: Option<RawSelector>,
+        policy_types: Option<IgnoredAny>,
+        ingress: Option<Vec<Ingress>>,
+        egress: Option<Vec<Egress>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ingress {
+        from: Option<Vec<Peer>>,
+        ports: Option<Vec<Port>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Egress {
+        to: Option<Vec<Peer>>,
+        ports: Option<Vec<Port>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Peer {
+        pod_selector: Option<RawSelector>,
+        namespace_selector: Option<RawSelector>,
+        ip_block: Option<IpBlock>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct IpBlock {
+        cidr: Option<IgnoredAny>,
+        except: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Port {
+        port: Option<IgnoredAny>,
+        end_port: Option<IgnoredAny>,
+        protocol: Option<IgnoredAny>,
+    }
 }
