@@ -53,6 +53,16 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         let _: &ServiceRef = svc;
     }
     destination.identity = ev.dst_identity;
+    // The rules that made the kernel refuse, from the same engine that filled its maps.
+    let verdict =
+        tables
+            .policy
+            .verdict(ev.src_identity, ev.dst_identity, ev.protocol, destination.port);
+    let policies = if verdict.allowed() {
+        Vec::new()
+    } else {
+        verdict.deciding_rules()
+    };
     FlowRecord {
         time: ev.time,
         node: tables.local_node.clone(),
@@ -74,7 +84,8 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         bytes_received: 0,
         duration_us: 0,
         decided_by: Some("kernel".into()),
-        policies: Vec::new(),
+        policies,
         http: None,
+        encrypted: false,
     }
 }

@@ -98,6 +98,9 @@ pub struct FlowRecord {
     /// The HTTP request, for flows of one L7 request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpFlow>,
+    /// Whether the flow crossed the underlay encrypted (WireGuard between clusters).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// One HTTP request and its answer.

@@ -190,6 +190,7 @@ pub(crate) mod tests {
             decided_by: None,
             policies: Vec::new(),
             http: None,
+            encrypted: false,
         }
     }
 

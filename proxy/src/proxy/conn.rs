@@ -61,6 +61,7 @@ impl ConnRecord {
                 decided_by: None,
                 policies: Vec::new(),
                 http: None,
+                encrypted: false,
             },
         }
     }
