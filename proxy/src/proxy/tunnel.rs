@@ -284,3 +284,159 @@ async fn handle(
     });
     reply(StatusCode::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::flows::{FlowRing, Verdict};
+    use crate::model::*;
+    use crate::policy::{Engine, Universe};
+    use crate::proxy::OriginalDst;
+
+    struct NoRedirects;
+    impl OriginalDst for NoRedirects {
+        fn take(&self, _: SocketAddrV4) -> Option<SocketAddrV4> {
+            None
+        }
+    }
+
+    fn endpoint(name: &str, node: &str, ip: Ipv4Addr, identity: u32) -> Endpoint {
+        Endpoint {
+            namespace: "demo".into(),
+            name: name.into(),
+            node: node.into(),
+            ip,
+            labels: [("app".to_string(), name.to_string())].into(),
+            identity,
+            workload: None,
+            ports: vec![],
+            ready: true,
+            cgroup_id: None,
+            host_ifname: None,
+        }
+    }
+
+    /// Node-1 owns 127.0.0.0/8 so a loopback echo server stands in for its pod `backend`, which
+    /// only `frontend` may reach.
+    fn proxy() -> Arc<Proxy> {
+        let policy = crate::policy::parse(
+            serde_yaml::from_str(
+                "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]",
+            )
+            .unwrap(),
+            "demo",
+        )
+        .unwrap();
+        let state = ClusterState {
+            revision: 1,
+            cluster: ClusterInfo {
+                name: "c1".into(),
+                id: 1,
+            },
+            nodes: vec![
+                Node {
+                    name: "node-1".into(),
+                    underlay_ip: Ipv4Addr::new(127, 0, 0, 1),
+                    pod_cidr: "127.0.0.0/8".parse().unwrap(),
+                    gateway: Ipv4Addr::new(127, 0, 0, 254),
+                },
+                Node {
+                    name: "node-2".into(),
+                    underlay_ip: Ipv4Addr::new(10, 9, 0, 2),
+                    pod_cidr: "10.0.0.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(10, 0, 0, 1),
+                },
+            ],
+            namespaces: vec![],
+            endpoints: vec![
+                endpoint("backend", "node-1", Ipv4Addr::new(127, 0, 0, 1), 65792),
+                endpoint("frontend", "node-2", Ipv4Addr::new(10, 0, 0, 5), 65793),
+                endpoint("other", "node-2", Ipv4Addr::new(10, 0, 0, 6), 65794),
+            ],
+            services: vec![],
+            policies: vec![policy],
+        };
+        let universe = Arc::new(Universe::from_state(&state, &state.policies));
+        let engine = Arc::new(Engine::build(&state.policies, universe));
+        let tables = crate::compile::proxy_tables(&state, "node-1", 1, engine);
+        Arc::new(Proxy::new(
+            tables,
+            Arc::new(FlowRing::new(16)),
+            Arc::new(NoRedirects),
+        ))
+    }
+
+    fn source(identity: u32, ip: [u8; 4]) -> TunnelSource {
+        TunnelSource {
+            identity,
+            addr: SocketAddr::from((ip, 40000)),
+            cluster: "c1".into(),
+            original_dst: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ingress_policy_is_judged_with_the_identity_the_tunnel_carries() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = proxy();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, proxy.clone()));
+        let pool = TunnelPool::default();
+
+        let err = pool
+            .open(peer, target, &source(65794, [10, 0, 0, 6]))
+            .await
+            .err()
+            .expect("other is denied");
+        assert!(
+            matches!(err, TunnelError::Refused { status, .. } if status == StatusCode::FORBIDDEN),
+            "{err:?}"
+        );
+        let mut ok = pool
+            .open(peer, target, &source(65793, [10, 0, 0, 5]))
+            .await
+            .expect("frontend is allowed");
+        ok.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        ok.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        let flows = proxy.flows().recent(None);
+        let denied = flows
+            .iter()
+            .find(|f| f.verdict == Verdict::Dropped)
+            .expect("a drop flow");
+        assert_eq!(denied.source.identity, 65794);
+        assert_eq!(denied.drop_reason.as_deref(), Some("POLICY_DENIED"));
+        assert_eq!(denied.decided_by.as_deref(), Some("proxy"));
+        assert!(
+            denied.policies[0].contains("default deny (ingress)"),
+            "{denied:?}"
+        );
+    }
+}
