@@ -150,7 +150,10 @@ fn observe_returns_exactly_the_drops_with_every_field() {
         );
         assert_eq!(f.destination.namespace, "demo");
         assert_eq!(f.destination.workload.as_deref(), Some("backend"));
-        assert_eq!(f.destination.labels.get("app").map(String::as_str), Some("backend"));
+        assert_eq!(
+            f.destination.labels.get("app").map(String::as_str),
+            Some("backend")
+        );
         assert_eq!(f.destination.port, 8080);
         assert_ne!(f.destination.identity, 0);
         assert_ne!(f.source.identity, 0);

@@ -16,3 +16,4 @@ pub mod model;
 pub mod policy;
 pub mod proxy;
 pub mod sources;
+pub mod ui;

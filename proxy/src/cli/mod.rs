@@ -4,6 +4,7 @@ pub mod agent;
 pub mod lab;
 pub mod observe;
 pub mod policy;
+pub mod ui;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     /// Validate, trace and list network policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Serve a web UI over the lab's flows: service map and live flow table.
+    Ui(ui::UiArgs),
 }
 
 /// Entry point of the binary.
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Observe(cmd) => lab::observe(cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Ui(args) => ui::run(args),
     };
     match result {
         Ok(code) => code,

@@ -54,10 +54,12 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
     }
     destination.identity = ev.dst_identity;
     // The rules that made the kernel refuse, from the same engine that filled its maps.
-    let verdict =
-        tables
-            .policy
-            .verdict(ev.src_identity, ev.dst_identity, ev.protocol, destination.port);
+    let verdict = tables.policy.verdict(
+        ev.src_identity,
+        ev.dst_identity,
+        ev.protocol,
+        destination.port,
+    );
     let policies = if verdict.allowed() {
         Vec::new()
     } else {

@@ -98,7 +98,8 @@ impl TunnelPool {
                 debug!(%peer, error = %e, "tunnel connection closed");
             }
         });
-        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "client").increment(1);
+        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "client")
+            .increment(1);
         conns.insert(peer, sender.clone());
         Ok(sender)
     }
@@ -160,7 +161,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server").increment(1);
+        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server")
+            .increment(1);
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -411,8 +413,7 @@ spec:
         let err = pool
             .open(peer, target, &source(65794, [10, 0, 0, 6]))
             .await
-            .err()
-            .expect("other is denied");
+            .expect_err("other is denied");
         assert!(
             matches!(err, TunnelError::Refused { status, .. } if status == StatusCode::FORBIDDEN),
             "{err:?}"
