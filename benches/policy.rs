@@ -37,9 +37,18 @@ fn ns_of(svc: u32) -> u32 {
     svc % NAMESPACES
 }
 
+/// Tiers vary within a namespace (50 services each: ~12 per tier).
+fn tier_of(svc: u32) -> &'static str {
+    TIERS[((svc / NAMESPACES) % 4) as usize]
+}
+
 /// Namespace labels: alternating env, five teams.
 fn ns_labels(ns: u32) -> Labels {
-    let env = if ns % 2 == 0 { "prod" } else { "staging" };
+    let env = if ns.is_multiple_of(2) {
+        "prod"
+    } else {
+        "staging"
+    };
     [
         ("env".to_string(), env.to_string()),
         ("team".to_string(), format!("team-{}", ns % 5)),
@@ -50,8 +59,8 @@ fn ns_labels(ns: u32) -> Labels {
 fn pod_labels(svc: u32) -> Labels {
     [
         ("app".to_string(), format!("svc-{svc}")),
-        ("tier".to_string(), TIERS[(svc % 4) as usize].to_string()),
-        ("team".to_string(), format!("team-{}", svc % 10)),
+        ("tier".to_string(), tier_of(svc).to_string()),
+        ("team".to_string(), format!("team-{}", (svc / 3) % 10)),
     ]
     .into()
 }
@@ -63,7 +72,7 @@ fn ports_of(svc: u32) -> Vec<NamedPort> {
         protocol: Protocol::Tcp,
     };
     let mut v = vec![port("http", 8080), port("metrics", 9090)];
-    match TIERS[(svc % 4) as usize] {
+    match tier_of(svc) {
         "db" => v.push(port("postgres", 5432)),
         "cache" => v.push(port("redis", 6379)),
         _ => {}
@@ -103,7 +112,12 @@ fn sibling(svc: u32, k: u32) -> u32 {
 /// 9 Kubernetes NetworkPolicy. Every policy has 4 rules.
 fn policy_yaml(i: u32, variant: bool) -> String {
     let t = target(i);
-    let ns = ns_of(t);
+    // Tier guards go round the namespaces; the others live with the service they protect.
+    let ns = if matches!(i % 10, 6 | 7) {
+        (i / 10) % NAMESPACES
+    } else {
+        ns_of(t)
+    };
     let other_ns = (ns + 1 + i % 7) % NAMESPACES;
     match i % 10 {
         0..=5 => {
@@ -325,6 +339,26 @@ impl Rng {
     }
 }
 
+/// FNV-1a over the compiled entries, in order: equal output before and after an optimisation.
+fn checksum(rules: &[(strait_ebpf::PolicyKey, PolicyAction)]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, a) in rules {
+        for n in [
+            k.src_identity,
+            k.dst_identity,
+            u32::from(k.protocol),
+            u32::from(k.dport),
+            u32::from(k.dport_prefix_len),
+            *a as u32,
+        ] {
+            for b in n.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
 /// One build as the agent does it: engine, then kernel entries.
 struct Build {
     engine: Duration,
@@ -435,6 +469,7 @@ fn main() {
         count(PolicyAction::Deny),
         count(PolicyAction::Proxy),
     );
+    let checksum = checksum(&kp.rules);
     let mut pairs: Vec<(u32, u32)> = kp
         .rules
         .iter()
@@ -450,7 +485,7 @@ fn main() {
         full_runs.len()
     );
     println!(
-        "full: {} subjects, {} policed identities, {} kernel entries ({} allow, {} proxy, {} deny) over {} identity pairs",
+        "full: {} subjects, {} policed identities, {} kernel entries ({} allow, {} proxy, {} deny) over {} identity pairs, checksum {checksum:016x}",
         engine.subject_ids().len(),
         kp.policed.len(),
         kp.rules.len(),
@@ -488,7 +523,11 @@ fn main() {
     let grown = Arc::new(grown);
     let mut runs = Vec::new();
     for r in 0..REPEAT {
-        let u = if r % 2 == 0 { &grown } else { &universe };
+        let u = if r.is_multiple_of(2) {
+            &grown
+        } else {
+            &universe
+        };
         runs.push(build_cached(&policies, u, &mut cache));
     }
     let (inc_pod, inc_pod_engine, inc_pod_compile) = summarize(&runs);
@@ -496,11 +535,20 @@ fn main() {
     // INCREMENTAL (b2): a pod with a new label set (a new identity: svc-1000 in ns-0).
     build_cached(&policies, &universe, &mut cache);
     let mut fresh = base.clone();
-    add_pod(&mut fresh, SERVICES, svc_id(SERVICES), SERVICES * REPLICAS + 1);
+    add_pod(
+        &mut fresh,
+        SERVICES,
+        svc_id(SERVICES),
+        SERVICES * REPLICAS + 1,
+    );
     let fresh = Arc::new(fresh);
     let mut runs = Vec::new();
     for r in 0..REPEAT {
-        let u = if r % 2 == 0 { &fresh } else { &universe };
+        let u = if r.is_multiple_of(2) {
+            &fresh
+        } else {
+            &universe
+        };
         runs.push(build_cached(&policies, u, &mut cache));
     }
     let (inc_ident, inc_ident_engine, inc_ident_compile) = summarize(&runs);
@@ -546,7 +594,7 @@ fn main() {
     let common_ports = [8080u16, 9090, 5432, 443, 53, 6379, 9050, 22];
     let flows: Vec<(u32, u32, u8, u16)> = (0..LOOKUPS)
         .map(|n| {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let (k, _) = &kp.rules[rng.below(kp.rules.len())];
                 let proto = if k.protocol == 0 { 6 } else { k.protocol };
                 let span = 1u32 << (16 - k.dport_prefix_len.min(16));
@@ -611,16 +659,26 @@ fn main() {
         ("full_compile_ms", serde_json::json!(r3(ms(full_compile)))),
         ("kernel_entries", serde_json::json!(kp.rules.len())),
         ("kernel_pairs", serde_json::json!(pairs.len())),
+        (
+            "kernel_checksum",
+            serde_json::json!(format!("{checksum:016x}")),
+        ),
         ("policed", serde_json::json!(kp.policed.len())),
         ("inc_policy_ms", serde_json::json!(r3(ms(inc_policy)))),
         ("inc_policy_ratio", serde_json::json!(r3(ratio(inc_policy)))),
         ("inc_pod_ms", serde_json::json!(r3(ms(inc_pod)))),
         ("inc_pod_ratio", serde_json::json!(r3(ratio(inc_pod)))),
         ("inc_identity_ms", serde_json::json!(r3(ms(inc_ident)))),
-        ("inc_identity_ratio", serde_json::json!(r3(ratio(inc_ident)))),
+        (
+            "inc_identity_ratio",
+            serde_json::json!(r3(ratio(inc_ident))),
+        ),
         ("verdict_ns", serde_json::json!(r3(verdict_ns))),
         ("hashmap_ns", serde_json::json!(r3(map_ns))),
-        ("verdict_vs_hashmap", serde_json::json!(r3(verdict_ns / map_ns))),
+        (
+            "verdict_vs_hashmap",
+            serde_json::json!(r3(verdict_ns / map_ns)),
+        ),
         ("wall_s", serde_json::json!(r3(total_wall.as_secs_f64()))),
     ]
     .into_iter()

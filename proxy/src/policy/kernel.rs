@@ -6,7 +6,9 @@
 //! allows covered by a deny into denies). Ports whose allow carries L7 rules become PROXY.
 //! Only pairs some rule names get entries; a missing entry for a policed pair is a drop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use strait_ebpf::{PolicyAction, PolicyKey};
 
@@ -40,6 +42,34 @@ struct DirSegs {
     deny: Vec<Seg>,
 }
 
+/// A map keyed by identity pair. Iteration order never matters (pairs are sorted before use),
+/// so a fast multiplicative hash replaces SipHash: keys are identities, not attacker input.
+type PairMap<V> = HashMap<(u32, u32), V, BuildHasherDefault<PairHasher>>;
+
+/// FxHash (as rustc uses it) over the integers of a key.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl PairHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for PairHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|b| self.add(u64::from(*b)));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Kernel map contents: `(identity, ingress policed, egress policed)` and the rules.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct KernelPolicy {
@@ -51,8 +81,8 @@ pub struct KernelPolicy {
 pub fn compile(engine: &Engine) -> KernelPolicy {
     let ids: Vec<u32> = engine.universe.iter().map(|i| i.id).collect();
     // (src, dst) → what src's egress says about dst; and what dst's ingress says about src.
-    let mut egress: HashMap<(u32, u32), DirSegs> = HashMap::new();
-    let mut ingress: HashMap<(u32, u32), DirSegs> = HashMap::new();
+    let mut egress: PairMap<DirSegs> = PairMap::default();
+    let mut ingress: PairMap<DirSegs> = PairMap::default();
     let mut policed = Vec::new();
     for id in engine.subject_ids() {
         let Some(sp) = engine.subject(id) else {
@@ -80,41 +110,56 @@ pub fn compile(engine: &Engine) -> KernelPolicy {
             );
         }
     }
-    let mut pairs: Vec<(u32, u32)> = egress.keys().chain(ingress.keys()).copied().collect();
-    pairs.sort_unstable();
-    pairs.dedup();
+    // Every pair either side names, in (src, dst) order: a merge of both maps sorted by pair
+    // (sequential reads instead of two hash probes per pair).
+    let sorted = |map: PairMap<DirSegs>| {
+        let mut v: Vec<((u32, u32), DirSegs)> = map.into_iter().collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v.into_iter().peekable()
+    };
+    let (mut egress, mut ingress) = (sorted(egress), sorted(ingress));
     let mut rules = Vec::new();
-    for (src, dst) in pairs {
+    loop {
+        let (src, dst) = match (egress.peek(), ingress.peek()) {
+            (None, None) => break,
+            (Some((a, _)), None) | (None, Some((a, _))) => *a,
+            (Some((a, _)), Some((b, _))) => *a.min(b),
+        };
+        let segs_e = egress.next_if(|(k, _)| *k == (src, dst)).map(|(_, s)| s);
+        let segs_i = ingress.next_if(|(k, _)| *k == (src, dst)).map(|(_, s)| s);
         if src == reserved::HOST || dst == reserved::HOST {
             continue; // the kernel always lets the node through
         }
-        let side = |map: &HashMap<(u32, u32), DirSegs>, dp: Option<&DirPolicy>| match dp {
-            Some(dp) if dp.enforced => {
-                let segs = map.get(&(src, dst)).cloned().unwrap_or_default();
-                let allow = if dp.default_deny {
-                    Some(segs.allow)
-                } else {
-                    None
-                };
-                (allow, segs.deny)
-            }
-            _ => (None, Vec::new()),
-        };
-        let (allow_e, deny_e) = side(&egress, engine.subject(src).map(|s| &s.egress));
-        let (allow_i, deny_i) = side(&ingress, engine.subject(dst).map(|s| &s.ingress));
-        let allowed = match (allow_e, allow_i) {
-            (None, None) => vec![ALL],
-            (Some(a), None) | (None, Some(a)) => a,
-            (Some(a), Some(b)) => intersect(&a, &b),
+        let (allow_e, deny_e) = side(segs_e.as_ref(), engine.subject(src).map(|s| &s.egress));
+        let (allow_i, deny_i) = side(segs_i.as_ref(), engine.subject(dst).map(|s| &s.ingress));
+        let allowed: Cow<'_, [Seg]> = match (allow_e, allow_i) {
+            (None, None) => Cow::Borrowed(&[ALL]),
+            (Some(a), None) | (None, Some(a)) => Cow::Borrowed(a),
+            (Some(a), Some(b)) => Cow::Owned(intersect(a, b)),
         };
         emit_allows(src, dst, &allowed, &mut rules);
-        for seg in deny_e.iter().chain(&deny_i) {
+        for seg in deny_e.iter().chain(deny_i) {
             for key in keys(src, dst, seg) {
                 rules.push((key, PolicyAction::Deny));
             }
         }
     }
     KernelPolicy { policed, rules }
+}
+
+/// What one direction says about `(src, dst)`: its allows (`None` when it does not restrict
+/// them: not enforced, or enforced without default deny) and its denies. Borrowed, not cloned:
+/// this runs once per identity pair.
+fn side<'a>(segs: Option<&'a DirSegs>, dp: Option<&DirPolicy>) -> (Option<&'a [Seg]>, &'a [Seg]) {
+    match dp {
+        Some(dp) if dp.enforced => {
+            let allow = dp
+                .default_deny
+                .then(|| segs.map_or(&[][..], |s| s.allow.as_slice()));
+            (allow, segs.map_or(&[][..], |s| s.deny.as_slice()))
+        }
+        _ => (None, &[]),
+    }
 }
 
 /// Adds the segments of every entry of `dp`, per peer, into `out` under `pair(peer)`.
@@ -124,23 +169,37 @@ fn accumulate(
     all_ids: &[u32],
     pair: impl Fn(u32) -> (u32, u32),
     egress: bool,
-    out: &mut HashMap<(u32, u32), DirSegs>,
+    out: &mut PairMap<DirSegs>,
 ) {
-    let visit = |peer: u32, out: &mut HashMap<(u32, u32), DirSegs>, e: &super::engine::Entry| {
-        let (src, dst) = pair(peer);
-        let dst_for_ports = if egress { peer } else { dst };
-        let segs = entry_segs(engine, e, dst_for_ports);
-        let slot = out.entry((src, dst)).or_default();
-        if e.deny {
-            slot.deny.extend(segs);
-        } else {
-            slot.allow.extend(segs);
-        }
-    };
     for e in &dp.entries {
+        // Segments depend on the peer only through egress named ports (resolved on the peer);
+        // at ingress they resolve on the subject, the same for every peer. Otherwise compute
+        // them once per entry, not once per peer.
+        let per_peer = egress
+            && e.ports
+                .iter()
+                .any(|pr| matches!(pr.port, PortSel::Named(_)));
+        let mut shared: Option<Vec<Seg>> = None;
+        let mut visit = |peer: u32| {
+            let (src, dst) = pair(peer);
+            let dst_for_ports = if egress { peer } else { dst };
+            let fresh;
+            let segs: &[Seg] = if per_peer {
+                fresh = entry_segs(engine, e, dst_for_ports);
+                &fresh
+            } else {
+                shared.get_or_insert_with(|| entry_segs(engine, e, dst_for_ports))
+            };
+            let slot = out.entry((src, dst)).or_default();
+            if e.deny {
+                slot.deny.extend_from_slice(segs);
+            } else {
+                slot.allow.extend_from_slice(segs);
+            }
+        };
         match &e.peers {
-            super::engine::PeerSet::All => all_ids.iter().for_each(|p| visit(*p, out, e)),
-            super::engine::PeerSet::Ids(set) => set.iter().for_each(|p| visit(*p, out, e)),
+            super::engine::PeerSet::All => all_ids.iter().for_each(|p| visit(*p)),
+            super::engine::PeerSet::Ids(set) => set.iter().for_each(|p| visit(*p)),
         }
     }
     if !dp.default_deny {
@@ -225,6 +284,9 @@ fn emit_allows(src: u32, dst: u32, allowed: &[Seg], out: &mut Vec<(PolicyKey, Po
     if any_proto {
         out.push((PolicyKey::any(src, dst), PolicyAction::Allow));
     }
+    if allowed.iter().all(|s| s.proto == 0) {
+        return; // nothing, or only the any-protocol key above: no per-protocol keys
+    }
     for proto in PORT_PROTOCOLS {
         let segs: Vec<&Seg> = allowed
             .iter()
@@ -240,32 +302,27 @@ fn emit_allows(src: u32, dst: u32, allowed: &[Seg], out: &mut Vec<(PolicyKey, Po
             .collect();
         cuts.sort_unstable();
         cuts.dedup();
-        let mut runs: BTreeMap<u32, (u32, Option<bool>)> = BTreeMap::new();
+        // Runs start in increasing order, so a Vec keeps them sorted.
+        let mut runs: Vec<(u32, u32, Option<bool>)> = Vec::new();
         let mut prev: Option<(u32, u32, Option<bool>)> = None;
         for w in cuts.windows(2) {
             let (lo, hi) = (w[0], w[1] - 1);
-            let covering: Vec<&&Seg> = segs
+            // None: no segment covers the interval; Some(l7): every covering one is L7.
+            let state = segs
                 .iter()
                 .filter(|s| u32::from(s.first) <= lo && hi <= u32::from(s.last))
-                .collect();
-            let state = if covering.is_empty() {
-                None
-            } else {
-                Some(covering.iter().all(|s| s.l7))
-            };
+                .fold(None, |st: Option<bool>, s| Some(st.unwrap_or(true) && s.l7));
             prev = match prev {
                 Some((a, b, st)) if st == state && b + 1 == lo => Some((a, hi, st)),
-                Some((a, b, st)) => {
-                    runs.insert(a, (b, st));
+                Some(run) => {
+                    runs.push(run);
                     Some((lo, hi, state))
                 }
                 None => Some((lo, hi, state)),
             };
         }
-        if let Some((a, b, st)) = prev {
-            runs.insert(a, (b, st));
-        }
-        for (first, (last, state)) in runs {
+        runs.extend(prev);
+        for (first, last, state) in runs {
             let action = match state {
                 None => continue,
                 // Plain allow already given for every protocol.
