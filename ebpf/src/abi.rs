@@ -25,7 +25,7 @@ pub const ENDPOINTS_MAX: u32 = 4096;
 /// `STRAIT_POLICED_MAX`: capacity of the identity → enforcement flags map.
 pub const POLICED_MAX: u32 = 16384;
 /// `STRAIT_POLICY_MAX`: capacity of the policy LPM trie.
-pub const POLICY_MAX: u32 = 65536;
+pub const POLICY_MAX: u32 = 262144;
 /// `STRAIT_SVC_MAX`: capacity of the service frontend → backend identities map.
 pub const SVC_MAX: u32 = 4096;
 /// `STRAIT_SVC_BACKENDS_MAX`: distinct (identity, port) pairs one service entry holds.

@@ -146,6 +146,18 @@ pub fn kernel_image(
             services.push((SocketAddrV4::new(svc.cluster_ip, port.port), backends));
         }
     }
+    // The node's programs only judge flows from its pods (connect4, tc from the pod) or to them
+    // (tc to the pod): entries between two other nodes' identities would never be looked up.
+    let local: std::collections::HashSet<u32> = state
+        .endpoints
+        .iter()
+        .filter(|e| e.node == local_node)
+        .map(|e| e.identity)
+        .collect();
+    let rules = rules
+        .into_iter()
+        .filter(|(k, _)| local.contains(&k.src_identity) || local.contains(&k.dst_identity))
+        .collect();
     strait_ebpf::PolicyImage {
         ipcache,
         endpoints,
@@ -303,5 +315,26 @@ mod tests {
         assert_eq!(t.decide(vip()).route, Route::NoBackend);
         assert!(t.is_local_pod(Ipv4Addr::new(198, 18, 16, 2)));
         assert!(!t.is_local_pod(Ipv4Addr::new(198, 18, 17, 2)));
+    }
+
+    #[test]
+    fn kernel_image_keeps_only_entries_this_node_can_look_up() {
+        use strait_ebpf::{PolicyAction, PolicyKey};
+        let mut s = state();
+        s.endpoints[3].identity = 65793; // fe-1 on node-1
+        s.endpoints[1].identity = 65794; // be-2 on node-2
+        s.endpoints[2].identity = 65795; // be-3 on node-2
+        let rules = vec![
+            (PolicyKey::any(65793, 65794), PolicyAction::Allow), // from a local pod
+            (PolicyKey::any(65794, 65792), PolicyAction::Allow), // to a local pod (be-1)
+            (PolicyKey::any(65794, 65795), PolicyAction::Allow), // between node-2's pods
+        ];
+        let image = kernel_image(&s, "node-1", vec![], rules, vec![]);
+        let kept: Vec<(u32, u32)> = image
+            .rules
+            .iter()
+            .map(|(k, _)| (k.src_identity, k.dst_identity))
+            .collect();
+        assert_eq!(kept, [(65793, 65794), (65794, 65792)]);
     }
 }

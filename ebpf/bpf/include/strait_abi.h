@@ -24,7 +24,7 @@
 #define STRAIT_IPCACHE_MAX	65536	/* strait_ipcache (LPM trie) */
 #define STRAIT_ENDPOINTS_MAX	4096	/* strait_endpoint */
 #define STRAIT_POLICED_MAX	16384	/* strait_policed */
-#define STRAIT_POLICY_MAX	65536	/* strait_policy (LPM trie) */
+#define STRAIT_POLICY_MAX	262144	/* strait_policy (LPM trie) */
 #define STRAIT_SVC_MAX		4096	/* strait_svc_ids */
 #define STRAIT_SVC_BACKENDS_MAX	16	/* backends per strait_svc_entry */
 #define STRAIT_CT_MAX		65536	/* strait_ct (LRU) */
