@@ -85,7 +85,10 @@ pub fn describe() {
     use names::*;
     describe_gauge!(BUILD_INFO, "Strait build; the value is always 1");
     describe_counter!(FLOWS, "Flows recorded, by verdict, protocol and direction");
-    describe_counter!(DROPS, "Dropped flows, by drop reason and the layer that decided");
+    describe_counter!(
+        DROPS,
+        "Dropped flows, by drop reason and the layer that decided"
+    );
     describe_counter!(
         KERNEL_DROPS,
         "Packets and connects the eBPF programs dropped, by reason (kernel counters)"
@@ -99,8 +102,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from HTTP request to response headers"
     );
-    describe_counter!(CONNECTIONS, "TCP connections the proxy accepted, by direction");
-    describe_gauge!(CONNECTIONS_OPEN, "TCP connections open in the proxy, by direction");
+    describe_counter!(
+        CONNECTIONS,
+        "TCP connections the proxy accepted, by direction"
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "TCP connections open in the proxy, by direction"
+    );
     describe_counter!(
         BYTES,
         metrics::Unit::Bytes,
@@ -110,10 +119,19 @@ pub fn describe() {
         TUNNEL_CONNECTIONS,
         "HTTP/2 tunnel connections between node proxies, by role"
     );
-    describe_counter!(TUNNEL_STREAMS, "Connections carried as tunnel streams, by role");
-    describe_gauge!(POLICY_REVISION, "Cluster state revision whose policy is in force");
+    describe_counter!(
+        TUNNEL_STREAMS,
+        "Connections carried as tunnel streams, by role"
+    );
+    describe_gauge!(
+        POLICY_REVISION,
+        "Cluster state revision whose policy is in force"
+    );
     describe_gauge!(POLICIES, "Network policies in force");
-    describe_gauge!(POLICY_KERNEL_RULES, "Policy entries compiled for the kernel");
+    describe_gauge!(
+        POLICY_KERNEL_RULES,
+        "Policy entries compiled for the kernel"
+    );
     describe_histogram!(
         POLICY_COMPILE,
         metrics::Unit::Seconds,
@@ -251,7 +269,8 @@ mod tests {
     use crate::proxy::conn::ConnRecord;
 
     fn flow() -> FlowRecord {
-        let mut r = ConnRecord::start("node-1", "c1", Direction::Egress, FlowPeer::default()).finish();
+        let mut r =
+            ConnRecord::start("node-1", "c1", Direction::Egress, FlowPeer::default()).finish();
         r.source.namespace = "demo".into();
         r.source.pod = "frontend-abc".into();
         r.source.workload = Some("frontend".into());
@@ -291,11 +310,12 @@ mod tests {
         });
         let text = handle.render();
         let has = |line: &str| {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         };
-        has(
-            r#"strait_flows_total{verdict="FORWARDED",protocol="TCP",direction="egress"} 1"#,
-        );
+        has(r#"strait_flows_total{verdict="FORWARDED",protocol="TCP",direction="egress"} 1"#);
         has(r#"strait_drops_total{reason="POLICY_DENIED",decided_by="kernel"} 1"#);
         has(r#"strait_proxy_bytes_total{direction="sent"} 10"#);
         has(
@@ -307,7 +327,10 @@ mod tests {
         has(
             r#"strait_http_request_duration_seconds_bucket{method="GET",status_class="2xx",source_namespace="demo",source_workload="frontend",destination_namespace="demo",destination_workload="backend",le="0.0025"} 1"#,
         );
-        assert!(!text.contains("frontend-abc"), "pod names are off by default");
+        assert!(
+            !text.contains("frontend-abc"),
+            "pod names are off by default"
+        );
         assert!(text.contains("# TYPE strait_http_request_duration_seconds histogram"));
     }
 }

@@ -47,6 +47,7 @@ fn sample() -> FlowRecord {
         decided_by: None,
         policies: Vec::new(),
         http: None,
+        encrypted: false,
     }
 }
 
