@@ -35,6 +35,30 @@ pub mod names {
     pub const PROGRAM_ATTACHED: &str = "strait_ebpf_program_attached";
     pub const FLOW_RING_FLOWS: &str = "strait_flow_ring_flows";
     pub const FLOWS_EVICTED: &str = "strait_flow_ring_evicted_total";
+
+    /// Every name above.
+    pub const ALL: &[&str] = &[
+        BUILD_INFO,
+        FLOWS,
+        DROPS,
+        KERNEL_DROPS,
+        HTTP_REQUESTS,
+        HTTP_DURATION,
+        CONNECTIONS,
+        CONNECTIONS_OPEN,
+        BYTES,
+        TUNNEL_CONNECTIONS,
+        TUNNEL_STREAMS,
+        POLICY_REVISION,
+        POLICIES,
+        POLICY_KERNEL_RULES,
+        POLICY_COMPILE,
+        MAP_ENTRIES,
+        MAP_CAPACITY,
+        PROGRAM_ATTACHED,
+        FLOW_RING_FLOWS,
+        FLOWS_EVICTED,
+    ];
 }
 
 /// Histogram buckets for request durations, in seconds (100 µs … 10 s).
