@@ -127,7 +127,10 @@ fn promtool_accepts_the_exposition() {
             "strait_ebpf_program_attached",
             "strait_policy_revision",
         ] {
-            assert!(body.contains(&format!("\n{name}")), "{node}: {name} missing");
+            assert!(
+                body.contains(&format!("\n{name}")),
+                "{node}: {name} missing"
+            );
         }
         let mut child = Command::new("promtool")
             .args(["check", "metrics"])
@@ -154,8 +157,7 @@ fn promtool_accepts_the_exposition() {
     let line = body
         .lines()
         .find(|l| {
-            l.starts_with("strait_http_requests_total{")
-                && l.contains("status_class=\"4xx\"")
+            l.starts_with("strait_http_requests_total{") && l.contains("status_class=\"4xx\"")
         })
         .unwrap_or_else(|| panic!("no 4xx requests in\n{body}"));
     assert!(line.contains("source_workload=\"frontend\""), "{line}");
@@ -209,7 +211,10 @@ impl Prometheus {
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
             ))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -309,7 +314,10 @@ fn dashboard_uses_only_exported_metrics() {
                 .find_map(|s| name.strip_suffix(s))
                 .filter(|b| known.contains(b))
                 .unwrap_or(name);
-            assert!(known.contains(&base), "{name} in {e:?} is not a Strait metric");
+            assert!(
+                known.contains(&base),
+                "{name} in {e:?} is not a Strait metric"
+            );
             used += 1;
         }
     }

@@ -123,6 +123,61 @@ mod tests {
     }
 
     #[test]
+    fn every_filter_round_trips() {
+        let mut filter = FlowFilter::new();
+        for (k, v) in [
+            ("cluster", "c1"),
+            ("namespace", "demo"),
+            ("from-namespace", "demo"),
+            ("to-namespace", "kube-system"),
+            ("pod", "demo/fe"),
+            ("from-pod", "demo/"),
+            ("to-pod", "back end"),
+            ("label", "k8s:app=web,tier!=db,!canary"),
+            ("from-label", "env in (a,b)"),
+            ("to-label", "zone notin (x),any:team"),
+            ("verdict", "FORWARDED"),
+            ("protocol", "HTTP/1.1"),
+            ("protocol", "UDP"),
+            ("port", "80"),
+            ("from-port", "41000"),
+            ("to-port", "8080"),
+            ("http-status", "200"),
+            ("http-status", "4xx"),
+            ("http-status", "5xx+"),
+            ("http-method", "GET"),
+            ("http-path", r"^/api/v[12]/(a|b)\?id=\d+&x=%20+"),
+            ("since", "2024-11-25T06:01:02Z"),
+            ("until", "2024-11-25T06:01:02.123Z"),
+        ] {
+            filter.push(Criterion::parse(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}")));
+        }
+        let q = FlowsQuery {
+            last: None,
+            follow: false,
+            filter,
+        };
+        let s = q.to_query_string();
+        // Only unreserved characters travel unencoded: `+` is a space to the decoder.
+        assert!(
+            s.contains("&http-status=5xx%2B&") && s.contains("&to-pod=back%20end&"),
+            "{s}"
+        );
+        assert!(s.contains("&since=2024-11-25T06%3A01%3A02Z&"), "{s}");
+        assert_eq!(FlowsQuery::parse(Some(&s)), Ok(q.clone()));
+        // Each pair reads back on its own, with its key.
+        for (pair, c) in s.split('&').zip(q.filter.criteria()) {
+            let one = FlowsQuery::parse(Some(pair)).expect("one pair");
+            assert_eq!(one.filter.criteria(), std::slice::from_ref(c), "{pair}");
+        }
+        // A relative time is made absolute before it travels.
+        let q = FlowsQuery::parse(Some("since=5m")).expect("duration");
+        let s = q.to_query_string();
+        assert!(s.starts_with("since=20"), "{s}");
+        assert_eq!(FlowsQuery::parse(Some(&s)), Ok(q));
+    }
+
+    #[test]
     fn defaults_and_errors() {
         assert_eq!(FlowsQuery::parse(None), Ok(FlowsQuery::default()));
         assert_eq!(
@@ -152,6 +207,18 @@ mod tests {
         assert!(matches!(
             FlowsQuery::parse(Some("colour=red")),
             Err(QueryError::Filter(FilterError::UnknownKey { .. }))
+        ));
+        let err = FlowsQuery::parse(Some("last=5&http-status=6xx")).expect_err("bad status");
+        assert_eq!(
+            err.to_string(),
+            "--http-status 6xx: expected NNN, Nxx or Nxx+"
+        );
+        assert!(matches!(
+            FlowsQuery::parse(Some("http-path=%28")),
+            Err(QueryError::Filter(FilterError::Invalid {
+                key: "http-path",
+                ..
+            }))
         ));
     }
 }

@@ -3,12 +3,18 @@
 //! All agents are queried at once. Without `--follow` their flows are merged in time order and
 //! the last N shown; with `--follow` flows print as they arrive from any agent, so lines from
 //! different agents are not reordered against each other. Times are shown in UTC.
+//!
+//! Filters travel to the agents as [`Criterion`]s (relative `--since`/`--until` already made
+//! absolute) and are applied again here.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{self, IsTerminal, Write};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use futures::StreamExt;
 
 use crate::admin::FlowsQuery;
@@ -18,25 +24,20 @@ use crate::flows::{
     verdict_name,
 };
 
-/// Flows shown without `--follow` when `--last` is not given, as in Hubble.
+/// Flows shown without `--follow` when neither `--last` nor a time bound is given, as in Hubble.
 pub const DEFAULT_LAST: usize = 20;
+
+/// How long an agent may take to answer a `/flows` request (connect and response headers).
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an agent may take to send its whole backlog without `--follow`.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `strait observe`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ObserveArgs {
-    /// Flows recorded in, or with an endpoint in, this cluster (repeatable).
-    #[arg(long, value_name = "CLUSTER")]
-    pub cluster: Vec<String>,
-    /// Flows with either endpoint in this namespace (repeatable).
-    #[arg(long, short = 'n', value_name = "NAMESPACE")]
-    pub namespace: Vec<String>,
-    /// Flows with either endpoint a pod whose name starts with POD (repeatable).
-    #[arg(long, value_name = "[NS/]POD", value_parser = parse_pod)]
-    pub pod: Vec<PodSelector>,
-    /// Flows with this verdict: FORWARDED, DROPPED, ERROR or AUDIT (repeatable).
-    #[arg(long, value_name = "VERDICT", value_parser = parse_verdict)]
-    pub verdict: Vec<Verdict>,
-    /// Show the last N matching flows [default: 20, or 0 with --follow].
+    /// Show the last N matching flows [default: 20; every match with --since or --until; 0
+    /// with --follow].
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
     /// Keep running and print flows as they are recorded.
@@ -45,6 +46,100 @@ pub struct ObserveArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Compact)]
     pub output: Output,
+    /// Which flows to show (boxed: the flags make a large struct). Last, so its help heading
+    /// covers only its own flags.
+    #[command(flatten)]
+    pub filters: Box<FilterArgs>,
+}
+
+/// The filter flags of `strait observe`, with Hubble's names and combining rules.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Filters (a repeated flag ORs its values, different flags AND)")]
+pub struct FilterArgs {
+    /// Flows recorded in, or with an endpoint in, this cluster.
+    #[arg(long, value_name = "CLUSTER",
+          value_parser = Flag(|s| Criterion::parse("cluster", s).map(|_| s.to_string())))]
+    pub cluster: Vec<String>,
+    /// Flows with either endpoint in this namespace.
+    #[arg(long, short = 'n', value_name = "NAMESPACE",
+          value_parser = Flag(|s| Criterion::parse("namespace", s).map(|_| s.to_string())))]
+    pub namespace: Vec<String>,
+    /// Flows whose source is in this namespace.
+    #[arg(long, value_name = "NAMESPACE",
+          value_parser = Flag(|s| Criterion::parse("from-namespace", s)))]
+    pub from_namespace: Vec<Criterion>,
+    /// Flows whose destination is in this namespace.
+    #[arg(long, value_name = "NAMESPACE",
+          value_parser = Flag(|s| Criterion::parse("to-namespace", s)))]
+    pub to_namespace: Vec<Criterion>,
+    /// Flows with either endpoint a pod whose name starts with POD.
+    #[arg(long, value_name = "[NS/]POD",
+          value_parser = Flag(|s| s.parse::<PodSelector>()))]
+    pub pod: Vec<PodSelector>,
+    /// Flows whose source is a pod whose name starts with POD.
+    #[arg(long, value_name = "[NS/]POD",
+          value_parser = Flag(|s| Criterion::parse("from-pod", s)))]
+    pub from_pod: Vec<Criterion>,
+    /// Flows whose destination is a pod whose name starts with POD.
+    #[arg(long, value_name = "[NS/]POD",
+          value_parser = Flag(|s| Criterion::parse("to-pod", s)))]
+    pub to_pod: Vec<Criterion>,
+    /// Flows with either endpoint matching a label selector: `key=value`, `key!=value`, `key`,
+    /// `!key`, `key in (a,b)`, `key notin (a,b)`; commas AND requirements; keys may carry a
+    /// `k8s:` or `any:` prefix.
+    #[arg(long, short = 'l', value_name = "SELECTOR",
+          value_parser = Flag(|s| Criterion::parse("label", s)))]
+    pub label: Vec<Criterion>,
+    /// Flows whose source matches a label selector (as --label).
+    #[arg(long, value_name = "SELECTOR",
+          value_parser = Flag(|s| Criterion::parse("from-label", s)))]
+    pub from_label: Vec<Criterion>,
+    /// Flows whose destination matches a label selector (as --label).
+    #[arg(long, value_name = "SELECTOR",
+          value_parser = Flag(|s| Criterion::parse("to-label", s)))]
+    pub to_label: Vec<Criterion>,
+    /// Flows with this verdict: FORWARDED, DROPPED, ERROR or AUDIT.
+    #[arg(long, value_name = "VERDICT",
+          value_parser = Flag(|s| s.parse::<Verdict>()))]
+    pub verdict: Vec<Verdict>,
+    /// Flows of this protocol: TCP (HTTP included), UDP, HTTP (either version), HTTP/1.1 or
+    /// HTTP/2.
+    #[arg(long, value_name = "PROTOCOL",
+          value_parser = Flag(|s| Criterion::parse("protocol", s)))]
+    pub protocol: Vec<Criterion>,
+    /// Flows with this port on either side.
+    #[arg(long, value_name = "PORT",
+          value_parser = Flag(|s| Criterion::parse("port", s)))]
+    pub port: Vec<Criterion>,
+    /// Flows with this source port.
+    #[arg(long, value_name = "PORT",
+          value_parser = Flag(|s| Criterion::parse("from-port", s)))]
+    pub from_port: Vec<Criterion>,
+    /// Flows with this destination port (the backend's, after service translation).
+    #[arg(long, value_name = "PORT",
+          value_parser = Flag(|s| Criterion::parse("to-port", s)))]
+    pub to_port: Vec<Criterion>,
+    /// HTTP flows answered with this status: `404`, `4xx` or `5xx+` (500 and above).
+    #[arg(long, value_name = "STATUS",
+          value_parser = Flag(|s| Criterion::parse("http-status", s)))]
+    pub http_status: Vec<Criterion>,
+    /// HTTP flows with this request method (case-insensitive).
+    #[arg(long, value_name = "METHOD",
+          value_parser = Flag(|s| Criterion::parse("http-method", s)))]
+    pub http_method: Vec<Criterion>,
+    /// HTTP flows whose path matches this regular expression anywhere (anchor with ^ and $).
+    #[arg(long, value_name = "REGEX",
+          value_parser = Flag(|s| Criterion::parse("http-path", s)))]
+    pub http_path: Vec<Criterion>,
+    /// Flows recorded at or after TIME: RFC 3339 (2024-11-25T06:01:02Z) or a duration ago (5m,
+    /// 1h30m). Without --last, shows every such flow.
+    #[arg(long, value_name = "TIME",
+          value_parser = Flag(|s| Criterion::parse("since", s)))]
+    pub since: Option<Criterion>,
+    /// Flows recorded at or before TIME (as --since).
+    #[arg(long, value_name = "TIME", conflicts_with = "follow",
+          value_parser = Flag(|s| Criterion::parse("until", s)))]
+    pub until: Option<Criterion>,
 }
 
 /// How flows are printed.
@@ -54,20 +149,34 @@ pub enum Output {
     Compact,
     /// Aligned columns under a header.
     Table,
-    /// One FlowRecord JSON object per line.
+    /// One FlowRecord JSON object per line, with stable field names.
     Json,
 }
 
-fn parse_pod(s: &str) -> Result<PodSelector, FilterError> {
-    s.parse()
+/// A clap value parser whose errors are the [`FilterError`]s, which name the flag themselves.
+#[derive(Clone, Copy)]
+struct Flag<T>(fn(&str) -> Result<T, FilterError>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Flag<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let s = value
+            .to_str()
+            .ok_or_else(|| clap::Error::new(ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+        (self.0)(s).map_err(|e| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd)
+        })
+    }
 }
 
-fn parse_verdict(s: &str) -> Result<Verdict, FilterError> {
-    s.parse()
-}
-
-impl ObserveArgs {
-    /// The filter the flags describe.
+impl FilterArgs {
+    /// The filter the flags describe, in flag order.
     pub fn filter(&self) -> Result<FlowFilter, FilterError> {
         let mut f = FlowFilter::new();
         for c in &self.cluster {
@@ -76,38 +185,85 @@ impl ObserveArgs {
         for ns in &self.namespace {
             f.push(Criterion::parse("namespace", ns)?);
         }
+        for c in self.from_namespace.iter().chain(&self.to_namespace) {
+            f.push(c.clone());
+        }
         for p in &self.pod {
             f.push(Criterion::Pod(p.clone()));
+        }
+        for c in [
+            &self.from_pod,
+            &self.to_pod,
+            &self.label,
+            &self.from_label,
+            &self.to_label,
+        ] {
+            f.extend(c.iter().cloned());
         }
         for v in &self.verdict {
             f.push(Criterion::Verdict(*v));
         }
+        for c in [
+            &self.protocol,
+            &self.port,
+            &self.from_port,
+            &self.to_port,
+            &self.http_status,
+            &self.http_method,
+            &self.http_path,
+        ] {
+            f.extend(c.iter().cloned());
+        }
+        f.extend(self.since.iter().chain(&self.until).cloned());
         Ok(f)
-    }
-
-    /// How many past flows to show.
-    pub fn last(&self) -> usize {
-        self.last
-            .unwrap_or(if self.follow { 0 } else { DEFAULT_LAST })
     }
 }
 
-/// Runs `strait observe` against `agents`; fails only if no agent could be reached.
-pub async fn run(args: &ObserveArgs, agents: Vec<AgentEndpoint>) -> anyhow::Result<()> {
-    if agents.is_empty() {
-        bail!("no agents to observe");
+impl ObserveArgs {
+    /// The filter the flags describe, in flag order.
+    pub fn filter(&self) -> Result<FlowFilter, FilterError> {
+        self.filters.filter()
     }
-    let query = FlowsQuery {
-        last: Some(args.last()),
-        follow: args.follow,
-        filter: args.filter()?,
-    };
-    let color = args.output == Output::Compact && io::stdout().is_terminal();
-    let res = if args.follow {
-        follow(&agents, &query, args.output, color).await
-    } else {
-        one_shot(&agents, &query, args.output, color).await
-    };
+
+    /// How many past flows to show; `None` for every matching flow the agents hold.
+    pub fn last(&self) -> Option<usize> {
+        let bounded = self.filters.since.is_some() || self.filters.until.is_some();
+        match self.last {
+            Some(n) => Some(n),
+            None if bounded => None,
+            None if self.follow => Some(0),
+            None => Some(DEFAULT_LAST),
+        }
+    }
+
+    /// The request every agent gets.
+    pub fn query(&self) -> anyhow::Result<FlowsQuery> {
+        let f = &self.filters;
+        if let (Some(since @ Criterion::Since(from)), Some(until @ Criterion::Until(to))) =
+            (&f.since, &f.until)
+            && from > to
+        {
+            bail!("--since {since} is later than --until {until}");
+        }
+        Ok(FlowsQuery {
+            last: self.last(),
+            follow: self.follow,
+            filter: self.filter()?,
+        })
+    }
+}
+
+/// Whether to colour verdicts: on a terminal, unless `NO_COLOR` is set to something
+/// (<https://no-color.org>).
+pub fn color_enabled(is_terminal: bool, no_color: Option<OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Runs `strait observe` against `agents`; fails if no agent could be reached.
+pub async fn run(args: &ObserveArgs, agents: Vec<AgentEndpoint>) -> anyhow::Result<()> {
+    let color = args.output == Output::Compact
+        && color_enabled(io::stdout().is_terminal(), std::env::var_os("NO_COLOR"));
+    let res = observe(args, &agents, color, &mut io::stdout(), &mut io::stderr()).await;
     match res {
         // `strait observe | head` closes stdout early; that is a normal way to stop.
         Err(e)
@@ -120,39 +276,71 @@ pub async fn run(args: &ObserveArgs, agents: Vec<AgentEndpoint>) -> anyhow::Resu
     }
 }
 
+/// [`run`] with its output and reports going to `out` and `err`.
+pub async fn observe(
+    args: &ObserveArgs,
+    agents: &[AgentEndpoint],
+    color: bool,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    if agents.is_empty() {
+        bail!("no agents to observe");
+    }
+    let query = args.query()?;
+    if args.follow {
+        follow(agents, &query, args.output, color, out, err).await
+    } else {
+        one_shot(agents, &query, args.output, color, out, err).await
+    }
+}
+
 async fn one_shot(
     agents: &[AgentEndpoint],
     query: &FlowsQuery,
     output: Output,
     color: bool,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let fetches = agents.iter().map(|agent| async move {
-        let mut stream = client::flows(agent, query).await?;
-        let mut flows = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(FlowEvent::Flow(f)) => flows.push(f),
-                Ok(FlowEvent::Lost(n)) => report_lost(agent, n),
-                Err(e) => report(&e),
+        let fetch = async {
+            let mut stream = open(agent, query).await?;
+            // Reports wait until every agent is done, so they are not interleaved.
+            let (mut flows, mut reports) = (Vec::new(), Vec::new());
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(FlowEvent::Flow(f)) => flows.push(f),
+                    Ok(FlowEvent::Lost(n)) => reports.push(lost_message(agent, n)),
+                    Err(e) => reports.push(error_message(&e)),
+                }
             }
-        }
-        Ok::<_, ClientError>(flows)
+            Ok::<_, ClientError>((flows, reports))
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(timeout(agent, FETCH_TIMEOUT)))
     });
     let mut flows = Vec::new();
     let mut reached = 0;
     for res in futures::future::join_all(fetches).await {
         match res {
-            Ok(f) => {
+            Ok((f, reports)) => {
                 reached += 1;
                 flows.extend(f);
+                for r in reports {
+                    let _ = writeln!(err, "{r}");
+                }
             }
-            Err(e) => report(&e),
+            Err(e) => {
+                let _ = writeln!(err, "{}", error_message(&e));
+            }
         }
     }
     if reached == 0 {
         bail!("none of the {} agents could be reached", agents.len());
     }
-    let flows = select_last(flows, &query.filter, query.last.unwrap_or(DEFAULT_LAST));
+    let flows = select_last(flows, &query.filter, query.last);
     let text = match output {
         Output::Compact => flows
             .iter()
@@ -164,7 +352,6 @@ async fn one_shot(
             .map(|f| json_line(f))
             .collect::<Result<String, _>>()?,
     };
-    let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
@@ -175,8 +362,10 @@ async fn follow(
     query: &FlowsQuery,
     output: Output,
     color: bool,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let opened = futures::future::join_all(agents.iter().map(|a| client::flows(a, query))).await;
+    let opened = futures::future::join_all(agents.iter().map(|a| open(a, query))).await;
     let mut streams = Vec::new();
     for (agent, res) in agents.iter().zip(opened) {
         match res {
@@ -186,14 +375,19 @@ async fn follow(
                 let tagged = s.map(Some).chain(futures::stream::once(async { None }));
                 streams.push(tagged.map(move |item| (agent.clone(), item)).boxed());
             }
-            Err(e) => report(&e),
+            Err(e) => {
+                let _ = writeln!(err, "{}", error_message(&e));
+            }
         }
     }
     if streams.is_empty() {
         bail!("none of the {} agents could be reached", agents.len());
     }
     if output == Output::Table {
-        emit(&table_line(&TABLE_HEADER.map(String::from), &FOLLOW_WIDTHS))?;
+        emit(
+            out,
+            &table_line(&TABLE_HEADER.map(String::from), &FOLLOW_WIDTHS),
+        )?;
     }
     let mut all = futures::stream::select_all(streams);
     while let Some((agent, item)) = all.next().await {
@@ -204,53 +398,78 @@ async fn follow(
                     Output::Table => table_line(&table_row(&f), &FOLLOW_WIDTHS),
                     Output::Json => json_line(&f)?.trim_end().to_string(),
                 };
-                emit(&line)?;
+                emit(out, &line)?;
             }
             Some(Ok(FlowEvent::Flow(_))) => {}
-            Some(Ok(FlowEvent::Lost(n))) => report_lost(&agent, n),
-            Some(Err(e)) => report(&e),
-            None => eprintln!("strait observe: agent {agent}: flow stream ended"),
+            Some(Ok(FlowEvent::Lost(n))) => {
+                let _ = writeln!(err, "{}", lost_message(&agent, n));
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(err, "{}", error_message(&e));
+            }
+            None => {
+                let _ = writeln!(err, "strait observe: agent {agent}: flow stream ended");
+            }
         }
     }
     bail!("flow streams from all agents ended")
 }
 
-fn emit(line: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+/// Opens an agent's `/flows` stream, giving up after [`OPEN_TIMEOUT`].
+async fn open(
+    agent: &AgentEndpoint,
+    query: &FlowsQuery,
+) -> Result<client::FlowStream, ClientError> {
+    tokio::time::timeout(OPEN_TIMEOUT, client::flows(agent, query))
+        .await
+        .unwrap_or_else(|_| Err(timeout(agent, OPEN_TIMEOUT)))
+}
+
+fn timeout(agent: &AgentEndpoint, after: Duration) -> ClientError {
+    ClientError::Timeout {
+        agent: agent.to_string(),
+        after,
+    }
+}
+
+fn emit(out: &mut (dyn Write + Send), line: &str) -> io::Result<()> {
     writeln!(out, "{line}")?;
     out.flush()
 }
 
-fn report(e: &ClientError) {
-    let mut msg = e.to_string();
+/// An error with its causes, one line, prefixed for stderr.
+fn error_message(e: &ClientError) -> String {
+    let mut msg = format!("strait observe: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         msg.push_str(&format!(": {s}"));
         source = s.source();
     }
-    eprintln!("strait observe: {msg}");
+    msg
 }
 
-fn report_lost(agent: &AgentEndpoint, n: u64) {
-    eprintln!("strait observe: agent {agent}: {n} flows lost because this reader fell behind");
+fn lost_message(agent: &AgentEndpoint, n: u64) -> String {
+    format!("strait observe: agent {agent}: {n} flows lost because this reader fell behind")
 }
 
-/// The last `last` flows passing `filter`, oldest first, across agents.
+/// The last `last` flows passing `filter` (all when `None`), oldest first, across agents.
 pub fn select_last(
     mut flows: Vec<Arc<FlowRecord>>,
     filter: &FlowFilter,
-    last: usize,
+    last: Option<usize>,
 ) -> Vec<Arc<FlowRecord>> {
     flows.retain(|f| filter.matches(f));
     // Stable, so flows with equal times keep each agent's order.
     flows.sort_by_key(|f| f.unix_nanos());
-    let skip = flows.len().saturating_sub(last);
+    let skip = last.map_or(0, |n| flows.len().saturating_sub(n));
     flows.split_off(skip)
 }
 
 // === formatting ===
 
-/// One flow in Hubble's compact style.
+/// One flow in Hubble's compact style: time, recording node, endpoints, service, L4 protocol,
+/// direction, `encrypted`, verdict, then for HTTP `HTTP/1.1 GET /path => 403`, who decided,
+/// bytes and duration.
 pub fn compact_line(f: &FlowRecord, color: bool) -> String {
     let mut line = format!(
         "{} {}/{}: {} -> {}",
@@ -267,16 +486,14 @@ pub fn compact_line(f: &FlowRecord, color: bool) -> String {
         crate::flows::Direction::Egress => "egress",
         crate::flows::Direction::Ingress => "ingress",
     };
-    line.push_str(&format!(
-        " {} {direction} {}",
-        f.protocol,
-        format_verdict(f, color)
-    ));
-    if let Some(h) = &f.http {
-        line.push_str(&format!(" {} {}", h.method, h.path));
-        if let Some(status) = h.status {
-            line.push_str(&format!(" => {status}"));
-        }
+    line.push_str(&format!(" {} {direction}", l4_protocol(f)));
+    if f.encrypted {
+        line.push_str(" encrypted");
+    }
+    line.push(' ');
+    line.push_str(&format_verdict(f, color));
+    if let Some(http) = format_http(f) {
+        line.push_str(&format!(" {} {http}", f.protocol));
     }
     if let Some(by) = &f.decided_by {
         line.push_str(&format!(" by {by}"));
@@ -289,28 +506,56 @@ pub fn compact_line(f: &FlowRecord, color: bool) -> String {
     line
 }
 
+/// The transport: `TCP` for HTTP requests, which the proxy sees on TCP connections.
+fn l4_protocol(f: &FlowRecord) -> &str {
+    if f.http.is_some() && f.protocol.starts_with("HTTP/") {
+        "TCP"
+    } else {
+        &f.protocol
+    }
+}
+
+/// `GET /path => 403` (`GET /path` without a response), for flows of one HTTP request.
+fn format_http(f: &FlowRecord) -> Option<String> {
+    let h = f.http.as_ref()?;
+    let mut s = format!("{} {}", h.method, h.path);
+    if let Some(status) = h.status {
+        s.push_str(&format!(" => {status}"));
+    }
+    Some(s)
+}
+
 /// One flow as a JSON object (with a trailing newline).
 pub fn json_line(f: &FlowRecord) -> serde_json::Result<String> {
     serde_json::to_string(f).map(|s| s + "\n")
 }
 
+/// Number of columns of the table output.
+const COLUMNS: usize = 10;
+
 /// Column titles of the table output.
-pub const TABLE_HEADER: [&str; 8] = [
+pub const TABLE_HEADER: [&str; COLUMNS] = [
     "TIME",
     "NODE",
     "SOURCE",
     "DESTINATION",
     "SERVICE",
+    "PROTOCOL",
     "VERDICT",
+    "HTTP",
     "BYTES",
     "DURATION",
 ];
 
 /// Column widths used while following, when later rows are unknown.
-const FOLLOW_WIDTHS: [usize; 8] = [19, 14, 32, 32, 16, 9, 13, 8];
+const FOLLOW_WIDTHS: [usize; COLUMNS] = [19, 14, 32, 32, 16, 8, 9, 24, 13, 8];
 
 /// The table cells of one flow.
-pub fn table_row(f: &FlowRecord) -> [String; 8] {
+pub fn table_row(f: &FlowRecord) -> [String; COLUMNS] {
+    let mut protocol = f.protocol.clone();
+    if f.encrypted {
+        protocol.push_str(" encrypted");
+    }
     [
         format_time(f.time),
         format!("{}/{}", f.cluster, f.node),
@@ -319,7 +564,9 @@ pub fn table_row(f: &FlowRecord) -> [String; 8] {
         f.service
             .as_ref()
             .map_or_else(|| "-".into(), |s| format!("{}/{}", s.namespace, s.name)),
+        protocol,
         format_verdict(f, false),
+        format_http(f).unwrap_or_else(|| "-".into()),
         format_bytes_pair(f),
         format_duration_us(f.duration_us),
     ]
@@ -328,8 +575,8 @@ pub fn table_row(f: &FlowRecord) -> [String; 8] {
 /// Header and rows, each column as wide as its widest cell.
 pub fn render_table(flows: &[Arc<FlowRecord>]) -> String {
     let header = TABLE_HEADER.map(String::from);
-    let rows: Vec<[String; 8]> = flows.iter().map(|f| table_row(f)).collect();
-    let mut widths = [0; 8];
+    let rows: Vec<[String; COLUMNS]> = flows.iter().map(|f| table_row(f)).collect();
+    let mut widths = [0; COLUMNS];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -342,7 +589,7 @@ pub fn render_table(flows: &[Arc<FlowRecord>]) -> String {
 }
 
 /// One table line: cells padded to `widths`, three spaces apart, no trailing blanks.
-pub fn table_line(cells: &[String; 8], widths: &[usize; 8]) -> String {
+pub fn table_line(cells: &[String; COLUMNS], widths: &[usize; COLUMNS]) -> String {
     let mut line = String::new();
     for (cell, w) in cells.iter().zip(widths) {
         line.push_str(cell);
@@ -392,10 +639,12 @@ pub fn format_peer(p: &FlowPeer, local_cluster: &str, with_identity: bool) -> St
 pub fn format_verdict(f: &FlowRecord, color: bool) -> String {
     let name = verdict_name(f.verdict);
     let mut s = if color {
+        // Green, red, yellow, cyan.
         let code = match f.verdict {
             Verdict::Forwarded => "32",
-            Verdict::Dropped | Verdict::Error => "31",
-            Verdict::Audit => "33",
+            Verdict::Dropped => "31",
+            Verdict::Error => "33",
+            Verdict::Audit => "36",
         };
         format!("\x1b[{code}m{name}\x1b[0m")
     } else {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
@@ -94,6 +95,8 @@ pub enum ClientError {
     },
     #[error("agent {agent}: {path} sent a line longer than {MAX_LINE} bytes")]
     LineTooLong { agent: String, path: String },
+    #[error("agent {agent}: no answer within {}", humantime::format_duration(*after))]
+    Timeout { agent: String, after: Duration },
 }
 
 /// The agent's `/status` document.
@@ -319,5 +322,10 @@ mod tests {
             socket: "/run/strait/admin.sock".into(),
         };
         assert_eq!(a.to_string(), "c1/node-1");
+        let e = ClientError::Timeout {
+            agent: a.to_string(),
+            after: Duration::from_secs(5),
+        };
+        assert_eq!(e.to_string(), "agent c1/node-1: no answer within 5s");
     }
 }
