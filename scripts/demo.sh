@@ -37,4 +37,5 @@ sleep 0.3
 run $strait observe --namespace demo --verdict DROPPED --last 3
 echo
 echo "The lab stays up: try '$strait lab exec c1/demo/deploy/frontend -- curl -s http://backend/'"
-echo "and '$strait observe --namespace demo'. Remove it with '$strait lab down'."
+echo "'$strait observe --namespace demo', and '$strait ui' (service map and flows on"
+echo "http://127.0.0.1:8088). Remove it with '$strait lab down'."
