@@ -9,63 +9,6 @@ use std::collections::BTreeMap;
 use strait::flows::{Direction, FlowRecord, Verdict};
 use support::*;
 
-/// Deployments (so flows carry workloads) for backend and frontend, and a stray pod.
-const APP: &str = "
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo, labels: {team: shop}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: backend, namespace: demo}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: backend}}
-  template:
-    metadata: {labels: {app: backend}}
-    spec:
-      nodeName: node-1
-      containers: [{name: echo, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: frontend, namespace: demo}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: frontend}}
-  template:
-    metadata: {labels: {app: frontend}}
-    spec:
-      nodeName: node-2
-      containers: [{name: echo}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: other, namespace: demo, labels: {app: other}}
-spec:
-  nodeName: node-2
-  containers: [{name: echo}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: demo}
-spec:
-  selector: {app: backend}
-  ports: [{port: 80, targetPort: http}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: backend-l7, namespace: demo}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts:
-    - ports: [{port: http, protocol: TCP}]
-      rules:
-        http: [{method: GET, path: /public.*}]
-";
-
 fn observe_json(lab: &TestLab, args: &[&str]) -> Vec<FlowRecord> {
     let mut all = vec!["observe", "-o", "json", "--last", "1000"];
     all.extend_from_slice(args);
@@ -80,7 +23,7 @@ fn observe_json(lab: &TestLab, args: &[&str]) -> Vec<FlowRecord> {
 #[test]
 fn observe_returns_exactly_the_drops_with_every_field() {
     let lab = TestLab::up("observe_drops", ONE_CLUSTER);
-    lab.apply_ok("c1", APP);
+    lab.apply_ok("c1", L7_APP);
     const ALLOWED: usize = 6;
     const DENIED_L7: usize = 3;
     const DENIED_CONNECT: usize = 2;

@@ -10,101 +10,10 @@ use std::time::{Duration, Instant};
 use strait::flows::Verdict;
 use support::*;
 
-/// A backend (TCP 8080 named http, UDP 5353) on node-1; a frontend and an unrelated pod on node-2.
-const APP: &str = "
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: backend, namespace: demo, labels: {app: backend}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: echo
-    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
-spec:
-  nodeName: node-2
-  containers: [{name: echo, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: other, namespace: demo, labels: {app: other}}
-spec:
-  nodeName: node-2
-  containers: [{name: echo, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: demo}
-spec:
-  selector: {app: backend}
-  ports: [{port: 80, targetPort: http}]
-";
-
-/// The policy of Cilium's tutorial, unchanged.
-const ALLOW_FRONTEND_TO_BACKEND: &str = r#"
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: allow-frontend-to-backend
-spec:
-  endpointSelector:
-    matchLabels:
-      app: backend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: frontend
-"#;
-
 fn lab_with_app(test: &str) -> TestLab {
     let lab = TestLab::up(test, ONE_CLUSTER);
-    lab.apply_ok("c1", APP);
+    lab.apply_ok("c1", POLICY_APP);
     lab
-}
-
-fn apply_in(lab: &TestLab, ns: &str, yaml: &str) {
-    let yaml = yaml.replace(
-        "metadata:\n  name:",
-        &format!("metadata:\n  namespace: {ns}\n  name:"),
-    );
-    lab.apply_ok("c1", &yaml);
-}
-
-/// Connects from a pod with python3 and reports `ok`, or the error class and errno.
-fn py_connect(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n\
-         \x20   s = socket.create_connection(('{host}', {port}), timeout=3)\n\
-         \x20   print('ok')\n\
-         except OSError as e:\n\
-         \x20   print(type(e).__name__, e.errno)\n"
-    );
-    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Sends one UDP datagram from a pod and reports whether the echo came back.
-fn py_udp(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         s.settimeout(1.5)\n\
-         s.sendto(b'ping', ('{host}', {port}))\n\
-         try:\n\
-         \x20   print('reply', s.recvfrom(100)[0].decode())\n\
-         except socket.timeout:\n\
-         \x20   print('timeout')\n"
-    );
-    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn code(lab: &TestLab, pod: &str, url: &str) -> String {

@@ -16,60 +16,6 @@ use serde_json::Value;
 use strait::flows::{Direction, Verdict};
 use support::*;
 
-/// A backend on node-1; a frontend and an unrelated pod on node-2; a service in front.
-const APP: &str = "
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: backend, namespace: demo, labels: {app: backend}}
-spec:
-  nodeName: node-1
-  containers:
-  - name: echo
-    ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
-spec:
-  nodeName: node-2
-  containers: [{name: echo, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: other, namespace: demo, labels: {app: other}}
-spec:
-  nodeName: node-2
-  containers: [{name: echo, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: demo}
-spec:
-  selector: {app: backend}
-  ports: [{port: 80, targetPort: http}]
-";
-
-/// Cilium's tutorial policy: only `app: frontend` may reach the backend.
-const ALLOW_FRONTEND_TO_BACKEND: &str = r#"
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: allow-frontend-to-backend
-  namespace: demo
-spec:
-  endpointSelector:
-    matchLabels:
-      app: backend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: frontend
-"#;
-
 const ALLOWED_CURLS: u64 = 3;
 const DENIED_CONNECTS: u64 = 2;
 
@@ -283,20 +229,6 @@ fn api_edge(map: &Value, from: &str, to: &str) -> Value {
         .clone()
 }
 
-/// Connects from a pod with python3 and reports `ok`, or the error class and errno.
-fn py_connect(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n\
-         \x20   s = socket.create_connection(('{host}', {port}), timeout=3)\n\
-         \x20   print('ok')\n\
-         except OSError as e:\n\
-         \x20   print(type(e).__name__, e.errno)\n"
-    );
-    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Waits until the agents hold `n` flows passing `pred` (flows are recorded when connections end).
 fn wait_flows(
     lab: &TestLab,
@@ -322,8 +254,8 @@ fn wait_flows(
 #[test]
 fn ui_shows_the_service_map_and_the_flows_of_a_lab() {
     let lab = TestLab::up("ui", ONE_CLUSTER);
-    lab.apply_ok("c1", APP);
-    lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
+    lab.apply_ok("c1", POLICY_APP);
+    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
     for _ in 0..ALLOWED_CURLS {
         let out = lab.curl("c1/demo/frontend", "http://backend/");
         assert_eq!(curl_result(&out).1, "200", "{}", text(&out));

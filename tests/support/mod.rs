@@ -268,3 +268,153 @@ pub fn curl_result(out: &Output) -> (Value, String) {
     let json = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
     (json, code.to_string())
 }
+
+/// A backend (TCP 8080 named http, UDP 5353) on node-1; a frontend and an unrelated pod on node-2.
+pub const POLICY_APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: demo, labels: {app: backend}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 5353, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: demo, labels: {app: other}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+";
+
+/// The policy of Cilium's tutorial, unchanged.
+pub const ALLOW_FRONTEND_TO_BACKEND: &str = r#"
+apiVersion: "cilium.io/v2"
+kind: CiliumNetworkPolicy
+metadata:
+  name: allow-frontend-to-backend
+spec:
+  endpointSelector:
+    matchLabels:
+      app: backend
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: frontend
+"#;
+
+/// Applies `yaml`, whose `metadata:` starts with `name:`, in namespace `ns` of cluster `c1`.
+pub fn apply_in(lab: &TestLab, ns: &str, yaml: &str) {
+    let yaml = yaml.replace(
+        "metadata:\n  name:",
+        &format!("metadata:\n  namespace: {ns}\n  name:"),
+    );
+    lab.apply_ok("c1", &yaml);
+}
+
+/// Connects from a pod with python3 and reports `ok`, or the error class and errno.
+pub fn py_connect(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n\
+         \x20   s = socket.create_connection(('{host}', {port}), timeout=3)\n\
+         \x20   print('ok')\n\
+         except OSError as e:\n\
+         \x20   print(type(e).__name__, e.errno)\n"
+    );
+    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Sends one UDP datagram from a pod and reports whether the echo came back.
+pub fn py_udp(lab: &TestLab, pod: &str, host: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(1.5)\n\
+         s.sendto(b'ping', ('{host}', {port}))\n\
+         try:\n\
+         \x20   print('reply', s.recvfrom(100)[0].decode())\n\
+         except socket.timeout:\n\
+         \x20   print('timeout')\n"
+    );
+    let out = lab.exec(&format!("c1/demo/{pod}"), &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Deployments (so flows carry workloads) for backend (node-1) and frontend (node-2), a stray
+/// pod on node-2, a service, and an L7 policy: the frontend may `GET /public.*` only.
+pub const L7_APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {team: shop}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend}}
+    spec:
+      nodeName: node-1
+      containers: [{name: echo, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: frontend, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: frontend}}
+  template:
+    metadata: {labels: {app: frontend}}
+    spec:
+      nodeName: node-2
+      containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: demo, labels: {app: other}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend-l7, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: http, protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /public.*}]
+";

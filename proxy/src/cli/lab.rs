@@ -283,13 +283,13 @@ fn workload(w: WorkloadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `strait observe` against every agent of the lab.
-pub fn observe(cmd: ObserveCommand) -> anyhow::Result<ExitCode> {
-    let lab = Lab::new(&cmd.lab.name)?;
+/// The admin endpoints of every agent of lab `name`, which must be up.
+pub fn lab_agents(name: &str) -> anyhow::Result<Vec<AgentEndpoint>> {
+    let lab = Lab::new(name)?;
     let st = lab
         .load()?
-        .with_context(|| format!("lab {:?} is not up", cmd.lab.name))?;
-    let agents: Vec<AgentEndpoint> = st
+        .with_context(|| format!("lab {name:?} is not up"))?;
+    Ok(st
         .topology
         .all_nodes()
         .map(|(c, n)| AgentEndpoint {
@@ -297,7 +297,12 @@ pub fn observe(cmd: ObserveCommand) -> anyhow::Result<ExitCode> {
             node: n.name.clone(),
             socket: lab.paths().admin_socket(&c.name, &n.name),
         })
-        .collect();
+        .collect())
+}
+
+/// Runs `strait observe` against every agent of the lab.
+pub fn observe(cmd: ObserveCommand) -> anyhow::Result<ExitCode> {
+    let agents = lab_agents(&cmd.lab.name)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::lab::LabName;
-use crate::flows::client::AgentEndpoint;
-use crate::lab::Lab;
 use crate::ui::{AGENT_TIMEOUT, BoundUi, UiState};
 
 /// Arguments of `strait ui`.
@@ -23,19 +21,7 @@ pub struct UiArgs {
 /// Runs `strait ui` until interrupted.
 pub fn run(args: UiArgs) -> anyhow::Result<ExitCode> {
     let name = args.lab.name();
-    let lab = Lab::new(name)?;
-    let st = lab
-        .load()?
-        .with_context(|| format!("lab {name:?} is not up"))?;
-    let agents: Vec<AgentEndpoint> = st
-        .topology
-        .all_nodes()
-        .map(|(c, n)| AgentEndpoint {
-            cluster: c.name.clone(),
-            node: n.name.clone(),
-            socket: lab.paths().admin_socket(&c.name, &n.name),
-        })
-        .collect();
+    let agents = crate::cli::lab::lab_agents(name)?;
     let bound = BoundUi::bind(args.listen)?;
     eprintln!(
         "strait ui: flows of lab {name} ({} agents) on http://{}/ (Ctrl-C to stop)",
