@@ -27,7 +27,17 @@ fn observe_returns_exactly_the_drops_with_every_field() {
     const ALLOWED: usize = 6;
     const DENIED_L7: usize = 3;
     const DENIED_CONNECT: usize = 2;
-    let mut urls: Vec<String> = (0..ALLOWED)
+    // Two allowed requests on connections of their own (each ends right after its answer), the
+    // rest and the denied ones on one keep-alive connection.
+    const ALONE: usize = 2;
+    for i in 0..ALONE {
+        let out = lab.curl(
+            "c1/demo/deploy/frontend",
+            &format!("http://backend/public/alone-{i}"),
+        );
+        assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+    }
+    let mut urls: Vec<String> = (ALONE..ALLOWED)
         .map(|i| format!("http://backend/public/{i}"))
         .collect();
     urls.extend((0..DENIED_L7).map(|i| format!("http://backend/private/{i}")));
@@ -37,7 +47,7 @@ fn observe_returns_exactly_the_drops_with_every_field() {
     let codes = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         codes.lines().filter(|c| *c == "200").count(),
-        ALLOWED,
+        ALLOWED - ALONE,
         "{codes}"
     );
     assert_eq!(
@@ -118,6 +128,24 @@ fn observe_returns_exactly_the_drops_with_every_field() {
         assert_eq!(f.protocol, "TCP");
         assert_eq!(f.original_destination.split(':').nth(1), Some("80"));
     }
+
+    // The cross-node L7 connection ended cleanly on the receiving node too: no ERROR flows, and
+    // its tunnel stream (INGRESS on node-1) carried the bytes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let errors = observe_json(&lab, &["--namespace", "demo", "--verdict", "ERROR"]);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let ingress = observe_json(&lab, &["--namespace", "demo", "--cluster", "c1"]);
+    let tunnelled: Vec<&FlowRecord> = ingress
+        .iter()
+        .filter(|f| f.direction == Direction::Ingress && f.source.pod.starts_with("frontend"))
+        .collect();
+    assert!(!tunnelled.is_empty(), "{ingress:#?}");
+    assert!(
+        tunnelled
+            .iter()
+            .all(|f| f.bytes_sent > 0 && f.bytes_received > 0),
+        "{tunnelled:#?}"
+    );
 
     // The allowed requests are there too, one L7 flow each, with status and latency.
     let ok = observe_json(&lab, &["--namespace", "demo", "--verdict", "FORWARDED"]);

@@ -213,9 +213,19 @@ impl Lab {
         let p = &self.paths;
         let ul = p.underlay_netns();
         netns::create(&ul)?;
+        // The bridge takes the underlay's first address (nodes start at the tenth), so tools run
+        // in this namespace (a Prometheus server, curl) reach every node's agent.
+        let bridge_addr = t.underlay.hosts().next().unwrap_or(t.underlay.addr());
         netns::ip_batch(
             Some(&ul),
-            &["link add br0 type bridge".into(), "link set br0 up".into()],
+            &[
+                "link add br0 type bridge".into(),
+                format!(
+                    "addr replace {bridge_addr}/{} dev br0",
+                    t.underlay.prefix_len()
+                ),
+                "link set br0 up".into(),
+            ],
         )?;
         for (i, (c, n)) in t.all_nodes().enumerate() {
             let node_ns = p.node_netns(&c.name, &n.name);

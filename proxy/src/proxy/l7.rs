@@ -87,8 +87,9 @@ impl Upstream {
                     .await
                     .map_err(|e| format!("HTTP/1.1 handshake with upstream: {e}"))?;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    match conn.without_shutdown().await {
+                        Ok(parts) => close_gracefully(parts.io.into_inner()).await,
+                        Err(e) => debug!(error = %e, "upstream HTTP/1.1 connection ended"),
                     }
                 });
                 Sender::H1(s)
@@ -110,6 +111,18 @@ impl Upstream {
             None => Err("no upstream connection".into()),
         }
     }
+}
+
+/// Closes our side of an upstream stream and waits (briefly) for the peer to close its side, so
+/// a tunnel stream ends with both halves closed rather than reset under the peer's last write.
+async fn close_gracefully(mut io: BoxIo) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
 fn request_info(req: &Request<Incoming>) -> RequestInfo {
@@ -228,10 +241,72 @@ pub async fn serve(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
+    let counted = Counted {
+        inner: client,
+        read: 0,
+        written: 0,
+    };
+    // Per-request flows carry no byte counts; the wrapper counts the connection's into metrics.
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(client), svc)
+        .serve_connection(TokioIo::new(counted), svc)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Counts a client stream's bytes into the proxy byte metrics as they pass.
+struct Counted {
+    inner: TcpStream,
+    read: u64,
+    written: u64,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let names = crate::metrics::names::BYTES;
+        metrics::counter!(names, "direction" => "sent").increment(self.read);
+        metrics::counter!(names, "direction" => "received").increment(self.written);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.written += *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
