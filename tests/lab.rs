@@ -265,6 +265,8 @@ fn lab_down_removes_everything_even_after_agents_were_killed() {
     assert!(!cg.exists(), "{} remains", cg.display());
     let pins = std::path::Path::new("/sys/fs/bpf/strait").join(&lab.name);
     assert!(!pins.exists(), "{} remains", pins.display());
+    let state = std::path::Path::new("/run/strait/labs").join(&lab.name);
+    assert!(!state.exists(), "{} remains", state.display());
     std::thread::sleep(Duration::from_millis(200));
     for pid in pids {
         assert!(

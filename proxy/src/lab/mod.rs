@@ -467,8 +467,14 @@ impl Lab {
     /// Works from names alone, so it also cleans up after a crash or `kill -9`.
     pub fn down(&self) -> Result<(), LabError> {
         check_root()?;
-        let _lock = self.lock()?;
-        self.teardown()
+        let lock = self.lock()?;
+        self.teardown()?;
+        // Last, the lock file and the state directory. A `lab up` of the same name waiting on
+        // this lock starts over in a fresh directory, which is what it would build anyway.
+        let _ = std::fs::remove_file(self.paths.lock_file());
+        let _ = std::fs::remove_dir(self.paths.state_dir());
+        drop(lock);
+        Ok(())
     }
 
     fn teardown(&self) -> Result<(), LabError> {
