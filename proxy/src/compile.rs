@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::TUNNEL_PORT;
 use crate::flows::ServiceRef;
-use crate::model::{ClusterState, Protocol};
+use crate::model::{ClusterState, Endpoint, Protocol, Service};
 use crate::policy::Engine;
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
@@ -42,32 +42,22 @@ pub fn proxy_tables(
         .filter_map(|e| Some((e.cgroup_id?, endpoints.get(&e.ip)?.clone())))
         .collect();
     let mut services = HashMap::new();
-    for svc in &state.services {
-        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
-            let mut backends: Vec<Backend> = state
-                .endpoints
-                .iter()
-                .filter(|ep| ep.ready && svc.selects(ep))
-                .filter_map(|ep| {
-                    let target = port.target_on(ep)?;
-                    Some(Backend {
-                        addr: SocketAddrV4::new(ep.ip, target),
-                        endpoint: endpoints.get(&ep.ip)?.clone(),
-                    })
+    for (svc, frontend, ready) in tcp_frontends(state) {
+        let mut backends: Vec<Backend> = ready
+            .into_iter()
+            .filter_map(|(ep, target)| {
+                Some(Backend {
+                    addr: SocketAddrV4::new(ep.ip, target),
+                    endpoint: endpoints.get(&ep.ip)?.clone(),
                 })
-                .collect();
-            backends.sort_by_key(|b| b.addr);
-            services.insert(
-                SocketAddrV4::new(svc.cluster_ip, port.port),
-                ServiceEntry::new(
-                    ServiceRef {
-                        namespace: svc.namespace.clone(),
-                        name: svc.name.clone(),
-                    },
-                    backends,
-                ),
-            );
-        }
+            })
+            .collect();
+        backends.sort_by_key(|b| b.addr);
+        let service = ServiceRef {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+        };
+        services.insert(frontend, ServiceEntry::new(service, backends));
     }
     ProxyTables {
         revision,
@@ -128,23 +118,17 @@ pub fn kernel_image(
         })
         .collect();
     let mut services = Vec::new();
-    for svc in &state.services {
-        for port in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
-            let mut backends: Vec<strait_ebpf::ServiceBackend> = state
-                .endpoints
-                .iter()
-                .filter(|ep| ep.ready && svc.selects(ep))
-                .filter_map(|ep| {
-                    Some(strait_ebpf::ServiceBackend {
-                        identity: ep.identity,
-                        port: port.target_on(ep)?,
-                    })
-                })
-                .collect();
-            backends.sort_by_key(|b| (b.identity, b.port));
-            backends.dedup_by_key(|b| (b.identity, b.port));
-            services.push((SocketAddrV4::new(svc.cluster_ip, port.port), backends));
-        }
+    for (_, frontend, ready) in tcp_frontends(state) {
+        let mut backends: Vec<strait_ebpf::ServiceBackend> = ready
+            .into_iter()
+            .map(|(ep, port)| strait_ebpf::ServiceBackend {
+                identity: ep.identity,
+                port,
+            })
+            .collect();
+        backends.sort_by_key(|b| (b.identity, b.port));
+        backends.dedup_by_key(|b| (b.identity, b.port));
+        services.push((frontend, backends));
     }
     // The node's programs only judge flows from its pods (connect4, tc from the pod) or to them
     // (tc to the pod): entries between two other nodes' identities would never be looked up.
@@ -165,6 +149,27 @@ pub fn kernel_image(
         rules,
         services,
     }
+}
+
+/// Every TCP service frontend (`clusterIP:port`) with its ready endpoints and the target port
+/// each one receives on (named target ports resolved); endpoints without that port are left out.
+fn tcp_frontends(
+    state: &ClusterState,
+) -> impl Iterator<Item = (&Service, SocketAddrV4, Vec<(&Endpoint, u16)>)> {
+    state.services.iter().flat_map(move |svc| {
+        svc.ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(move |port| {
+                let ready = state
+                    .endpoints
+                    .iter()
+                    .filter(|ep| ep.ready && svc.selects(ep))
+                    .filter_map(|ep| Some((ep, port.target_on(ep)?)))
+                    .collect();
+                (svc, SocketAddrV4::new(svc.cluster_ip, port.port), ready)
+            })
+    })
 }
 
 /// Host-side interfaces of this node's pods, where the tc programs go.

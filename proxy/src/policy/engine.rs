@@ -19,6 +19,12 @@ use crate::identity::reserved;
 /// A rule named for humans: `Kind namespace/name: spec.ingress[0]`.
 pub type RuleRef = Arc<str>;
 
+/// The built-in rules for the node, shared so verdicts do not allocate their names.
+static TO_NODE: std::sync::LazyLock<RuleRef> =
+    std::sync::LazyLock::new(|| "node: pods may always reach their node (proxy, DNS)".into());
+static FROM_NODE: std::sync::LazyLock<RuleRef> =
+    std::sync::LazyLock::new(|| "allow-localhost: the node may always reach its pods".into());
+
 /// Peers of an entry.
 #[derive(Debug, Clone)]
 pub(crate) enum PeerSet {
@@ -402,7 +408,7 @@ impl Engine {
         let egress = match self.subjects.get(&src) {
             // Pods may always reach their node: the proxy and DNS live there.
             Some(sp) if sp.egress.enforced && dst == reserved::HOST => DirOutcome::Allowed {
-                rules: vec!["node: pods may always reach their node (proxy, DNS)".into()],
+                rules: vec![TO_NODE.clone()],
                 http: None,
             },
             Some(sp) if sp.egress.enforced => self.judge(&sp.egress, dst, dst, proto, dport),
@@ -411,7 +417,7 @@ impl Engine {
         let ingress = match self.subjects.get(&dst) {
             // The node itself may always reach its pods (Cilium's allow-localhost).
             Some(sp) if sp.ingress.enforced && src == reserved::HOST => DirOutcome::Allowed {
-                rules: vec!["allow-localhost: the node may always reach its pods".into()],
+                rules: vec![FROM_NODE.clone()],
                 http: None,
             },
             Some(sp) if sp.ingress.enforced => self.judge(&sp.ingress, src, dst, proto, dport),
@@ -428,11 +434,10 @@ impl Engine {
         match &pr.port {
             PortSel::Any => true,
             PortSel::Range(a, b) => (*a..=*b).contains(&port),
-            PortSel::Named(n) => self
-                .universe
-                .named_port(dst, n, pr.protocol.number())
-                .iter()
-                .any(|(p, pp)| *p == port && *pp == proto),
+            PortSel::Named(n) => {
+                self.universe
+                    .is_named_port(dst, n, pr.protocol.number(), port, proto)
+            }
         }
     }
 

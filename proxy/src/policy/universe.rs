@@ -201,16 +201,19 @@ impl Universe {
             .map_or(reserved::WORLD, |(_, id)| *id)
     }
 
-    /// `(port, IP protocol)` of the named port `name` on the destination identity, for rules of
+    /// `(port, IP protocol)` of each container port named `name` on identity `dst`, for rules of
     /// protocol `proto` (0 = any, then the container port's own protocol counts).
-    pub fn named_port(&self, dst: u32, name: &str, proto: u8) -> Vec<(u16, u8)> {
-        let Some(info) = self.ids.get(&dst) else {
-            return vec![];
-        };
-        let mut v: Vec<(u16, u8)> = info
-            .ports
-            .iter()
-            .filter(|p| p.name.as_deref() == Some(name))
+    fn named_ports<'a>(
+        &'a self,
+        dst: u32,
+        name: &'a str,
+        proto: u8,
+    ) -> impl Iterator<Item = (u16, u8)> + 'a {
+        self.ids
+            .get(&dst)
+            .into_iter()
+            .flat_map(|info| info.ports.iter())
+            .filter(move |p| p.name.as_deref() == Some(name))
             .map(|p| {
                 let n = match p.protocol {
                     crate::model::Protocol::Tcp => 6,
@@ -218,10 +221,28 @@ impl Universe {
                 };
                 (p.port, n)
             })
-            .filter(|(_, n)| proto == 0 || proto == *n)
-            .collect();
+            .filter(move |(_, n)| proto == 0 || proto == *n)
+    }
+
+    /// The distinct named ports of [`Self::named_ports`], sorted (for compiling kernel entries).
+    pub fn named_port(&self, dst: u32, name: &str, proto: u8) -> Vec<(u16, u8)> {
+        let mut v: Vec<(u16, u8)> = self.named_ports(dst, name, proto).collect();
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// Whether `port`/`packet_proto` is the port named `name` on `dst` for a rule of protocol
+    /// `rule_proto`; allocation-free, for per-flow verdicts.
+    pub fn is_named_port(
+        &self,
+        dst: u32,
+        name: &str,
+        rule_proto: u8,
+        port: u16,
+        packet_proto: u8,
+    ) -> bool {
+        self.named_ports(dst, name, rule_proto)
+            .any(|(p, pp)| p == port && pp == packet_proto)
     }
 }

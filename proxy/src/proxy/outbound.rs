@@ -11,7 +11,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::Proxy;
 use super::conn::{ConnRecord, peer};
 use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
-use super::tables::Route;
+use super::tables::{Judged, Route};
 use super::tunnel::TunnelSource;
 use crate::flows::{Direction, FlowRecord, FlowRing};
 
@@ -140,7 +140,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         Some(ep) => ep.identity,
         None => tables.identity_of(*client_v4.ip()),
     };
-    let decision = tables.decide_for(original, src_identity);
+    let (decision, judged) = tables.decide_for(original, src_identity);
     let (target, endpoint, via) = match &decision.route {
         Route::Local { target, endpoint } => (*target, endpoint.clone(), None),
         Route::Remote {
@@ -167,11 +167,11 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         decision.service.clone(),
         peer(&tables.cluster.name, endpoint.as_deref(), target.into()),
     );
-    let dst_identity = tables.identity_of(*target.ip());
+    let Judged {
+        dst_identity,
+        verdict,
+    } = judged.unwrap_or_else(|| tables.judge_tcp(src_identity, target));
     rec.record.destination.identity = dst_identity;
-    let verdict = tables
-        .policy
-        .verdict(src_identity, dst_identity, TCP, target.port());
     // The kernel refuses most denied connects already; this catches the rest (a service whose
     // backends the kernel could not judge, a policy that changed in between).
     if !verdict.allowed() {
@@ -182,12 +182,11 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         reset(client);
         return;
     }
-    let identity = src_identity;
     drop(tables);
     debug!(%original, %target, "routing");
     if verdict.needs_l7() {
         let source = TunnelSource {
-            identity,
+            identity: src_identity,
             addr: client_addr,
             cluster: proxy.cluster.clone(),
             original_dst: original.to_string(),
@@ -213,7 +212,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         Some((node, tunnel)) => {
             rec.record.tunnel_peer = Some(node);
             let source = TunnelSource {
-                identity,
+                identity: src_identity,
                 addr: client_addr,
                 cluster: proxy.cluster.clone(),
                 original_dst: original.to_string(),

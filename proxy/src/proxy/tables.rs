@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use crate::flows::ServiceRef;
 use crate::identity::reserved;
 use crate::model::{ClusterInfo, Labels};
-use crate::policy::{Engine, Universe};
+use crate::policy::{Engine, Universe, Verdict};
 
 /// A pod as the proxy needs it for routing and flow records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +110,16 @@ pub enum Route {
     NoBackend,
 }
 
+/// IP protocol number of TCP, as policy keys name it.
+const TCP: u8 = 6;
+
+/// A connection's destination identity and the policy verdict for it.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub dst_identity: u32,
+    pub verdict: Verdict,
+}
+
 /// The decision for one connection: which service (if any) and where to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -154,34 +164,41 @@ impl ProxyTables {
         self.policy.universe.identity_of_ip(ip)
     }
 
-    /// Like [`Self::decide`], but for a service prefers a backend policy lets `src_identity`
-    /// reach, so one denied backend does not fail a share of the connections.
-    pub fn decide_for(&self, dst: SocketAddrV4, src_identity: u32) -> Decision {
-        let Some(entry) = self.services.get(&dst) else {
-            return self.decide(dst);
-        };
-        if self.policy.is_empty() {
-            return self.decide(dst);
+    /// What policy says about a TCP connection from `src_identity` to `target`.
+    pub fn judge_tcp(&self, src_identity: u32, target: SocketAddrV4) -> Judged {
+        let dst_identity = self.identity_of(*target.ip());
+        Judged {
+            dst_identity,
+            verdict: self
+                .policy
+                .verdict(src_identity, dst_identity, TCP, target.port()),
         }
+    }
+
+    /// [`Self::decide`] and [`Self::judge_tcp`] in one: the route, and the verdict for its
+    /// target (`None` when there is no backend). For a service it prefers a backend policy lets
+    /// `src_identity` reach, so one denied backend does not fail a share of the connections.
+    pub fn decide_for(&self, dst: SocketAddrV4, src_identity: u32) -> (Decision, Option<Judged>) {
+        let tries = self
+            .services
+            .get(&dst)
+            .map_or(1, |e| e.backends.len().max(1));
         let mut first = None;
-        for _ in 0..entry.backends.len() {
+        for _ in 0..tries {
             let d = self.decide(dst);
             let target = match &d.route {
-                Route::Local { target, .. } | Route::Remote { target, .. } => *target,
-                _ => return d,
+                Route::Local { target, .. }
+                | Route::Remote { target, .. }
+                | Route::External { target } => *target,
+                Route::NoBackend => return (d, None),
             };
-            let v = self.policy.verdict(
-                src_identity,
-                self.identity_of(*target.ip()),
-                6,
-                target.port(),
-            );
-            if v.allowed() {
-                return d;
+            let judged = self.judge_tcp(src_identity, target);
+            if judged.verdict.allowed() {
+                return (d, Some(judged));
             }
-            first.get_or_insert(d);
+            first.get_or_insert((d, Some(judged)));
         }
-        first.unwrap_or_else(|| self.decide(dst))
+        first.unwrap_or_else(|| (self.decide(dst), None))
     }
 
     /// The endpoint with this address, if it is a pod of the cluster.

@@ -245,11 +245,9 @@ async fn handle(
         return reply(StatusCode::MISDIRECTED_REQUEST);
     }
     // Ingress policy of the destination, judged with the identity the source node vouches for.
-    let dst_identity = tables.identity_of(*target.ip());
-    rec.record.destination.identity = dst_identity;
-    let verdict = tables
-        .policy
-        .verdict(src_identity, dst_identity, 6, target.port());
+    let judged = tables.judge_tcp(src_identity, target);
+    rec.record.destination.identity = judged.dst_identity;
+    let verdict = judged.verdict;
     if !verdict.allowed() {
         rec.dropped("POLICY_DENIED");
         rec.record.decided_by = Some("proxy".into());
