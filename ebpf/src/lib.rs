@@ -39,7 +39,8 @@ use parking_lot::Mutex;
 pub use abi::{DropHook, DropReason, PolicyAction};
 pub use events::{DropEvent, DropEvents, Error as EventsError};
 pub use policy::{
-    ApplyStats, EndpointEntry, MapStats, PolicyError, PolicyImage, PolicyKey, ServiceBackend,
+    ApplyStats, EndpointEntry, MapStats, PolicyDelta, PolicyError, PolicyImage, PolicyKey,
+    ServiceBackend,
 };
 
 /// Everything needed to set up one node's data path.
@@ -92,8 +93,9 @@ pub struct Datapath {
     maps: maps::Maps,
     /// The loaded tc programs, attached to pod interfaces on demand.
     tc: Mutex<aya::Ebpf>,
-    /// Serialises [`Datapath::apply_policy`] calls.
-    apply_lock: Mutex<()>,
+    /// What the policy maps hold, as last written by this process (`None`: not known, read
+    /// the maps). Held while applying, which serialises applies.
+    installed: Mutex<Option<policy::State>>,
     /// Set while a [`DropEvents`] reader is alive.
     events_busy: Arc<AtomicBool>,
 }
@@ -156,7 +158,7 @@ impl Datapath {
             cgroup: cfg.cgroup.clone(),
             maps,
             tc: Mutex::new(tc),
-            apply_lock: Mutex::new(()),
+            installed: Mutex::new(None),
             events_busy: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -207,9 +209,47 @@ impl Datapath {
     /// removed first (logged).
     pub fn apply_policy(&self, image: &PolicyImage) -> Result<ApplyStats, Error> {
         let desired = policy::State::from_image(image)?;
-        let _serial = self.apply_lock.lock();
-        let current = self.maps.policy_state()?;
-        let plan = policy::plan(&current, &desired);
+        let mut installed = self.installed.lock();
+        let current = match installed.take() {
+            Some(state) => state,
+            None => self.maps.policy_state()?,
+        };
+        let plan = policy::plan(&current, &desired, policy::Totals::of(&current));
+        self.run(&plan)?;
+        *installed = Some(desired);
+        Ok(plan.stats)
+    }
+
+    /// Applies only what changed since the last [`Self::apply_policy`] or
+    /// [`Self::apply_policy_delta`], with the same ordering guarantees. Its cost follows the size
+    /// of the delta, not of the maps. An invalid delta changes nothing.
+    pub fn apply_policy_delta(&self, delta: &PolicyDelta) -> Result<ApplyStats, Error> {
+        let mut installed = self.installed.lock();
+        let mut state = match installed.take() {
+            Some(state) => state,
+            None => self.maps.policy_state()?,
+        };
+        let prepared = policy::sub_states(&state, delta).and_then(|(cur, want)| {
+            policy::totals_after(&state, &cur, &want).check_capacity()?;
+            Ok((cur, want))
+        });
+        let (cur, want) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                *installed = Some(state);
+                return Err(e.into());
+            }
+        };
+        let plan = policy::plan(&cur, &want, policy::Totals::of(&state));
+        // After a failed step the maps are partly updated: `installed` stays unknown (None),
+        // so the next apply reads them back.
+        self.run(&plan)?;
+        policy::patch(&mut state, &cur, &want);
+        *installed = Some(state);
+        Ok(plan.stats)
+    }
+
+    fn run(&self, plan: &policy::Plan) -> Result<(), Error> {
         if !plan.early_removals.is_empty() {
             tracing::warn!(maps = ?plan.early_removals,
                 "maps too full for old and new policy entries together: removing stale entries first");
@@ -218,7 +258,7 @@ impl Datapath {
             self.maps.apply_step(step)?;
         }
         tracing::debug!(stats = ?plan.stats, "policy maps updated");
-        Ok(plan.stats)
+        Ok(())
     }
 
     /// Attaches the tc programs to a pod's host-side veth `ifname` (ingress: from the pod;

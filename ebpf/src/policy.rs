@@ -281,6 +281,8 @@ pub enum PolicyError {
     },
     #[error("endpoint {ip} (identity {identity}): cgroup id 0 is not a cgroup")]
     NoCgroup { ip: Ipv4Addr, identity: u32 },
+    #[error("policy key {key:?} is not of identity pair {pair:?}")]
+    OutsidePair { key: PolicyKey, pair: (u32, u32) },
 }
 
 /// A normalised image: exactly what the maps should hold, in domain types.
@@ -316,8 +318,7 @@ impl State {
             )?;
         }
         for &(identity, ingress, egress) in &image.policed {
-            let flags = if ingress { abi::POLICED_INGRESS } else { 0 }
-                | if egress { abi::POLICED_EGRESS } else { 0 };
+            let flags = policed_flags(ingress, egress);
             if flags != 0 {
                 *state.policed.entry(identity).or_default() |= flags;
             }
@@ -335,17 +336,39 @@ impl State {
                 normalize_backends(backends),
             )?;
         }
-        state.check_capacity()?;
+        Totals::of(&state).check_capacity()?;
         Ok(state)
     }
+}
 
-    fn check_capacity(&self) -> Result<(), PolicyError> {
+/// How many entries each map holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub ipcache: usize,
+    pub endpoints: usize,
+    pub policed: usize,
+    pub policy: usize,
+    pub services: usize,
+}
+
+impl Totals {
+    pub(crate) fn of(state: &State) -> Self {
+        Self {
+            ipcache: state.ipcache.len(),
+            endpoints: state.endpoints.len(),
+            policed: state.policed.len(),
+            policy: state.policy.len(),
+            services: state.services.len(),
+        }
+    }
+
+    pub(crate) fn check_capacity(&self) -> Result<(), PolicyError> {
         let sizes = [
-            ("ipcache", self.ipcache.len(), abi::IPCACHE_MAX),
-            ("endpoints", self.endpoints.len(), abi::ENDPOINTS_MAX),
-            ("policed", self.policed.len(), abi::POLICED_MAX),
-            ("policy", self.policy.len(), abi::POLICY_MAX),
-            ("services", self.services.len(), abi::SVC_MAX),
+            ("ipcache", self.ipcache, abi::IPCACHE_MAX),
+            ("endpoints", self.endpoints, abi::ENDPOINTS_MAX),
+            ("policed", self.policed, abi::POLICED_MAX),
+            ("policy", self.policy, abi::POLICY_MAX),
+            ("services", self.services, abi::SVC_MAX),
         ];
         for (map, count, max) in sizes {
             if count > max as usize {
@@ -354,6 +377,12 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The `POLICED_*` bits for the enforced directions.
+pub(crate) fn policed_flags(ingress: bool, egress: bool) -> u32 {
+    (if ingress { abi::POLICED_INGRESS } else { 0 })
+        | (if egress { abi::POLICED_EGRESS } else { 0 })
 }
 
 fn insert_unique<K: Ord + std::fmt::Debug, V: PartialEq>(
@@ -376,7 +405,7 @@ fn insert_unique<K: Ord + std::fmt::Debug, V: PartialEq>(
 }
 
 /// For one key given twice: DENY > PROXY > ALLOW.
-fn stronger(a: PolicyAction, b: PolicyAction) -> PolicyAction {
+pub(crate) fn stronger(a: PolicyAction, b: PolicyAction) -> PolicyAction {
     let rank = |a: PolicyAction| match a {
         PolicyAction::Allow => 0,
         PolicyAction::Proxy => 1,
@@ -386,7 +415,7 @@ fn stronger(a: PolicyAction, b: PolicyAction) -> PolicyAction {
 }
 
 /// Turns every allow covered by a deny of the same identity pair into a deny.
-fn deny_wins(policy: &mut BTreeMap<PolicyKey, PolicyAction>) {
+pub(crate) fn deny_wins(policy: &mut BTreeMap<PolicyKey, PolicyAction>) {
     let mut denies: BTreeMap<(u32, u32), Vec<PolicyKey>> = BTreeMap::new();
     for (key, action) in policy.iter() {
         if *action == PolicyAction::Deny {
@@ -451,6 +480,7 @@ impl<K, V> Diff<K, V> {
         }
     }
 
+    /// Whether old and new entries together exceed `max` (`current`: entries in the map now).
     fn overflows(&self, current: usize, max: u32) -> bool {
         current + self.added.len() > max as usize
     }
@@ -481,7 +511,9 @@ fn diff<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 /// The ordered steps taking the maps from `current` to `desired` (see the module docs).
-pub(crate) fn plan(current: &State, desired: &State) -> Plan {
+/// `current` may be a part of the maps (the keys a delta touches); `held` counts what the maps
+/// hold in all, for the capacity decisions.
+pub(crate) fn plan(current: &State, desired: &State, held: Totals) -> Plan {
     let policed = diff(&current.policed, &desired.policed);
     let policy = diff(&current.policy, &desired.policy);
     let ipcache = diff(&current.ipcache, &desired.ipcache);
@@ -511,7 +543,7 @@ pub(crate) fn plan(current: &State, desired: &State) -> Plan {
         steps.push(Step::Policed(*id, None));
     }
 
-    let policy_early = policy.overflows(current.policy.len(), abi::POLICY_MAX);
+    let policy_early = policy.overflows(held.policy, abi::POLICY_MAX);
     let policy_removals = || {
         let (allows, denies): (Vec<_>, Vec<_>) = policy
             .removed
@@ -542,9 +574,9 @@ pub(crate) fn plan(current: &State, desired: &State) -> Plan {
     steps.extend(policy_upserts(false));
 
     // 3. Identities, endpoints, services.
-    let ipcache_early = ipcache.overflows(current.ipcache.len(), abi::IPCACHE_MAX);
-    let endpoints_early = endpoints.overflows(current.endpoints.len(), abi::ENDPOINTS_MAX);
-    let services_early = services.overflows(current.services.len(), abi::SVC_MAX);
+    let ipcache_early = ipcache.overflows(held.ipcache, abi::IPCACHE_MAX);
+    let endpoints_early = endpoints.overflows(held.endpoints, abi::ENDPOINTS_MAX);
+    let services_early = services.overflows(held.services, abi::SVC_MAX);
     if ipcache_early {
         plan.early_removals.push("ipcache");
         steps.extend(ipcache.removed.iter().map(|(k, _)| Step::Ipcache(*k, None)));
@@ -617,6 +649,11 @@ fn upserts<K: Clone, V: Clone>(d: &Diff<K, V>, step: impl Fn(K, V) -> Step) -> V
         .chain(d.updated.iter().map(|(k, v, _)| step(k.clone(), v.clone())))
         .collect()
 }
+
+mod delta;
+
+pub use delta::PolicyDelta;
+pub(crate) use delta::{patch, sub_states, totals_after};
 
 #[cfg(test)]
 mod tests;

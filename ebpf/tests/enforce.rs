@@ -16,7 +16,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use ipnet::Ipv4Net;
 use strait_ebpf::{
     Datapath, DropEvent, DropEvents, DropHook, DropReason, EndpointEntry, PolicyAction,
-    PolicyImage, PolicyKey,
+    PolicyDelta, PolicyImage, PolicyKey,
     abi::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use support::pods::{GW, LXC_A, LXC_B, POD_A, POD_B, Pods};
@@ -188,6 +188,30 @@ fn connect_and_tc_enforce_policy() {
     assert_eq!(udp.ask("s1", allowed).as_deref(), Some("s1"));
     assert_eq!(udp.ask("s4", allowed), None);
     assert_eq!(denied(&datapath), 4, "the counters are pinned too");
+
+    // A delta that allows the UDP port again: only that pair is rewritten, and the maps then
+    // hold exactly what the full image says (applying it changes nothing).
+    let allow_udp = PolicyDelta {
+        pairs: vec![(
+            (ID_A, ID_B),
+            image(&pods, true)
+                .rules
+                .into_iter()
+                .filter(|(k, _)| (k.src_identity, k.dst_identity) == (ID_A, ID_B))
+                .collect(),
+        )],
+        ..PolicyDelta::default()
+    };
+    let stats = datapath.apply_policy_delta(&allow_udp).unwrap();
+    assert_eq!((stats.policy.added, stats.changes()), (1, 1));
+    assert_eq!(udp.ask("s5", allowed).as_deref(), Some("s5"));
+    assert_eq!(
+        datapath
+            .apply_policy(&image(&pods, true))
+            .unwrap()
+            .changes(),
+        0
+    );
     let fill = datapath.map_fill();
     assert!(
         fill.iter()

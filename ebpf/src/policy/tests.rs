@@ -240,7 +240,7 @@ fn plan_adds_enforcement_last_and_lifts_it_first() {
         endpoints: BTreeMap::from([(99, (3, Ipv4Addr::new(10, 0, 0, 6)))]),
         ..State::default()
     };
-    let plan = plan(&current, &desired);
+    let plan = plan(&current, &desired, Totals::of(&current));
     let lift = pos(&plan, |s| *s == Step::Policed(11, None));
     let allow = pos(&plan, |s| {
         *s == Step::Policy(PolicyKey::port(3, 12, UDP, 53), Some(Allow))
@@ -296,7 +296,7 @@ fn plan_switching_enforcement_direction_clears_before_setting() {
         policed: BTreeMap::from([(10, abi::POLICED_EGRESS)]),
         ..State::default()
     };
-    let plan = plan(&current, &desired);
+    let plan = plan(&current, &desired, Totals::of(&current));
     assert_eq!(
         plan.steps,
         [
@@ -315,12 +315,12 @@ fn plan_removes_stale_allows_before_stale_denies_and_nothing_when_equal() {
         policy: BTreeMap::from([(narrow, Deny), (broad, Allow)]),
         ..State::default()
     };
-    let plan_ = plan(&current, &State::default());
+    let plan_ = plan(&current, &State::default(), Totals::of(&current));
     assert_eq!(
         plan_.steps,
         [Step::Policy(broad, None), Step::Policy(narrow, None)]
     );
-    let same = plan(&current, &current);
+    let same = plan(&current, &current, Totals::of(&current));
     assert!(same.steps.is_empty());
     assert_eq!(same.stats.changes(), 0);
 }
@@ -338,7 +338,7 @@ fn plan_removes_first_when_a_map_cannot_hold_both() {
         endpoints: BTreeMap::from([(100_000, (6, Ipv4Addr::new(10, 0, 0, 2)))]),
         ..State::default()
     };
-    let plan = plan(&current, &desired);
+    let plan = plan(&current, &desired, Totals::of(&current));
     assert_eq!(plan.early_removals, ["endpoints"]);
     let first_add = pos(&plan, |s| matches!(s, Step::Endpoint(_, Some(_))));
     assert_eq!(first_add, abi::ENDPOINTS_MAX as usize);
