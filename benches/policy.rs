@@ -368,7 +368,8 @@ struct Build {
 
 fn build_cached(policies: &[Policy], u: &Arc<Universe>, cache: &mut SelectorCache) -> Build {
     let t0 = Instant::now();
-    let engine = Engine::build_cached(policies, u.clone(), cache);
+    let policies: Vec<Arc<Policy>> = policies.iter().cloned().map(Arc::new).collect();
+    let engine = Engine::build_cached(&policies, u.clone(), cache);
     let t1 = Instant::now();
     let kp = kernel::compile(&engine);
     let t2 = Instant::now();

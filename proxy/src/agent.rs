@@ -3,22 +3,20 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::compile::{CompileStats, Compiler};
 use crate::config::AgentConfig;
 use crate::datapath::Installer;
 use crate::dns::{DnsServer, DnsTable};
 use crate::flows::FlowRing;
 use crate::model::{ClusterInfo, Store};
-use crate::policy::engine::SelectorCache;
-use crate::policy::{Engine, Universe};
 use crate::proxy::tables::ProxyTables;
 use crate::proxy::{OriginalDst, Proxy};
-use crate::{admin, compile, proxy, sources};
+use crate::{admin, proxy, sources};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -102,75 +100,74 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         flows.clone(),
         Arc::new(KernelOriginalDst(datapath.clone())),
     ));
-    let installer = Arc::new(Installer::new(datapath.clone()));
+    let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
+    let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));
     let store = Arc::new(Store::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let state_revision = Arc::new(AtomicU64::new(0));
-    let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
-    let policy_stats = Arc::new(parking_lot::Mutex::new(serde_json::Value::Null));
+    let compile_stats = Arc::new(parking_lot::Mutex::new(CompileStats::default()));
 
-    // Compile every new snapshot and install it: proxy tables, DNS.
+    // Compile every new snapshot and install it. Compiling is CPU work: it runs on the blocking
+    // pool, not on the workers that move traffic.
     {
         let mut rx = store.subscribe();
-        let proxy = proxy.clone();
-        let ready = ready.clone();
-        let state_revision = state_revision.clone();
-        let node = cfg.node.clone();
         let installer = installer.clone();
-        let policy_stats = policy_stats.clone();
+        let ready = ready.clone();
+        let compile_stats = compile_stats.clone();
+        let mut compiler = Some(Compiler::new(&cfg.node));
         tokio::spawn(async move {
-            let mut selectors = SelectorCache::default();
             while rx.changed().await.is_ok() {
                 let Some(snap) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let started = Instant::now();
-                let policies = &snap.cluster.policies;
-                let universe = Arc::new(Universe::from_state(&snap.cluster, policies));
-                let engine = Arc::new(Engine::build_cached(
-                    policies,
-                    universe.clone(),
-                    &mut selectors,
-                ));
-                let kernel = crate::policy::kernel::compile(&engine);
-                metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
-                    .record(started.elapsed().as_secs_f64());
-                metrics::gauge!(crate::metrics::names::POLICIES).set(policies.len() as f64);
-                metrics::gauge!(crate::metrics::names::POLICY_KERNEL_RULES)
-                    .set(kernel.rules.len() as f64);
-                let stats = serde_json::json!({
-                    "policies": policies.len(),
-                    "selected_identities": engine.subject_ids().len(),
-                    "kernel_rules": kernel.rules.len(),
-                    "compile_us": started.elapsed().as_micros() as u64,
+                let Some(mut c) = compiler.take() else {
+                    break;
+                };
+                let installer = installer.clone();
+                let job = tokio::task::spawn_blocking(move || {
+                    let result = c.compile(&snap).map(|state| {
+                        let installed = installer.apply(&state);
+                        (state, installed)
+                    });
+                    (c, snap, result)
                 });
-                let image = compile::kernel_image(
-                    &snap.cluster,
-                    &node,
-                    kernel.policed,
-                    kernel.rules,
-                    universe.cidr_entries(),
-                );
-                let interfaces = compile::pod_interfaces(&snap.cluster, &node);
-                // Kernel first: a revision is reported only once the maps enforce it.
-                if let Err(e) = installer.install(&image, &interfaces) {
-                    error!(error = %crate::errors::chain(&e), revision = snap.cluster.revision,
-                        "cannot install revision; the previous one stays in force");
-                    continue;
+                let (c, snap, result) = match job.await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        error!(error = %e, "compile task failed; no further revisions will be installed");
+                        break;
+                    }
+                };
+                compiler = Some(c);
+                match result {
+                    Err(e) => error!(error = %crate::errors::chain(&e), revision = snap.revision,
+                        "cannot compile revision; the previous one stays in force"),
+                    Ok((_, Err(e))) => {
+                        error!(error = %crate::errors::chain(&e), revision = snap.revision,
+                        "cannot install revision; the previous one stays in force")
+                    }
+                    Ok((state, Ok(installed))) => {
+                        let st = &state.stats;
+                        metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
+                            .record(st.compile_us as f64 / 1e6);
+                        metrics::gauge!(crate::metrics::names::POLICIES).set(st.policies as f64);
+                        metrics::gauge!(crate::metrics::names::POLICY_KERNEL_RULES)
+                            .set(st.kernel_rules as f64);
+                        metrics::gauge!(crate::metrics::names::POLICY_REVISION)
+                            .set(state.source_revision as f64);
+                        info!(
+                            model_revision = state.revision,
+                            source_revision = state.source_revision,
+                            full = st.full,
+                            changed_objects = st.changed_objects,
+                            changed_pairs = st.changed_pairs,
+                            map_changes = installed.map_changes,
+                            compile_us = st.compile_us,
+                            "revision installed"
+                        );
+                        *compile_stats.lock() = st.clone();
+                        ready.store(true, Ordering::SeqCst);
+                    }
                 }
-                proxy.swap_tables(compile::proxy_tables(
-                    &snap.cluster,
-                    &node,
-                    snap.revision,
-                    engine,
-                ));
-                info!(revision = snap.cluster.revision, policy = %stats, "revision installed");
-                *policy_stats.lock() = stats;
-                let _ = dns_tx.send(Arc::new(DnsTable::from_cluster(&snap.cluster)));
-                state_revision.store(snap.cluster.revision, Ordering::SeqCst);
-                metrics::gauge!(crate::metrics::names::POLICY_REVISION)
-                    .set(snap.cluster.revision as f64);
-                ready.store(true, Ordering::SeqCst);
             }
         });
     }
@@ -212,12 +209,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 "cluster_id": t.cluster.id,
                 "node": cfg.node,
                 "ready": ready.load(Ordering::SeqCst),
-                "revision": state_revision.load(Ordering::SeqCst),
+                "source_revision": installer.source_revision(),
+                "model_revision": installer.revision(),
                 "endpoints": t.endpoints.len(),
                 "services": t.services.len(),
                 "programs": programs,
                 "pod_interfaces": installer.interfaces(),
-                "policy": policy_stats.lock().clone(),
+                "policy": compile_stats.lock().clone(),
                 "listeners": {
                     "outbound": cfg.outbound.to_string(),
                     "tunnel": cfg.tunnel.to_string(),

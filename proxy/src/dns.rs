@@ -6,7 +6,7 @@
 //! from a model snapshot by a pure function and swapped in through a watch channel; the answer to
 //! one query is another pure function, so sockets only move bytes.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, debug_span};
 
-use crate::model::ClusterState;
+use crate::model::{ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Service};
 
 /// The zone this server is authoritative for.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -60,9 +60,18 @@ pub enum DnsError {
 /// Every cluster name this node answers, lowercased without the trailing dot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsTable {
-    names: HashMap<String, Vec<Ipv4Addr>>,
+    names: imbl::HashMap<String, Vec<Ipv4Addr>>,
     /// Model revision the table was built from; used as the SOA serial.
     revision: u64,
+}
+
+fn service_name(svc: &Service) -> String {
+    format!("{}.{}.svc.{CLUSTER_DOMAIN}", svc.name, svc.namespace).to_ascii_lowercase()
+}
+
+fn pod_name(ep: &Endpoint) -> String {
+    let dashed = ep.ip.to_string().replace('.', "-");
+    format!("{dashed}.{}.pod.{CLUSTER_DOMAIN}", ep.namespace).to_ascii_lowercase()
 }
 
 /// What the table knows about one name.
@@ -79,41 +88,89 @@ pub enum Lookup {
 impl DnsTable {
     /// Builds the service and pod records of `state`.
     pub fn from_cluster(state: &ClusterState) -> DnsTable {
-        let mut names: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-        for svc in &state.services {
-            let ips = if svc.cluster_ip.is_unspecified() {
-                // Headless (`clusterIP: None`): answer with the ready pods behind it.
-                state
-                    .endpoints
-                    .iter()
-                    .filter(|ep| ep.ready && svc.selects(ep))
-                    .map(|ep| ep.ip)
-                    .collect()
-            } else {
-                vec![svc.cluster_ip]
-            };
-            let name = format!("{}.{}.svc.{CLUSTER_DOMAIN}", svc.name, svc.namespace);
-            names
-                .entry(name.to_ascii_lowercase())
-                .or_default()
-                .extend(ips);
+        Self::from_model(&Model::from_state(state.clone()))
+    }
+
+    /// Builds the service and pod records of `model`.
+    pub fn from_model(model: &Model) -> DnsTable {
+        let mut t = DnsTable {
+            names: imbl::HashMap::new(),
+            revision: model.source_revision,
+        };
+        for svc in model.services.values() {
+            t.set_service(model, svc);
         }
-        for ep in &state.endpoints {
-            let dashed = ep.ip.to_string().replace('.', "-");
-            let name = format!("{dashed}.{}.pod.{CLUSTER_DOMAIN}", ep.namespace);
-            names
-                .entry(name.to_ascii_lowercase())
-                .or_default()
-                .push(ep.ip);
+        for ep in model.endpoints.values() {
+            t.names.insert(pod_name(ep), vec![ep.ip]);
         }
-        for ips in names.values_mut() {
+        t
+    }
+
+    /// The table of `model`, given that this one was built from `prev` and `changes` are the
+    /// keys that differ: only the names they touch are recomputed.
+    pub fn updated(&self, prev: &Model, model: &Model, changes: &BTreeSet<ObjectKey>) -> DnsTable {
+        let mut t = self.clone();
+        t.revision = model.source_revision;
+        let mut services: BTreeSet<&NamespacedName> = BTreeSet::new();
+        for key in changes {
+            match key {
+                ObjectKey::Endpoint(k) => {
+                    let old = prev.endpoints.get(k);
+                    let new = model.endpoints.get(k);
+                    if let Some(e) = old {
+                        t.names.remove(&pod_name(e));
+                    }
+                    if let Some(e) = new {
+                        t.names.insert(pod_name(e), vec![e.ip]);
+                    }
+                    // Headless services list their ready pods.
+                    let lo = (k.0.clone(), String::new());
+                    for (sk, svc) in model.services.range(lo..) {
+                        if sk.0 != k.0 {
+                            break;
+                        }
+                        let selects = |e: Option<&Arc<Endpoint>>| e.is_some_and(|e| svc.selects(e));
+                        if svc.cluster_ip.is_unspecified() && (selects(old) || selects(new)) {
+                            services.insert(sk);
+                        }
+                    }
+                }
+                ObjectKey::Service(k) => {
+                    if let Some(old) = prev.services.get(k) {
+                        t.names.remove(&service_name(old));
+                    }
+                    services.insert(k);
+                }
+                _ => {}
+            }
+        }
+        for k in services {
+            if let Some(svc) = model.services.get(k) {
+                t.set_service(model, svc);
+            }
+        }
+        t
+    }
+
+    fn set_service(&mut self, model: &Model, svc: &Service) {
+        let ips = if svc.cluster_ip.is_unspecified() {
+            // Headless (`clusterIP: None`): answer with the ready pods behind it.
+            let lo = (svc.namespace.clone(), String::new());
+            let mut ips: Vec<Ipv4Addr> = model
+                .endpoints
+                .range(lo..)
+                .take_while(|(k, _)| k.0 == svc.namespace)
+                .map(|(_, e)| e)
+                .filter(|ep| ep.ready && svc.selects(ep))
+                .map(|ep| ep.ip)
+                .collect();
             ips.sort_unstable();
             ips.dedup();
-        }
-        DnsTable {
-            names,
-            revision: state.revision,
-        }
+            ips
+        } else {
+            vec![svc.cluster_ip]
+        };
+        self.names.insert(service_name(svc), ips);
     }
 
     /// Looks `name` up, ignoring case and an optional trailing dot.

@@ -215,7 +215,7 @@ fn print_status(s: &crate::lab::LabStatus) {
         let rev = a
             .status
             .as_ref()
-            .and_then(|v| v.get("revision"))
+            .and_then(|v| v.get("source_revision"))
             .map_or("-".into(), |v| v.to_string());
         println!(
             "{:<7} {:<8} {:<8} {:<6} {:<9}",

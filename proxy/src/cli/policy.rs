@@ -9,13 +9,14 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::cli::lab::LabName;
+use crate::compile::Compiler;
 use crate::identity::reserved;
 use crate::lab::Lab;
 use crate::lab::manifest::{self, Object};
-use crate::model::ClusterState;
+use crate::model::{ClusterState, Object as ModelObject, Store, Update};
 use crate::policy::engine::SubjectPolicy;
 use crate::policy::http::RequestInfo;
-use crate::policy::{DirOutcome, Engine, Policy, Universe, Verdict};
+use crate::policy::{DirOutcome, Engine, Policy, Verdict};
 
 /// `strait policy` subcommands.
 #[derive(Debug, Subcommand)]
@@ -146,15 +147,18 @@ fn cluster_states(lab: &LabName) -> anyhow::Result<Vec<ClusterState>> {
     Ok(out)
 }
 
-fn engine_for(state: &ClusterState, extra: &[Policy]) -> Engine {
-    let mut policies = state.policies.clone();
+/// The engine the cluster's agents run, with `extra` policies replacing applied ones of the same
+/// kind and name; compiled by the agents' own compile path.
+fn engine_for(state: &ClusterState, extra: &[Policy]) -> anyhow::Result<Arc<Engine>> {
+    let store = Store::new();
+    store.apply(Update::ReplaceCluster(state.clone()));
     for p in extra {
-        // A policy from a file replaces the applied one of the same kind and name.
-        policies.retain(|q| (q.kind, q.key()) != (p.kind, p.key()));
-        policies.push(p.clone());
+        store.apply(Update::Upsert(ModelObject::Policy(p.clone())));
     }
-    let universe = Arc::new(Universe::from_state(state, &policies));
-    Engine::build(&policies, universe)
+    let snap = store.current().context("empty cluster state")?;
+    let mut compiler = Compiler::new("");
+    compiler.compile(&snap)?;
+    compiler.engine().cloned().context("nothing compiled")
 }
 
 /// A traced end: its name for humans, identity and address.
@@ -245,7 +249,7 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .find(|s| s.cluster.name == cluster)
         .with_context(|| format!("--src {:?}: no cluster {cluster:?} in the lab", args.src))?;
-    let engine = engine_for(state, &extra);
+    let engine = engine_for(state, &extra)?;
     let src = resolve(state, &engine, &args.src).context("--src")?;
     let dst = resolve(state, &engine, &args.dst).context("--dst")?;
     let proto = match args.protocol.to_ascii_uppercase().as_str() {
@@ -332,7 +336,7 @@ fn get(lab: &LabName, cluster: Option<&str>, output: Output) -> anyhow::Result<E
         .iter()
         .filter(|s| cluster.is_none_or(|c| c == s.cluster.name))
     {
-        let engine = engine_for(state, &[]);
+        let engine = engine_for(state, &[])?;
         let mut eps: Vec<_> = state.endpoints.iter().collect();
         eps.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         for e in eps {

@@ -107,7 +107,10 @@ pub fn wait_ready(
         }
         match status_blocking(&socket) {
             Ok(v) => {
-                let have = v.get("revision").and_then(|r| r.as_u64()).unwrap_or(0);
+                let have = v
+                    .get("source_revision")
+                    .and_then(|r| r.as_u64())
+                    .unwrap_or(0);
                 if v.get("ready").and_then(|r| r.as_bool()) == Some(true) && have >= revision {
                     return Ok(());
                 }

@@ -5,7 +5,7 @@
 
 mod store;
 
-pub use store::{Snapshot, Store};
+pub use store::{LOG_LEN, Model, NamespacedName, Object, ObjectKey, PolicyId, Snapshot, Store};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -142,6 +142,10 @@ pub struct ClusterState {
 pub enum Update {
     /// Replace everything known about the source's cluster.
     ReplaceCluster(ClusterState),
+    /// Add or replace one object (a watch event).
+    Upsert(Object),
+    /// Remove one object.
+    Delete(ObjectKey),
 }
 
 impl Service {

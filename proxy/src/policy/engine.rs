@@ -77,6 +77,31 @@ pub struct SubjectPolicy {
     pub egress: DirPolicy,
 }
 
+impl SubjectPolicy {
+    /// Same flags and the same entries, peer sets aside (compared by identity, not content).
+    fn same_shape(&self, other: &SubjectPolicy) -> bool {
+        self.ingress.same_shape(&other.ingress) && self.egress.same_shape(&other.egress)
+    }
+}
+
+impl DirPolicy {
+    fn same_shape(&self, other: &DirPolicy) -> bool {
+        self.enforced == other.enforced
+            && self.default_deny == other.default_deny
+            && self.selected_by == other.selected_by
+            && self.entries.len() == other.entries.len()
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                Arc::ptr_eq(&a.rule, &b.rule)
+                    && a.deny == b.deny
+                    && Arc::ptr_eq(&a.ports, &b.ports)
+                    && matches!(
+                        (&a.peers, &b.peers),
+                        (PeerSet::All, PeerSet::All) | (PeerSet::Ids(_), PeerSet::Ids(_))
+                    )
+            })
+    }
+}
+
 /// What one direction says about a flow.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DirOutcome {
@@ -169,12 +194,18 @@ impl Verdict {
     }
 }
 
-/// Resolved selectors, kept between builds so an update re-evaluates only what changed.
+/// Resolved selectors and policies, kept between builds so an update re-evaluates only what
+/// changed: selector sets are brought up to date by looking at changed identities only, and a
+/// policy whose text and selector sets did not change is not resolved again.
 #[derive(Debug, Default)]
 pub struct SelectorCache {
-    /// Identity → fingerprint of what selectors look at, as of the last sync.
+    /// Identity → what selectors look at, as of the last sync.
     seen: HashMap<u32, Arc<IdentityInfo>>,
     sets: HashMap<CacheKey, Arc<HashSet<u32>>>,
+    /// Keys whose set changed in the last sync.
+    dirty: HashSet<CacheKey>,
+    /// Policies resolved by an earlier build, by kind and key.
+    policies: HashMap<(super::PolicyKind, String), Arc<Resolved>>,
     /// Cluster name the sets were computed for (entity `cluster` depends on it).
     cluster: String,
 }
@@ -185,12 +216,34 @@ enum CacheKey {
     Peer(Peer),
 }
 
+/// One policy resolved against the identities: per spec, who it selects and its entries.
+#[derive(Debug)]
+struct Resolved {
+    policy: Arc<Policy>,
+    name: String,
+    specs: Vec<ResolvedSpec>,
+}
+
+#[derive(Debug)]
+struct ResolvedSpec {
+    subject: CacheKey,
+    selected: Arc<HashSet<u32>>,
+    default_deny_ingress: bool,
+    default_deny_egress: bool,
+    has_ingress: bool,
+    has_egress: bool,
+    /// Entries with the selector keys their peers came from (`None`: any peer).
+    entries: Vec<(Direction, Entry, Option<Vec<CacheKey>>)>,
+}
+
 impl SelectorCache {
     /// Brings every cached set up to date with `u`, looking only at identities that changed.
     fn sync(&mut self, u: &Universe) {
+        self.dirty.clear();
         if self.cluster != u.local_cluster {
             self.sets.clear();
             self.seen.clear();
+            self.policies.clear();
             self.cluster = u.local_cluster.clone();
         }
         let mut changed: Vec<Arc<IdentityInfo>> = Vec::new();
@@ -198,10 +251,15 @@ impl SelectorCache {
         for info in u.iter() {
             current.insert(info.id);
             let same = self.seen.get(&info.id).is_some_and(|old| {
-                old.labels == info.labels && old.kind == info.kind && old.ips == info.ips
+                u.get_shared(info.id)
+                    .is_some_and(|now| Arc::ptr_eq(old, now))
+                    || (old.labels == info.labels && old.kind == info.kind && old.ips == info.ips)
             });
             if !same {
-                let arc = Arc::new(info.clone());
+                let arc = u
+                    .get_shared(info.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(info.clone()));
                 self.seen.insert(info.id, arc.clone());
                 changed.push(arc);
             }
@@ -219,6 +277,21 @@ impl SelectorCache {
             return;
         }
         for (key, set) in self.sets.iter_mut() {
+            let before = set.len();
+            let mut touched = false;
+            for id in &removed {
+                if set.contains(id) {
+                    touched = true;
+                }
+            }
+            for info in &changed {
+                if key_matches(key, info, &u.local_cluster) != set.contains(&info.id) {
+                    touched = true;
+                }
+            }
+            if !touched {
+                continue;
+            }
             let set = Arc::make_mut(set);
             for id in &removed {
                 set.remove(id);
@@ -230,6 +303,8 @@ impl SelectorCache {
                     set.remove(&info.id);
                 }
             }
+            let _ = before;
+            self.dirty.insert(key.clone());
         }
     }
 
@@ -247,9 +322,99 @@ impl SelectorCache {
         set
     }
 
-    /// Drops sets no policy used in the last build.
-    fn retain(&mut self, used: &HashSet<CacheKey>) {
+    /// Drops sets and policies no build used last.
+    fn retain(
+        &mut self,
+        used: &HashSet<CacheKey>,
+        policies: &HashSet<(super::PolicyKind, String)>,
+    ) {
         self.sets.retain(|k, _| used.contains(k));
+        self.policies.retain(|k, _| policies.contains(k));
+    }
+
+    /// `p` resolved: from an earlier build when neither it nor its selector sets changed; else
+    /// again, keeping rule names and ports (and the peer sets whose selectors did not change)
+    /// of the earlier resolution, so consumers can tell that only peer sets moved.
+    fn resolve(&mut self, p: &Arc<Policy>, u: &Universe) -> Arc<Resolved> {
+        let id = (p.kind, p.key());
+        let earlier = self.policies.get(&id).cloned();
+        let same_policy = earlier
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.policy, p) || *r.policy == **p);
+        if let Some(r) = &earlier
+            && same_policy
+        {
+            let stale = r.specs.iter().any(|s| {
+                self.dirty.contains(&s.subject)
+                    || s.entries
+                        .iter()
+                        .flat_map(|(_, _, keys)| keys.iter().flatten())
+                        .any(|k| self.dirty.contains(k))
+            });
+            if !stale {
+                return r.clone();
+            }
+        }
+        let earlier = earlier.filter(|_| same_policy);
+        let name = format!("{} {}", p.kind.as_str(), p.key());
+        let mut specs = Vec::with_capacity(p.specs.len());
+        for (si, spec) in p.specs.iter().enumerate() {
+            let subject = CacheKey::Subject(spec.subject.clone());
+            let selected = self.get(subject.clone(), u);
+            let mut entries = Vec::with_capacity(spec.rules.len());
+            for (ri, r) in spec.rules.iter().enumerate() {
+                let before = earlier
+                    .as_ref()
+                    .and_then(|e| e.specs.get(si))
+                    .and_then(|s| s.entries.get(ri));
+                let keys: Option<Vec<CacheKey>> = r
+                    .peers
+                    .as_ref()
+                    .map(|list| list.iter().cloned().map(CacheKey::Peer).collect());
+                let peers = match (&keys, before) {
+                    (None, _) => PeerSet::All,
+                    (Some(keys), Some((_, e, _)))
+                        if !keys.iter().any(|k| self.dirty.contains(k)) =>
+                    {
+                        e.peers.clone()
+                    }
+                    (Some(keys), _) => {
+                        let mut ids: HashSet<u32> = HashSet::new();
+                        for k in keys {
+                            ids.extend(self.get(k.clone(), u).iter());
+                        }
+                        PeerSet::Ids(Arc::new(ids))
+                    }
+                };
+                let entry = match before {
+                    Some((_, e, _)) => Entry { peers, ..e.clone() },
+                    None => Entry {
+                        rule: format!("{name}: {}", r.path).into(),
+                        deny: r.deny,
+                        peers,
+                        ports: Arc::new(r.ports.clone()),
+                    },
+                };
+                entries.push((r.direction, entry, keys));
+            }
+            let has = |d: Direction| spec.rules.iter().any(|r| r.direction == d);
+            specs.push(ResolvedSpec {
+                subject,
+                selected,
+                default_deny_ingress: spec.default_deny_ingress,
+                default_deny_egress: spec.default_deny_egress,
+                has_ingress: has(Direction::Ingress),
+                has_egress: has(Direction::Egress),
+                entries,
+            });
+        }
+        let resolved = Arc::new(Resolved {
+            policy: p.clone(),
+            name,
+            specs,
+        });
+        self.policies.insert(id, resolved.clone());
+        resolved
     }
 }
 
@@ -311,69 +476,47 @@ pub struct Engine {
 impl Engine {
     /// Resolves `policies` against `universe` from scratch.
     pub fn build(policies: &[Policy], universe: Arc<Universe>) -> Self {
-        Self::build_cached(policies, universe, &mut SelectorCache::default())
+        let policies: Vec<Arc<Policy>> = policies.iter().cloned().map(Arc::new).collect();
+        Self::build_cached(&policies, universe, &mut SelectorCache::default())
     }
 
-    /// Resolves `policies`, reusing (and updating) selector sets from earlier builds.
+    /// Resolves `policies`, reusing (and updating) selector sets and policies resolved by
+    /// earlier builds.
     pub fn build_cached(
-        policies: &[Policy],
+        policies: &[Arc<Policy>],
         universe: Arc<Universe>,
         cache: &mut SelectorCache,
     ) -> Self {
         cache.sync(&universe);
         let mut used = HashSet::new();
+        let mut used_policies = HashSet::new();
         let mut subjects: HashMap<u32, SubjectPolicy> = HashMap::new();
         for p in policies {
-            let name = format!("{} {}", p.kind.as_str(), p.key());
-            for spec in &p.specs {
-                let key = CacheKey::Subject(spec.subject.clone());
-                let selected = cache.get(key.clone(), &universe);
-                used.insert(key);
-                if selected.is_empty() {
-                    continue;
-                }
-                let mut entries: Vec<(Direction, Entry)> = Vec::new();
-                for r in &spec.rules {
-                    let peers = match &r.peers {
-                        None => PeerSet::All,
-                        Some(list) => {
-                            let mut ids: HashSet<u32> = HashSet::new();
-                            for peer in list {
-                                let k = CacheKey::Peer(peer.clone());
-                                ids.extend(cache.get(k.clone(), &universe).iter());
-                                used.insert(k);
-                            }
-                            PeerSet::Ids(Arc::new(ids))
-                        }
-                    };
-                    entries.push((
-                        r.direction,
-                        Entry {
-                            rule: format!("{name}: {}", r.path).into(),
-                            deny: r.deny,
-                            peers,
-                            ports: Arc::new(r.ports.clone()),
-                        },
-                    ));
-                }
-                let has = |d: Direction| spec.rules.iter().any(|r| r.direction == d);
-                for id in selected.iter() {
+            let resolved = cache.resolve(p, &universe);
+            used_policies.insert((p.kind, p.key()));
+            for spec in &resolved.specs {
+                used.insert(spec.subject.clone());
+                used.extend(
+                    spec.entries
+                        .iter()
+                        .flat_map(|(_, _, keys)| keys.iter().flatten())
+                        .cloned(),
+                );
+                for id in spec.selected.iter() {
                     let sp = subjects.entry(*id).or_default();
-                    for (dir, dd, dp) in [
-                        (
-                            Direction::Ingress,
-                            spec.default_deny_ingress,
-                            &mut sp.ingress,
-                        ),
-                        (Direction::Egress, spec.default_deny_egress, &mut sp.egress),
+                    for (dd, has, dp) in [
+                        (spec.default_deny_ingress, spec.has_ingress, &mut sp.ingress),
+                        (spec.default_deny_egress, spec.has_egress, &mut sp.egress),
                     ] {
-                        if dd || has(dir) {
+                        if dd || has {
                             dp.enforced = true;
                             dp.default_deny |= dd;
-                            dp.selected_by.insert(name.clone());
+                            if !dp.selected_by.contains(&resolved.name) {
+                                dp.selected_by.insert(resolved.name.clone());
+                            }
                         }
                     }
-                    for (dir, e) in &entries {
+                    for (dir, e, _) in &spec.entries {
                         match dir {
                             Direction::Ingress => sp.ingress.entries.push(e.clone()),
                             Direction::Egress => sp.egress.entries.push(e.clone()),
@@ -382,8 +525,26 @@ impl Engine {
                 }
             }
         }
-        cache.retain(&used);
+        cache.retain(&used, &used_policies);
         Self { universe, subjects }
+    }
+
+    /// Identities whose policy differs from `prev`'s in more than peer sets: their kernel
+    /// entries must be recompiled whole. (A peer set only changes for identities whose
+    /// information changed, and the kernel compiler recompiles those anyway.)
+    pub fn changed_subjects(&self, prev: &Engine) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        for (id, sp) in &self.subjects {
+            if !prev.subjects.get(id).is_some_and(|old| old.same_shape(sp)) {
+                out.insert(*id);
+            }
+        }
+        out.extend(
+            prev.subjects
+                .keys()
+                .filter(|id| !self.subjects.contains_key(id)),
+        );
+        out
     }
 
     /// What is in force for identity `id` (`None`: no policy selects it).
@@ -396,6 +557,11 @@ impl Engine {
         let mut v: Vec<u32> = self.subjects.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// How many identities some policy selects.
+    pub fn subject_count(&self) -> usize {
+        self.subjects.len()
     }
 
     /// Whether any policy selects anything.

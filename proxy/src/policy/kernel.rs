@@ -7,8 +7,9 @@
 //! Only pairs some rule names get entries; a missing entry for a policed pair is a drop.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use strait_ebpf::{PolicyAction, PolicyKey};
 
@@ -36,7 +37,7 @@ const ALL: Seg = Seg {
 };
 
 /// What one direction allows and denies for one peer.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct DirSegs {
     allow: Vec<Seg>,
     deny: Vec<Seg>,
@@ -77,100 +78,336 @@ pub struct KernelPolicy {
     pub rules: Vec<(PolicyKey, PolicyAction)>,
 }
 
-/// Compiles the engine's L3/L4 view into kernel entries.
+/// Compiles the engine's L3/L4 view into kernel entries, from scratch.
 pub fn compile(engine: &Engine) -> KernelPolicy {
-    let ids: Vec<u32> = engine.universe.iter().map(|i| i.id).collect();
-    // (src, dst) → what src's egress says about dst; and what dst's ingress says about src.
-    let mut egress: PairMap<DirSegs> = PairMap::default();
-    let mut ingress: PairMap<DirSegs> = PairMap::default();
-    let mut policed = Vec::new();
-    for id in engine.subject_ids() {
-        let Some(sp) = engine.subject(id) else {
-            continue;
+    let mut k = KernelCompiler::default();
+    k.full(engine);
+    k.to_policy()
+}
+
+/// One direction of one subject: what it says about each peer.
+type Row = HashMap<u32, DirSegs, BuildHasherDefault<PairHasher>>;
+
+/// The kernel entries of every identity pair, kept between compiles so that an update
+/// recomputes only the pairs it touches.
+///
+/// Entries of `(src, dst)` depend on `src`'s egress towards `dst` and `dst`'s ingress from
+/// `src`. A policy change alters some subjects' rules (their *rows*: every pair they are an end
+/// of); an identity that appears, goes or changes alters what every subject says about it (its
+/// *column*). Both are recomputed from the engine, then the pairs they touch.
+#[derive(Debug, Default)]
+pub struct KernelCompiler {
+    /// Subject → what its egress says about each destination.
+    egress: HashMap<u32, Row>,
+    /// Subject → what its ingress says about each source.
+    ingress: HashMap<u32, Row>,
+    rules: PairMap<Arc<[(PolicyKey, PolicyAction)]>>,
+    policed: BTreeMap<u32, (bool, bool)>,
+}
+
+/// What a compile changed: the pairs whose entries differ (now possibly none) and the
+/// identities whose enforcement flags differ.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelChanges {
+    pub pairs: BTreeSet<(u32, u32)>,
+    pub policed: BTreeSet<u32>,
+    /// Whether every pair was recompiled (not only those the change touches).
+    pub full: bool,
+}
+
+impl KernelChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.policed.is_empty()
+    }
+}
+
+impl KernelCompiler {
+    /// Recompiles everything for `engine`.
+    pub fn full(&mut self, engine: &Engine) -> KernelChanges {
+        let old_rules = std::mem::take(&mut self.rules);
+        let old_policed = std::mem::take(&mut self.policed);
+        self.egress.clear();
+        self.ingress.clear();
+        let ids: Vec<u32> = engine.universe.iter().map(|i| i.id).collect();
+        for id in engine.subject_ids() {
+            self.set_rows(engine, id, &ids);
+        }
+        // Every pair either side names, in (src, dst) order.
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for (src, row) in &self.egress {
+            pairs.extend(row.keys().map(|dst| (*src, *dst)));
+        }
+        for (dst, row) in &self.ingress {
+            pairs.extend(row.keys().map(|src| (*src, *dst)));
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        for pair in pairs {
+            if let Some(rules) = self.pair_rules(engine, pair) {
+                self.rules.insert(pair, rules);
+            }
+        }
+        let mut changes = KernelChanges {
+            full: true,
+            ..KernelChanges::default()
         };
-        policed.push((id, sp.ingress.enforced, sp.egress.enforced));
-        if sp.egress.enforced {
-            accumulate(
-                engine,
-                &sp.egress,
-                &ids,
-                |peer| (id, peer),
-                true,
-                &mut egress,
+        for (pair, rules) in &self.rules {
+            if old_rules.get(pair) != Some(rules) {
+                changes.pairs.insert(*pair);
+            }
+        }
+        changes
+            .pairs
+            .extend(old_rules.keys().filter(|p| !self.rules.contains_key(p)));
+        for (id, flags) in &self.policed {
+            if old_policed.get(id) != Some(flags) {
+                changes.policed.insert(*id);
+            }
+        }
+        changes.policed.extend(
+            old_policed
+                .keys()
+                .filter(|id| !self.policed.contains_key(id)),
+        );
+        changes
+    }
+
+    /// Brings the entries from `prev`'s to `engine`'s, given the identities whose information
+    /// changed between their universes (see [`crate::policy::Universe::updated`]).
+    pub fn update(
+        &mut self,
+        engine: &Engine,
+        prev: &Engine,
+        changed_ids: &BTreeSet<u32>,
+    ) -> KernelChanges {
+        let mut rows = engine.changed_subjects(prev);
+        rows.extend(
+            changed_ids
+                .iter()
+                .filter(|id| engine.subject(**id).is_some() || prev.subject(**id).is_some()),
+        );
+        // Past a quarter of the subjects or identities, one pass over everything is cheaper.
+        if rows.len() * 4 > engine.subjects.len().max(prev.subjects.len()).max(8)
+            || changed_ids.len() * 4 > engine.universe.len().max(8)
+        {
+            return self.full(engine);
+        }
+        let ids: Vec<u32> = engine.universe.iter().map(|i| i.id).collect();
+        let mut touched: HashSet<(u32, u32)> = HashSet::new();
+        let mut changes = KernelChanges::default();
+        for &s in &rows {
+            // Pairs whose other end's row names `s`: their outcome depends on `s`'s flags.
+            for (dst, row) in &self.ingress {
+                if row.contains_key(&s) {
+                    touched.insert((s, *dst));
+                }
+            }
+            for (src, row) in &self.egress {
+                if row.contains_key(&s) {
+                    touched.insert((*src, s));
+                }
+            }
+            for (d, _) in self.egress.remove(&s).into_iter().flatten() {
+                touched.insert((s, d));
+            }
+            for (src, _) in self.ingress.remove(&s).into_iter().flatten() {
+                touched.insert((src, s));
+            }
+            let before = self.policed.remove(&s);
+            if engine.subject(s).is_some() {
+                self.set_rows(engine, s, &ids);
+            }
+            if self.policed.get(&s) != before.as_ref() {
+                changes.policed.insert(s);
+            }
+            touched.extend(
+                self.egress
+                    .get(&s)
+                    .into_iter()
+                    .flatten()
+                    .map(|(d, _)| (s, *d)),
+            );
+            touched.extend(
+                self.ingress
+                    .get(&s)
+                    .into_iter()
+                    .flatten()
+                    .map(|(src, _)| (*src, s)),
             );
         }
-        if sp.ingress.enforced {
-            accumulate(
-                engine,
-                &sp.ingress,
-                &ids,
-                |peer| (peer, id),
-                false,
-                &mut ingress,
-            );
+        let exists: HashSet<u32> = changed_ids
+            .iter()
+            .copied()
+            .filter(|id| engine.universe.get(*id).is_some())
+            .collect();
+        for &x in changed_ids {
+            let present = exists.contains(&x);
+            for (egress, map) in [(true, &mut self.egress), (false, &mut self.ingress)] {
+                for (subject, row) in map.iter_mut() {
+                    if rows.contains(subject) {
+                        continue;
+                    }
+                    let Some(sp) = engine.subject(*subject) else {
+                        continue;
+                    };
+                    let dp = if egress { &sp.egress } else { &sp.ingress };
+                    let cell = present
+                        .then(|| cell(engine, dp, x, *subject, egress))
+                        .flatten();
+                    let pair = if egress { (*subject, x) } else { (x, *subject) };
+                    match cell {
+                        Some(c) => {
+                            row.insert(x, c);
+                            touched.insert(pair);
+                        }
+                        None => {
+                            if row.remove(&x).is_some() {
+                                touched.insert(pair);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for pair in touched {
+            let new = self.pair_rules(engine, pair);
+            let old = match &new {
+                Some(r) => self.rules.insert(pair, r.clone()),
+                None => self.rules.remove(&pair),
+            };
+            if old != new {
+                changes.pairs.insert(pair);
+            }
+        }
+        changes
+    }
+
+    /// The entries of one pair now, if any.
+    pub fn pair(&self, pair: (u32, u32)) -> Option<&Arc<[(PolicyKey, PolicyAction)]>> {
+        self.rules.get(&pair)
+    }
+
+    /// Every pair with entries that has `id` at one end.
+    pub fn pairs_of(&self, id: u32) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        out.extend(
+            self.egress
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(d, _)| (id, *d)),
+        );
+        out.extend(
+            self.ingress
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .map(|(s, _)| (*s, id)),
+        );
+        out.extend(
+            self.ingress
+                .iter()
+                .filter(|(_, row)| row.contains_key(&id))
+                .map(|(d, _)| (id, *d)),
+        );
+        out.extend(
+            self.egress
+                .iter()
+                .filter(|(_, row)| row.contains_key(&id))
+                .map(|(s, _)| (*s, id)),
+        );
+        out.retain(|p| self.rules.contains_key(p));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every pair with entries.
+    pub fn pairs(&self) -> impl Iterator<Item = (&(u32, u32), &Arc<[(PolicyKey, PolicyAction)]>)> {
+        self.rules.iter()
+    }
+
+    /// Enforcement flags of identity `id`, if policed.
+    pub fn policed(&self, id: u32) -> Option<(bool, bool)> {
+        self.policed.get(&id).copied()
+    }
+
+    /// Every policed identity with its (ingress, egress) flags.
+    pub fn policed_all(&self) -> impl Iterator<Item = (u32, (bool, bool))> + '_ {
+        self.policed.iter().map(|(id, f)| (*id, *f))
+    }
+
+    /// All entries, pairs in order.
+    pub fn to_policy(&self) -> KernelPolicy {
+        let mut pairs: Vec<_> = self.rules.iter().collect();
+        pairs.sort_unstable_by_key(|(p, _)| **p);
+        KernelPolicy {
+            policed: self
+                .policed
+                .iter()
+                .map(|(id, (i, e))| (*id, *i, *e))
+                .collect(),
+            rules: pairs
+                .into_iter()
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect(),
         }
     }
-    // Every pair either side names, in (src, dst) order: a merge of both maps sorted by pair
-    // (sequential reads instead of two hash probes per pair).
-    let sorted = |map: PairMap<DirSegs>| {
-        let mut v: Vec<((u32, u32), DirSegs)> = map.into_iter().collect();
-        v.sort_unstable_by_key(|(k, _)| *k);
-        v.into_iter().peekable()
-    };
-    let (mut egress, mut ingress) = (sorted(egress), sorted(ingress));
-    let mut rules = Vec::new();
-    loop {
-        let (src, dst) = match (egress.peek(), ingress.peek()) {
-            (None, None) => break,
-            (Some((a, _)), None) | (None, Some((a, _))) => *a,
-            (Some((a, _)), Some((b, _))) => *a.min(b),
+
+    /// Computes subject `id`'s rows and enforcement flags.
+    fn set_rows(&mut self, engine: &Engine, id: u32, ids: &[u32]) {
+        let Some(sp) = engine.subject(id) else {
+            return;
         };
-        let segs_e = egress.next_if(|(k, _)| *k == (src, dst)).map(|(_, s)| s);
-        let segs_i = ingress.next_if(|(k, _)| *k == (src, dst)).map(|(_, s)| s);
-        if src == reserved::HOST || dst == reserved::HOST {
-            continue; // the kernel always lets the node through
+        self.policed
+            .insert(id, (sp.ingress.enforced, sp.egress.enforced));
+        if sp.egress.enforced {
+            self.egress
+                .insert(id, row(engine, &sp.egress, ids, id, true));
         }
-        let (allow_e, deny_e) = side(segs_e.as_ref(), engine.subject(src).map(|s| &s.egress));
-        let (allow_i, deny_i) = side(segs_i.as_ref(), engine.subject(dst).map(|s| &s.ingress));
+        if sp.ingress.enforced {
+            self.ingress
+                .insert(id, row(engine, &sp.ingress, ids, id, false));
+        }
+    }
+
+    /// The entries of `(src, dst)` from both sides' rows; `None` when neither names the pair.
+    fn pair_rules(
+        &self,
+        engine: &Engine,
+        (src, dst): (u32, u32),
+    ) -> Option<Arc<[(PolicyKey, PolicyAction)]>> {
+        let segs_e = self.egress.get(&src).and_then(|r| r.get(&dst));
+        let segs_i = self.ingress.get(&dst).and_then(|r| r.get(&src));
+        if segs_e.is_none() && segs_i.is_none() {
+            return None;
+        }
+        if src == reserved::HOST || dst == reserved::HOST {
+            return None; // the kernel always lets the node through
+        }
+        let (allow_e, deny_e) = side(segs_e, engine.subject(src).map(|s| &s.egress));
+        let (allow_i, deny_i) = side(segs_i, engine.subject(dst).map(|s| &s.ingress));
         let allowed: Cow<'_, [Seg]> = match (allow_e, allow_i) {
             (None, None) => Cow::Borrowed(&[ALL]),
             (Some(a), None) | (None, Some(a)) => Cow::Borrowed(a),
             (Some(a), Some(b)) => Cow::Owned(intersect(a, b)),
         };
+        let mut rules = Vec::new();
         emit_allows(src, dst, &allowed, &mut rules);
         for seg in deny_e.iter().chain(deny_i) {
             for key in keys(src, dst, seg) {
                 rules.push((key, PolicyAction::Deny));
             }
         }
-    }
-    KernelPolicy { policed, rules }
-}
-
-/// What one direction says about `(src, dst)`: its allows (`None` when it does not restrict
-/// them: not enforced, or enforced without default deny) and its denies. Borrowed, not cloned:
-/// this runs once per identity pair.
-fn side<'a>(segs: Option<&'a DirSegs>, dp: Option<&DirPolicy>) -> (Option<&'a [Seg]>, &'a [Seg]) {
-    match dp {
-        Some(dp) if dp.enforced => {
-            let allow = dp
-                .default_deny
-                .then(|| segs.map_or(&[][..], |s| s.allow.as_slice()));
-            (allow, segs.map_or(&[][..], |s| s.deny.as_slice()))
-        }
-        _ => (None, &[]),
+        // No key at all: the pair is denied by the absence of an entry.
+        (!rules.is_empty()).then(|| rules.into())
     }
 }
 
-/// Adds the segments of every entry of `dp`, per peer, into `out` under `pair(peer)`.
-fn accumulate(
-    engine: &Engine,
-    dp: &DirPolicy,
-    all_ids: &[u32],
-    pair: impl Fn(u32) -> (u32, u32),
-    egress: bool,
-    out: &mut PairMap<DirSegs>,
-) {
+/// What `dp` (subject `subject`'s egress, or ingress) says about each peer.
+fn row(engine: &Engine, dp: &DirPolicy, all_ids: &[u32], subject: u32, egress: bool) -> Row {
+    let mut out = Row::default();
     for e in &dp.entries {
         // Segments depend on the peer only through egress named ports (resolved on the peer);
         // at ingress they resolve on the subject, the same for every peer. Otherwise compute
@@ -181,8 +418,7 @@ fn accumulate(
                 .any(|pr| matches!(pr.port, PortSel::Named(_)));
         let mut shared: Option<Vec<Seg>> = None;
         let mut visit = |peer: u32| {
-            let (src, dst) = pair(peer);
-            let dst_for_ports = if egress { peer } else { dst };
+            let dst_for_ports = if egress { peer } else { subject };
             let fresh;
             let segs: &[Seg] = if per_peer {
                 fresh = entry_segs(engine, e, dst_for_ports);
@@ -190,7 +426,7 @@ fn accumulate(
             } else {
                 shared.get_or_insert_with(|| entry_segs(engine, e, dst_for_ports))
             };
-            let slot = out.entry((src, dst)).or_default();
+            let slot = out.entry(peer).or_default();
             if e.deny {
                 slot.deny.extend_from_slice(segs);
             } else {
@@ -205,8 +441,40 @@ fn accumulate(
     if !dp.default_deny {
         // Enforced only for deny rules: every pair needs an entry so the allow is explicit.
         for p in all_ids {
-            out.entry(pair(*p)).or_default();
+            out.entry(*p).or_default();
         }
+    }
+    out
+}
+
+/// What `dp` says about the one peer `peer` (the same as its [`row`] would hold for it).
+fn cell(engine: &Engine, dp: &DirPolicy, peer: u32, subject: u32, egress: bool) -> Option<DirSegs> {
+    let mut out: Option<DirSegs> = (!dp.default_deny).then(DirSegs::default);
+    let dst_for_ports = if egress { peer } else { subject };
+    for e in dp.entries.iter().filter(|e| e.peers.contains(peer)) {
+        let segs = entry_segs(engine, e, dst_for_ports);
+        let slot = out.get_or_insert_with(DirSegs::default);
+        if e.deny {
+            slot.deny.extend(segs);
+        } else {
+            slot.allow.extend(segs);
+        }
+    }
+    out
+}
+
+/// What one direction says about `(src, dst)`: its allows (`None` when it does not restrict
+/// them: not enforced, or enforced without default deny) and its denies. Borrowed, not cloned:
+/// this runs once per identity pair.
+fn side<'a>(segs: Option<&'a DirSegs>, dp: Option<&DirPolicy>) -> (Option<&'a [Seg]>, &'a [Seg]) {
+    match dp {
+        Some(dp) if dp.enforced => {
+            let allow = dp
+                .default_deny
+                .then(|| segs.map_or(&[][..], |s| s.allow.as_slice()));
+            (allow, segs.map_or(&[][..], |s| s.deny.as_slice()))
+        }
+        _ => (None, &[]),
     }
 }
 

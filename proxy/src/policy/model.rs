@@ -14,8 +14,9 @@ use super::selector::Selector;
 /// The kind a policy was written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PolicyKind {
-    CiliumNetworkPolicy,
+    // Declared in name order, so policies sort as the lab lists them (`Kind/namespace/name`).
     CiliumClusterwideNetworkPolicy,
+    CiliumNetworkPolicy,
     NetworkPolicy,
 }
 

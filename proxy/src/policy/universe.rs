@@ -1,14 +1,16 @@
 //! Every identity policy can name: pods (by their identity labels), reserved identities, and one
 //! identity per CIDR prefix that policies mention (the kernel's ipcache maps addresses to them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use imbl::{OrdMap, OrdSet};
 use ipnet::Ipv4Net;
 
 use super::model::{Peer, Policy};
 use crate::identity::{identity_labels, reserved};
-use crate::model::{ClusterState, Labels, NamedPort};
+use crate::model::{Endpoint, Labels, Model, NamedPort, NamespacedName, ObjectKey};
 
 /// First identity number of CIDR identities (Cilium's local scope).
 pub const CIDR_IDENTITY_BASE: u32 = 1 << 24;
@@ -37,19 +39,22 @@ pub struct IdentityInfo {
     pub ports: Vec<NamedPort>,
 }
 
-/// The identities known to one agent.
+/// The identities known to one agent. Persistent maps: a clone is cheap and an update
+/// ([`Universe::updated`]) costs what it changes.
 #[derive(Debug, Clone)]
 pub struct Universe {
     pub local_cluster: String,
-    ids: BTreeMap<u32, IdentityInfo>,
-    cidrs: BTreeMap<Ipv4Net, u32>,
-    by_ip: BTreeMap<Ipv4Addr, u32>,
+    ids: OrdMap<u32, Arc<IdentityInfo>>,
+    cidrs: OrdMap<Ipv4Net, u32>,
+    by_ip: OrdMap<Ipv4Addr, u32>,
+    /// The endpoints holding each pod identity, so one leaving recomputes only its identity.
+    members: OrdMap<u32, OrdSet<NamespacedName>>,
 }
 
 impl Universe {
     /// Only the reserved identities.
     pub fn new(local_cluster: &str) -> Self {
-        let mut ids = BTreeMap::new();
+        let mut ids = OrdMap::new();
         for (id, name) in [
             (reserved::HOST, "host"),
             (reserved::WORLD, "world"),
@@ -59,47 +64,157 @@ impl Universe {
         ] {
             ids.insert(
                 id,
-                IdentityInfo {
+                Arc::new(IdentityInfo {
                     id,
                     labels: [(format!("reserved:{name}"), String::new())].into(),
                     kind: IdentityKind::Reserved,
                     ips: BTreeSet::new(),
                     ports: vec![],
-                },
+                }),
             );
         }
         Self {
             local_cluster: local_cluster.to_string(),
             ids,
-            cidrs: BTreeMap::new(),
-            by_ip: BTreeMap::new(),
+            cidrs: OrdMap::new(),
+            by_ip: OrdMap::new(),
+            members: OrdMap::new(),
         }
     }
 
-    /// The identities of `state`'s endpoints (labels as the lab allocated them) and the CIDR
-    /// identities `policies` need.
-    pub fn from_state(state: &ClusterState, policies: &[Policy]) -> Self {
-        let mut u = Self::new(&state.cluster.name);
-        let ns_labels: BTreeMap<&str, &Labels> = state
-            .namespaces
-            .iter()
-            .map(|n| (n.name.as_str(), &n.labels))
-            .collect();
-        let empty = Labels::new();
-        for e in &state.endpoints {
-            let labels = identity_labels(
-                &e.labels,
-                &e.namespace,
-                ns_labels
-                    .get(e.namespace.as_str())
-                    .copied()
-                    .unwrap_or(&empty),
-                &state.cluster.name,
-            );
-            u.add_endpoint(e.identity, labels, &state.cluster.name, e.ip, &e.ports);
+    /// The identities of `model`'s endpoints (labels as the lab allocated them) and the CIDR
+    /// identities its policies need.
+    pub fn from_model(model: &Model) -> Self {
+        let mut u = Self::new(&model.cluster.name);
+        for (key, e) in &model.endpoints {
+            u.members.entry(e.identity).or_default().insert(key.clone());
+            u.by_ip.insert(e.ip, e.identity);
         }
-        u.add_cidrs(policies);
+        let ids: Vec<u32> = u.members.keys().copied().collect();
+        for id in ids {
+            u.refresh(id, model);
+        }
+        let policies = model.policy_list();
+        u.add_cidrs(&policies);
         u
+    }
+
+    /// The universe of `model`, given that this one was built from `prev` and `changes` are
+    /// the keys that differ; also the identities whose information changed (added, removed,
+    /// relabelled, other addresses or ports).
+    pub fn updated(
+        &self,
+        prev: &Model,
+        model: &Model,
+        changes: &BTreeSet<ObjectKey>,
+    ) -> (Universe, BTreeSet<u32>) {
+        if changes.contains(&ObjectKey::Cluster) && prev.cluster != model.cluster {
+            let u = Self::from_model(model);
+            let mut all: BTreeSet<u32> = self.ids.keys().copied().collect();
+            all.extend(u.ids.keys().copied());
+            return (u, all);
+        }
+        let mut u = self.clone();
+        let mut touched = BTreeSet::new();
+        let mut policies_changed = false;
+        for key in changes {
+            match key {
+                ObjectKey::Endpoint(k) => {
+                    if let Some(old) = prev.endpoints.get(k) {
+                        if let Some(set) = u.members.get_mut(&old.identity) {
+                            set.remove(k);
+                        }
+                        if u.by_ip.get(&old.ip) == Some(&old.identity) {
+                            u.by_ip.remove(&old.ip);
+                        }
+                        touched.insert(old.identity);
+                    }
+                    if let Some(new) = model.endpoints.get(k) {
+                        u.members.entry(new.identity).or_default().insert(k.clone());
+                        u.by_ip.insert(new.ip, new.identity);
+                        touched.insert(new.identity);
+                    }
+                }
+                // Namespace labels are part of its pods' identity labels.
+                ObjectKey::Namespace(ns) => {
+                    let lo = (ns.clone(), String::new());
+                    for (k, e) in model.endpoints.range(lo..) {
+                        if &k.0 != ns {
+                            break;
+                        }
+                        touched.insert(e.identity);
+                    }
+                }
+                ObjectKey::Policy(_) => policies_changed = true,
+                ObjectKey::Cluster | ObjectKey::Node(_) | ObjectKey::Service(_) => {}
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for id in touched {
+            if u.refresh(id, model) {
+                changed.insert(id);
+            }
+        }
+        if policies_changed {
+            let wanted = cidr_set(&model.policy_list());
+            if wanted.iter().ne(u.cidrs.keys()) {
+                changed.extend(u.cidrs.values().copied());
+                for id in u.cidrs.values() {
+                    u.ids.remove(id);
+                }
+                u.cidrs.clear();
+                u.insert_cidrs(wanted);
+                changed.extend(u.cidrs.values().copied());
+            }
+        }
+        (u, changed)
+    }
+
+    /// Recomputes pod identity `id` from its member endpoints in `model`; whether it changed.
+    fn refresh(&mut self, id: u32, model: &Model) -> bool {
+        let members: Vec<&Arc<Endpoint>> = self
+            .members
+            .get(&id)
+            .into_iter()
+            .flat_map(|set| set.iter())
+            .filter_map(|k| model.endpoints.get(k))
+            .collect();
+        let Some(first) = members.first() else {
+            self.members.remove(&id);
+            return self.ids.remove(&id).is_some();
+        };
+        let empty = Labels::new();
+        let ns_labels = model
+            .namespaces
+            .get(&first.namespace)
+            .map_or(&empty, |n| &n.labels);
+        let mut info = IdentityInfo {
+            id,
+            labels: identity_labels(
+                &first.labels,
+                &first.namespace,
+                ns_labels,
+                &model.cluster.name,
+            ),
+            kind: IdentityKind::Endpoint {
+                cluster: model.cluster.name.clone(),
+            },
+            ips: BTreeSet::new(),
+            ports: vec![],
+        };
+        for e in members {
+            info.ips.insert(e.ip);
+            for p in &e.ports {
+                if !info.ports.contains(p) {
+                    info.ports.push(p.clone());
+                }
+            }
+        }
+        if self.ids.get(&id).is_some_and(|old| **old == info) {
+            return false;
+        }
+        self.ids.insert(id, Arc::new(info));
+        true
     }
 
     /// Adds (or extends) a pod identity.
@@ -111,15 +226,18 @@ impl Universe {
         ip: Ipv4Addr,
         ports: &[NamedPort],
     ) {
-        let info = self.ids.entry(id).or_insert_with(|| IdentityInfo {
-            id,
-            labels,
-            kind: IdentityKind::Endpoint {
-                cluster: cluster.to_string(),
-            },
-            ips: BTreeSet::new(),
-            ports: vec![],
+        let info = self.ids.entry(id).or_insert_with(|| {
+            Arc::new(IdentityInfo {
+                id,
+                labels,
+                kind: IdentityKind::Endpoint {
+                    cluster: cluster.to_string(),
+                },
+                ips: BTreeSet::new(),
+                ports: vec![],
+            })
         });
+        let info = Arc::make_mut(info);
         info.ips.insert(ip);
         for p in ports {
             if !info.ports.contains(p) {
@@ -132,45 +250,40 @@ impl Universe {
     /// Allocates one identity per prefix named by a CIDR peer (and its exceptions), in prefix
     /// order so the numbering is deterministic.
     pub fn add_cidrs(&mut self, policies: &[Policy]) {
-        let mut nets = BTreeSet::new();
-        for p in policies {
-            for s in &p.specs {
-                for r in &s.rules {
-                    for peer in r.peers.iter().flatten() {
-                        if let Peer::Cidr { net, except, .. } = peer {
-                            nets.insert(*net);
-                            nets.extend(except.iter().copied());
-                        }
-                    }
-                }
-            }
-        }
-        // 0.0.0.0/0 is the world identity itself.
-        nets.remove(&Ipv4Net::default());
+        self.insert_cidrs(cidr_set(policies));
+    }
+
+    fn insert_cidrs(&mut self, nets: BTreeSet<Ipv4Net>) {
         for (i, net) in nets.into_iter().enumerate() {
             let id = CIDR_IDENTITY_BASE + i as u32;
             self.cidrs.insert(net, id);
             self.ids.insert(
                 id,
-                IdentityInfo {
+                Arc::new(IdentityInfo {
                     id,
                     labels: [(format!("cidr:{net}"), String::new())].into(),
                     kind: IdentityKind::Cidr(net),
                     ips: BTreeSet::new(),
                     ports: vec![],
-                },
+                }),
             );
         }
     }
 
     /// The identity `id`, if known.
     pub fn get(&self, id: u32) -> Option<&IdentityInfo> {
+        self.ids.get(&id).map(|i| &**i)
+    }
+
+    /// The shared record of identity `id`: unchanged identities keep the same `Arc` across
+    /// updates, which lets caches skip them.
+    pub fn get_shared(&self, id: u32) -> Option<&Arc<IdentityInfo>> {
         self.ids.get(&id)
     }
 
     /// Every identity, in number order.
     pub fn iter(&self) -> impl Iterator<Item = &IdentityInfo> {
-        self.ids.values()
+        self.ids.values().map(|i| &**i)
     }
 
     /// Number of identities.
@@ -186,6 +299,11 @@ impl Universe {
     /// CIDR identities as the kernel's ipcache needs them.
     pub fn cidr_entries(&self) -> Vec<(Ipv4Net, u32)> {
         self.cidrs.iter().map(|(n, id)| (*n, *id)).collect()
+    }
+
+    /// The identity of the pod with address `ip`, if one has it.
+    pub fn endpoint_identity(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.by_ip.get(&ip).copied()
     }
 
     /// The identity an address resolves to: a pod's, else the longest CIDR identity, else world.
@@ -245,4 +363,23 @@ impl Universe {
         self.named_ports(dst, name, rule_proto)
             .any(|(p, pp)| p == port && pp == packet_proto)
     }
+}
+
+/// Every prefix a CIDR peer (or its exceptions) names, but the world's 0.0.0.0/0.
+fn cidr_set(policies: &[Policy]) -> BTreeSet<Ipv4Net> {
+    let mut nets = BTreeSet::new();
+    for p in policies {
+        for s in &p.specs {
+            for r in &s.rules {
+                for peer in r.peers.iter().flatten() {
+                    if let Peer::Cidr { net, except, .. } = peer {
+                        nets.insert(*net);
+                        nets.extend(except.iter().copied());
+                    }
+                }
+            }
+        }
+    }
+    nets.remove(&Ipv4Net::default());
+    nets
 }

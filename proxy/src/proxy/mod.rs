@@ -57,8 +57,8 @@ impl Proxy {
     }
 
     /// Installs new tables; connections already routed keep going.
-    pub fn swap_tables(&self, tables: ProxyTables) {
-        self.tables.store(Arc::new(tables));
+    pub fn swap_tables(&self, tables: Arc<ProxyTables>) {
+        self.tables.store(tables);
     }
 
     /// Records a finished connection.

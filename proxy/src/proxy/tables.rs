@@ -2,7 +2,6 @@
 //!
 //! Built by `compile` from a model snapshot and swapped in whole; the data path only reads it.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,17 +72,18 @@ pub struct NodeEntry {
 }
 
 /// Everything the proxy consults per connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ProxyTables {
     /// Model revision these tables were compiled from.
     pub revision: u64,
     pub cluster: ClusterInfo,
     pub local_node: String,
-    pub endpoints: HashMap<Ipv4Addr, Arc<EndpointInfo>>,
+    pub endpoints: imbl::HashMap<Ipv4Addr, Arc<EndpointInfo>>,
     /// This node's endpoints by cgroup ID, for kernel events raised at connect().
-    pub by_cgroup: HashMap<u64, Arc<EndpointInfo>>,
-    /// TCP service frontends by `clusterIP:port`.
-    pub services: HashMap<SocketAddrV4, ServiceEntry>,
+    pub by_cgroup: imbl::HashMap<u64, Arc<EndpointInfo>>,
+    /// TCP service frontends by `clusterIP:port`; entries unchanged by an update are shared
+    /// with the previous tables (and keep their round-robin position).
+    pub services: imbl::HashMap<SocketAddrV4, Arc<ServiceEntry>>,
     pub nodes: Vec<NodeEntry>,
     /// Network policy resolved for this revision.
     pub policy: Arc<Engine>,
@@ -135,9 +135,9 @@ impl ProxyTables {
             revision: 0,
             cluster,
             local_node,
-            endpoints: HashMap::new(),
-            by_cgroup: HashMap::new(),
-            services: HashMap::new(),
+            endpoints: imbl::HashMap::new(),
+            by_cgroup: imbl::HashMap::new(),
+            services: imbl::HashMap::new(),
             nodes: Vec::new(),
             policy: Arc::new(Engine::build(&[], Arc::new(Universe::new(&cluster_name)))),
         }

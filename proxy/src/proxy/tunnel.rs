@@ -294,7 +294,6 @@ mod tests {
     use super::*;
     use crate::flows::{FlowRing, Verdict};
     use crate::model::*;
-    use crate::policy::{Engine, Universe};
     use crate::proxy::OriginalDst;
 
     struct NoRedirects;
@@ -365,11 +364,9 @@ spec:
             services: vec![],
             policies: vec![policy],
         };
-        let universe = Arc::new(Universe::from_state(&state, &state.policies));
-        let engine = Arc::new(Engine::build(&state.policies, universe));
-        let tables = crate::compile::proxy_tables(&state, "node-1", 1, engine);
+        let compiled = crate::compile::compile_state(state, "node-1").unwrap();
         Arc::new(Proxy::new(
-            tables,
+            (*compiled.proxy).clone(),
             Arc::new(FlowRing::new(16)),
             Arc::new(NoRedirects),
         ))

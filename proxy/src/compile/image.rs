@@ -1,0 +1,328 @@
+//! The kernel's view of the cluster on one node: who has which address (ipcache), which cgroup
+//! is which local pod, which identities are policed, the policy entries this node can look up,
+//! and service backends.
+//!
+//! Kept in persistent maps: an update patches what changed, and the installer computes what to
+//! write by diffing against the image it installed last, which skips everything the two share.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use ipnet::Ipv4Net;
+use strait_ebpf::{PolicyAction, PolicyDelta, PolicyImage, PolicyKey, ServiceBackend};
+
+use super::Delta;
+use super::tables::service_frontends;
+use crate::identity::reserved;
+use crate::model::{Endpoint, Model, ObjectKey, Service};
+use crate::policy::Universe;
+use crate::policy::kernel::{KernelChanges, KernelCompiler};
+
+/// The rules of one identity pair.
+type PairRules = Arc<[(PolicyKey, PolicyAction)]>;
+
+/// Everything the eBPF maps of one node should hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KernelImage {
+    pub ipcache: OrdMap<Ipv4Net, u32>,
+    /// cgroup ID → (identity, address) of this node's pods.
+    pub endpoints: OrdMap<u64, (u32, Ipv4Addr)>,
+    /// identity → (ingress enforced, egress enforced).
+    pub policed: OrdMap<u32, (bool, bool)>,
+    /// Entries of the identity pairs with an end on this node.
+    pub rules: OrdMap<(u32, u32), PairRules>,
+    pub services: OrdMap<SocketAddrV4, Vec<ServiceBackend>>,
+    /// Local pods per identity: the node only needs entries of pairs with a local end.
+    local: OrdMap<u32, usize>,
+    /// The CIDR identities the ipcache was built with.
+    cidrs: Vec<(Ipv4Net, u32)>,
+}
+
+impl KernelImage {
+    /// The image of `model` on `node`, with entries from `kernel`.
+    pub fn build(model: &Model, node: &str, universe: &Universe, kernel: &KernelCompiler) -> Self {
+        let mut image = KernelImage {
+            ipcache: ipcache(model, node, universe),
+            cidrs: universe.cidr_entries(),
+            ..KernelImage::default()
+        };
+        for e in model.endpoints.values().filter(|e| e.node == node) {
+            image.add_local(e);
+        }
+        image.policed = kernel.policed_all().collect();
+        image.rules = kernel
+            .pairs()
+            .filter(|((s, d), _)| image.is_local(*s) || image.is_local(*d))
+            .map(|(p, r)| (*p, r.clone()))
+            .collect();
+        for svc in model.services.values() {
+            image.set_service(model, svc);
+        }
+        image
+    }
+
+    /// This image updated for `delta` (`kernel` already updated, `changes` what it changed).
+    pub(crate) fn updated(
+        &self,
+        delta: &Delta<'_>,
+        universe: &Universe,
+        kernel: &KernelCompiler,
+        changes: &KernelChanges,
+    ) -> Self {
+        let mut image = self.clone();
+        let (prev, model) = (delta.prev, delta.model);
+        let cidrs = universe.cidr_entries();
+        if delta.any(|k| matches!(k, ObjectKey::Node(_))) || cidrs != image.cidrs {
+            image.ipcache = ipcache(model, delta.node, universe);
+            image.cidrs = cidrs;
+        }
+        let mut local_moved = Vec::new();
+        for k in delta.endpoints() {
+            let old = prev.endpoints.get(k);
+            let new = model.endpoints.get(k);
+            for e in old.into_iter().chain(new) {
+                image.set_ipcache_host(model, delta.node, universe, e.ip);
+            }
+            if let Some(e) = old.filter(|e| e.node == delta.node) {
+                local_moved.extend(image.remove_local(e));
+            }
+            if let Some(e) = new.filter(|e| e.node == delta.node) {
+                local_moved.extend(image.add_local(e));
+            }
+            // Services whose selection this endpoint enters or leaves.
+            let services = services_touching(model, k, old, new);
+            for svc in services {
+                image.set_service(model, &svc);
+            }
+        }
+        for k in delta.keys {
+            if let ObjectKey::Service(k) = k {
+                if let Some(old) = prev.services.get(k) {
+                    for (frontend, _) in service_frontends(prev, old) {
+                        image.services.remove(&frontend);
+                    }
+                }
+                if let Some(new) = model.services.get(k) {
+                    image.set_service(model, new);
+                }
+            }
+        }
+        for id in &changes.policed {
+            match kernel.policed(*id) {
+                Some(flags) => {
+                    image.policed.insert(*id, flags);
+                }
+                None => {
+                    image.policed.remove(id);
+                }
+            }
+        }
+        let mut pairs: Vec<(u32, u32)> = changes.pairs.iter().copied().collect();
+        for id in local_moved {
+            // Pairs of `id` the kernel has now; those it dropped are in `changes` already.
+            pairs.extend(kernel.pairs_of(id));
+        }
+        for pair in pairs {
+            match kernel.pair(pair) {
+                Some(r) if image.is_local(pair.0) || image.is_local(pair.1) => {
+                    image.rules.insert(pair, r.clone());
+                }
+                _ => {
+                    image.rules.remove(&pair);
+                }
+            }
+        }
+        image
+    }
+
+    /// Number of policy entries (keys) of this node.
+    pub fn rule_count(&self) -> usize {
+        self.rules.values().map(|r| r.len()).sum()
+    }
+
+    /// The whole image, for a first (or recovering) install.
+    pub fn to_image(&self) -> PolicyImage {
+        PolicyImage {
+            ipcache: self.ipcache.iter().map(|(n, id)| (*n, *id)).collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|(cg, (id, ip))| strait_ebpf::EndpointEntry {
+                    cgroup_id: *cg,
+                    identity: *id,
+                    ip: *ip,
+                })
+                .collect(),
+            policed: self
+                .policed
+                .iter()
+                .map(|(id, (i, e))| (*id, *i, *e))
+                .collect(),
+            rules: self
+                .rules
+                .values()
+                .flat_map(|r| r.iter().copied())
+                .collect(),
+            services: self.services.iter().map(|(f, b)| (*f, b.clone())).collect(),
+        }
+    }
+
+    /// What to write to take the maps from `old` (the image installed last) to this one. The
+    /// maps are persistent, so parts both images share are skipped without being visited.
+    pub fn delta_from(&self, old: &KernelImage) -> PolicyDelta {
+        use imbl::ordmap::DiffItem;
+        fn changes<K: Ord + Clone, V: Clone + PartialEq, O>(
+            old: &OrdMap<K, V>,
+            new: &OrdMap<K, V>,
+            map: impl Fn(&V) -> O,
+            empty: impl Fn(&K) -> Option<O>,
+        ) -> Vec<(K, Option<O>)> {
+            old.diff(new)
+                .map(|d| match d {
+                    DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                        (k.clone(), Some(map(v)))
+                    }
+                    DiffItem::Remove(k, _) => (k.clone(), empty(k)),
+                })
+                .collect()
+        }
+        PolicyDelta {
+            ipcache: changes(&old.ipcache, &self.ipcache, |v| *v, |_| None),
+            endpoints: changes(&old.endpoints, &self.endpoints, |v| *v, |_| None),
+            policed: changes(&old.policed, &self.policed, |v| *v, |_| None),
+            pairs: changes(&old.rules, &self.rules, |r| r.to_vec(), |_| Some(vec![]))
+                .into_iter()
+                .map(|(p, r)| (p, r.unwrap_or_default()))
+                .collect(),
+            services: changes(&old.services, &self.services, |v| v.clone(), |_| None),
+        }
+    }
+
+    fn is_local(&self, id: u32) -> bool {
+        self.local.contains_key(&id)
+    }
+
+    /// Adds a local pod; returns its identity if that identity just became local.
+    fn add_local(&mut self, e: &Endpoint) -> Option<u32> {
+        if let Some(cg) = e.cgroup_id {
+            self.endpoints.insert(cg, (e.identity, e.ip));
+        }
+        let n = self.local.entry(e.identity).or_insert(0);
+        *n += 1;
+        (*n == 1).then_some(e.identity)
+    }
+
+    /// Removes a local pod; returns its identity if no local pod has it any more.
+    fn remove_local(&mut self, e: &Endpoint) -> Option<u32> {
+        if let Some(cg) = e.cgroup_id
+            && self
+                .endpoints
+                .get(&cg)
+                .is_some_and(|(id, _)| *id == e.identity)
+        {
+            self.endpoints.remove(&cg);
+        }
+        let n = self.local.get_mut(&e.identity)?;
+        *n -= 1;
+        if *n == 0 {
+            self.local.remove(&e.identity);
+            return Some(e.identity);
+        }
+        None
+    }
+
+    /// Recomputes the ipcache entry of one host address.
+    fn set_ipcache_host(&mut self, model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) {
+        let net = Ipv4Net::from(ip);
+        match host_identity(model, node, universe, ip) {
+            Some(id) => {
+                self.ipcache.insert(net, id);
+            }
+            None => {
+                self.ipcache.remove(&net);
+            }
+        }
+    }
+
+    fn set_service(&mut self, model: &Model, svc: &Service) {
+        for (frontend, ready) in service_frontends(model, svc) {
+            let mut backends: Vec<ServiceBackend> = ready
+                .into_iter()
+                .map(|(ep, port)| ServiceBackend {
+                    identity: ep.identity,
+                    port,
+                })
+                .collect();
+            backends.sort_by_key(|b| (b.identity, b.port));
+            backends.dedup_by_key(|b| (b.identity, b.port));
+            self.services.insert(frontend, backends);
+        }
+    }
+}
+
+/// Who has which address: CIDR identities, then nodes, then pods (later entries win, as in
+/// Cilium's ipcache, so a policy CIDR that is exactly a node's or a pod's address still
+/// resolves to that node or pod).
+fn ipcache(model: &Model, node: &str, universe: &Universe) -> OrdMap<Ipv4Net, u32> {
+    let mut out: OrdMap<Ipv4Net, u32> = universe.cidr_entries().into_iter().collect();
+    for (ip, id) in node_addresses(model, node) {
+        out.insert(Ipv4Net::from(ip), id);
+    }
+    for e in model.endpoints.values() {
+        out.insert(Ipv4Net::from(e.ip), e.identity);
+    }
+    out
+}
+
+/// Node addresses with their reserved identities. The agent's own node shows as `host`
+/// through its gateway; other nodes (gateway and underlay address) as `remote-node`.
+fn node_addresses(model: &Model, node: &str) -> Vec<(Ipv4Addr, u32)> {
+    let mut out = Vec::new();
+    for n in model.nodes.values() {
+        if n.name == node {
+            out.push((n.gateway, reserved::HOST));
+        } else {
+            out.push((n.gateway, reserved::REMOTE_NODE));
+            out.push((n.underlay_ip, reserved::REMOTE_NODE));
+        }
+    }
+    out
+}
+
+/// The identity of one host address by the same precedence as [`ipcache`].
+fn host_identity(model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) -> Option<u32> {
+    if let Some(id) = universe.endpoint_identity(ip) {
+        return Some(id);
+    }
+    if let Some((_, id)) = node_addresses(model, node)
+        .into_iter()
+        .find(|(a, _)| *a == ip)
+    {
+        return Some(id);
+    }
+    universe
+        .cidr_entries()
+        .into_iter()
+        .find(|(n, _)| *n == Ipv4Net::from(ip))
+        .map(|(_, id)| id)
+}
+
+/// Services of endpoint `k`'s namespace that select it before or after the change.
+fn services_touching(
+    model: &Model,
+    k: &crate::model::NamespacedName,
+    old: Option<&Arc<Endpoint>>,
+    new: Option<&Arc<Endpoint>>,
+) -> Vec<Arc<Service>> {
+    let lo = (k.0.clone(), String::new());
+    model
+        .services
+        .range(lo..)
+        .take_while(|(sk, _)| sk.0 == k.0)
+        .filter(|(_, svc)| {
+            old.is_some_and(|e| svc.selects(e)) || new.is_some_and(|e| svc.selects(e))
+        })
+        .map(|(_, svc)| svc.clone())
+        .collect()
+}

@@ -1,0 +1,374 @@
+//! Model snapshot → everything one node needs: the kernel image, the pod interfaces for tc,
+//! the proxy tables and the DNS table. The one compile path: the agent, `strait policy`, tests
+//! and benches all go through [`Compiler::compile`].
+//!
+//! Pure (no I/O) and deterministic. The compiler keeps what it built for the last snapshot, so
+//! the next one costs what changed: the store says which objects changed since that revision;
+//! identities, the policy engine, kernel entries, proxy tables and DNS names are updated for
+//! those only. When the store no longer remembers that far back (or the cluster itself
+//! changed), everything is compiled again.
+
+mod image;
+mod tables;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use image::KernelImage;
+pub use tables::service_frontends;
+
+use crate::dns::DnsTable;
+use crate::model::{ClusterState, Model, NamespacedName, ObjectKey, Snapshot, Store, Update};
+use crate::policy::engine::SelectorCache;
+use crate::policy::kernel::{KernelChanges, KernelCompiler};
+use crate::policy::{Engine, Policy, Universe};
+use crate::proxy::tables::ProxyTables;
+
+/// A snapshot that cannot be compiled; the previous compiled state stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("endpoints {first} and {second} both have address {ip}")]
+    DuplicateAddress {
+        ip: Ipv4Addr,
+        first: String,
+        second: String,
+    },
+    #[error("endpoint {endpoint}: node {node:?} is not a node of the cluster")]
+    UnknownNode { endpoint: String, node: String },
+    #[error("the store holds no snapshot yet")]
+    Empty,
+}
+
+/// What one compile did, for status, logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompileStats {
+    /// Whether everything was compiled (not only what changed).
+    pub full: bool,
+    /// Objects changed since the previous compile (0 for a full compile).
+    pub changed_objects: usize,
+    /// Identities whose information changed.
+    pub changed_identities: usize,
+    pub policies: usize,
+    pub selected_identities: usize,
+    /// Kernel policy entries of this node.
+    pub kernel_rules: usize,
+    /// Identity pairs whose kernel entries changed.
+    pub changed_pairs: usize,
+    /// Whether all kernel entries were recompiled (a change touching many subjects).
+    pub kernel_full: bool,
+    pub compile_us: u64,
+}
+
+/// Everything a node installs for one model revision.
+#[derive(Debug, Clone)]
+pub struct CompiledState {
+    /// The store revision compiled.
+    pub revision: u64,
+    /// The source's own revision (the lab's state counter), reported by status.
+    pub source_revision: u64,
+    pub kernel: KernelImage,
+    /// Host-side interfaces of this node's pods, where the tc programs go.
+    pub interfaces: BTreeSet<String>,
+    pub proxy: Arc<ProxyTables>,
+    pub dns: Arc<DnsTable>,
+    pub stats: CompileStats,
+}
+
+/// Compiles snapshots for one node, keeping caches between them.
+#[derive(Debug)]
+pub struct Compiler {
+    node: String,
+    selectors: SelectorCache,
+    kernel: KernelCompiler,
+    last: Option<Last>,
+}
+
+/// What the last compile was made from and produced.
+#[derive(Debug)]
+struct Last {
+    revision: u64,
+    model: Arc<Model>,
+    universe: Arc<Universe>,
+    engine: Arc<Engine>,
+    state: CompiledState,
+}
+
+impl Compiler {
+    /// A compiler for node `node` with empty caches.
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            selectors: SelectorCache::default(),
+            kernel: KernelCompiler::default(),
+            last: None,
+        }
+    }
+
+    /// The node this compiler compiles for.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Compiles `snap` for this compiler's node. An error leaves the caches as they were, so
+    /// the next snapshot is compiled against the last good one.
+    pub fn compile(&mut self, snap: &Snapshot) -> Result<CompiledState, CompileError> {
+        let started = Instant::now();
+        let model = &snap.model;
+        let changes = self
+            .last
+            .as_ref()
+            .filter(|l| l.model.cluster == model.cluster)
+            .and_then(|l| snap.changes_since(l.revision));
+        validate(model, changes.as_ref())?;
+        let mut state = match (changes, self.last.take()) {
+            (Some(keys), Some(last)) => self.incremental(snap, last, &keys),
+            (_, _) => self.full(snap),
+        };
+        state.stats.compile_us = micros(started.elapsed());
+        Ok(state)
+    }
+
+    /// The engine of the last compiled snapshot (for `policy trace`).
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.last.as_ref().map(|l| &l.engine)
+    }
+
+    fn full(&mut self, snap: &Snapshot) -> CompiledState {
+        let model = &snap.model;
+        let universe = Arc::new(Universe::from_model(model));
+        let policies = policy_list(model);
+        let engine = Arc::new(Engine::build_cached(
+            &policies,
+            universe.clone(),
+            &mut self.selectors,
+        ));
+        let changes = self.kernel.full(&engine);
+        let kernel = KernelImage::build(model, &self.node, &universe, &self.kernel);
+        let proxy = Arc::new(tables::build(
+            model,
+            &self.node,
+            snap.revision,
+            engine.clone(),
+        ));
+        let dns = Arc::new(DnsTable::from_model(model));
+        let interfaces = interfaces(model, &self.node);
+        let stats = CompileStats {
+            full: true,
+            changed_identities: universe.len(),
+            ..stats(&policies, &engine, &kernel, &changes)
+        };
+        self.finish(
+            snap, universe, engine, kernel, interfaces, proxy, dns, stats,
+        )
+    }
+
+    fn incremental(
+        &mut self,
+        snap: &Snapshot,
+        last: Last,
+        keys: &BTreeSet<ObjectKey>,
+    ) -> CompiledState {
+        let model = &snap.model;
+        let (universe, changed_ids) = last.universe.updated(&last.model, model, keys);
+        let universe = Arc::new(universe);
+        let policies_changed = keys.iter().any(|k| matches!(k, ObjectKey::Policy(_)));
+        let policies = policy_list(model);
+        let engine = if policies_changed || !changed_ids.is_empty() {
+            Arc::new(Engine::build_cached(
+                &policies,
+                universe.clone(),
+                &mut self.selectors,
+            ))
+        } else {
+            last.engine.clone()
+        };
+        let changes = self.kernel.update(&engine, &last.engine, &changed_ids);
+        let ctx = Delta {
+            prev: &last.model,
+            model,
+            keys,
+            node: &self.node,
+        };
+        let kernel = last
+            .state
+            .kernel
+            .updated(&ctx, &universe, &self.kernel, &changes);
+        let proxy = Arc::new(tables::update(
+            &last.state.proxy,
+            &ctx,
+            snap.revision,
+            engine.clone(),
+        ));
+        let dns = Arc::new(last.state.dns.updated(&last.model, model, keys));
+        let interfaces = if keys.iter().any(|k| matches!(k, ObjectKey::Endpoint(_))) {
+            interfaces(model, &self.node)
+        } else {
+            last.state.interfaces.clone()
+        };
+        let stats = CompileStats {
+            full: false,
+            changed_objects: keys.len(),
+            changed_identities: changed_ids.len(),
+            ..stats(&policies, &engine, &kernel, &changes)
+        };
+        self.finish(
+            snap, universe, engine, kernel, interfaces, proxy, dns, stats,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        snap: &Snapshot,
+        universe: Arc<Universe>,
+        engine: Arc<Engine>,
+        kernel: KernelImage,
+        interfaces: BTreeSet<String>,
+        proxy: Arc<ProxyTables>,
+        dns: Arc<DnsTable>,
+        stats: CompileStats,
+    ) -> CompiledState {
+        let state = CompiledState {
+            revision: snap.revision,
+            source_revision: snap.model.source_revision,
+            kernel,
+            interfaces,
+            proxy,
+            dns,
+            stats,
+        };
+        self.last = Some(Last {
+            revision: snap.revision,
+            model: snap.model.clone(),
+            universe,
+            engine,
+            state: state.clone(),
+        });
+        state
+    }
+}
+
+/// Compiles a whole cluster state for `node` once, through the same store and compiler the
+/// agent uses (for the CLI and tests, which start from a state file).
+pub fn compile_state(state: ClusterState, node: &str) -> Result<CompiledState, CompileError> {
+    let store = Store::new();
+    store.apply(Update::ReplaceCluster(state));
+    let snap = store.current().ok_or(CompileError::Empty)?;
+    Compiler::new(node).compile(&snap)
+}
+
+/// What changed between two models, for the parts that update themselves.
+pub(crate) struct Delta<'a> {
+    pub prev: &'a Model,
+    pub model: &'a Model,
+    pub keys: &'a BTreeSet<ObjectKey>,
+    pub node: &'a str,
+}
+
+impl Delta<'_> {
+    /// Keys of the endpoints that changed.
+    pub fn endpoints(&self) -> impl Iterator<Item = &NamespacedName> {
+        self.keys.iter().filter_map(|k| match k {
+            ObjectKey::Endpoint(k) => Some(k),
+            _ => None,
+        })
+    }
+
+    /// Whether any key of this kind changed.
+    pub fn any(&self, f: impl Fn(&ObjectKey) -> bool) -> bool {
+        self.keys.iter().any(f)
+    }
+}
+
+fn policy_list(model: &Model) -> Vec<Arc<Policy>> {
+    model.policies.values().cloned().collect()
+}
+
+fn stats(
+    policies: &[Arc<Policy>],
+    engine: &Engine,
+    kernel: &KernelImage,
+    changes: &KernelChanges,
+) -> CompileStats {
+    CompileStats {
+        policies: policies.len(),
+        selected_identities: engine.subject_count(),
+        kernel_rules: kernel.rule_count(),
+        changed_pairs: changes.pairs.len(),
+        kernel_full: changes.full,
+        ..CompileStats::default()
+    }
+}
+
+fn interfaces(model: &Model, node: &str) -> BTreeSet<String> {
+    model
+        .endpoints
+        .values()
+        .filter(|e| e.node == node)
+        .filter_map(|e| e.host_ifname.clone())
+        .collect()
+}
+
+/// Refuses models the data path cannot represent: two endpoints sharing an address, an
+/// endpoint on a node the cluster does not have. With `changes`, only changed endpoints are
+/// checked (the rest were checked when they changed).
+fn validate(model: &Model, changes: Option<&BTreeSet<ObjectKey>>) -> Result<(), CompileError> {
+    let name = |k: &NamespacedName| format!("{}/{}", k.0, k.1);
+    let check_node = |k: &NamespacedName, node: &str| {
+        if model.nodes.is_empty() || model.nodes.contains_key(node) {
+            Ok(())
+        } else {
+            Err(CompileError::UnknownNode {
+                endpoint: name(k),
+                node: node.to_string(),
+            })
+        }
+    };
+    match changes {
+        None => {
+            let mut seen: BTreeMap<Ipv4Addr, &NamespacedName> = BTreeMap::new();
+            for (k, e) in &model.endpoints {
+                check_node(k, &e.node)?;
+                if let Some(first) = seen.insert(e.ip, k) {
+                    return Err(CompileError::DuplicateAddress {
+                        ip: e.ip,
+                        first: name(first),
+                        second: name(k),
+                    });
+                }
+            }
+        }
+        Some(keys) => {
+            for key in keys {
+                let ObjectKey::Endpoint(k) = key else {
+                    continue;
+                };
+                let Some(e) = model.endpoints.get(k) else {
+                    continue;
+                };
+                check_node(k, &e.node)?;
+                if let Some((other, _)) = model
+                    .endpoints
+                    .iter()
+                    .find(|(ok, oe)| oe.ip == e.ip && *ok != k)
+                {
+                    return Err(CompileError::DuplicateAddress {
+                        ip: e.ip,
+                        first: name(other),
+                        second: name(k),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
