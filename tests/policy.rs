@@ -23,7 +23,7 @@ fn code(lab: &TestLab, pod: &str, url: &str) -> String {
 #[test]
 fn allow_frontend_to_backend_as_in_the_cilium_tutorial() {
     let lab = lab_with_app("cnp_tutorial");
-    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
     let backend = lab.pod_ip("c1", "demo", "backend");
     let frontend = lab.pod_ip("c1", "demo", "frontend");
 
@@ -304,7 +304,7 @@ spec:
 #[test]
 fn policy_update_never_breaks_an_established_stream_and_applies_to_new_connections() {
     let lab = lab_with_app("update_stream");
-    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
     let stream = Command::new(STRAIT)
         .args([
             "lab",
@@ -356,7 +356,7 @@ spec:
 #[test]
 fn invalid_policy_is_rejected_precisely_and_the_previous_one_stays() {
     let lab = lab_with_app("invalid_policy");
-    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
     let bad = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

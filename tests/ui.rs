@@ -255,7 +255,7 @@ fn wait_flows(
 fn ui_shows_the_service_map_and_the_flows_of_a_lab() {
     let lab = TestLab::up("ui", ONE_CLUSTER);
     lab.apply_ok("c1", POLICY_APP);
-    apply_in(&lab, "demo", ALLOW_FRONTEND_TO_BACKEND);
+    lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
     for _ in 0..ALLOWED_CURLS {
         let out = lab.curl("c1/demo/frontend", "http://backend/");
         assert_eq!(curl_result(&out).1, "200", "{}", text(&out));

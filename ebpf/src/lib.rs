@@ -27,6 +27,8 @@ mod loader;
 mod maps;
 mod policy;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},

@@ -306,21 +306,9 @@ spec:
   ports: [{port: 80, targetPort: http}]
 ";
 
-/// The policy of Cilium's tutorial, unchanged.
-pub const ALLOW_FRONTEND_TO_BACKEND: &str = r#"
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: allow-frontend-to-backend
-spec:
-  endpointSelector:
-    matchLabels:
-      app: backend
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: frontend
-"#;
+/// The policy of Cilium's tutorial, in namespace `demo`: the file the README and the demo apply.
+pub const ALLOW_FRONTEND_TO_BACKEND: &str =
+    include_str!("../../deploy/lab/allow-frontend-to-backend.yaml");
 
 /// Applies `yaml`, whose `metadata:` starts with `name:`, in namespace `ns` of cluster `c1`.
 pub fn apply_in(lab: &TestLab, ns: &str, yaml: &str) {

@@ -620,9 +620,8 @@ fn keys(src: u32, dst: u32, seg: &Seg) -> Vec<PolicyKey> {
 }
 
 /// The action the kernel would take for a flow given `rules` (longest prefix, deny over
-/// allow), for tests that check the compiled map against the engine.
-#[cfg(test)]
-pub(crate) fn lookup(
+/// allow): a Rust emulation, for tests that check the compiled map against the engine.
+pub fn lookup(
     rules: &[(PolicyKey, PolicyAction)],
     src: u32,
     dst: u32,

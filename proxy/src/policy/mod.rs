@@ -16,9 +16,6 @@ pub mod netpol;
 pub mod selector;
 pub mod universe;
 
-#[cfg(test)]
-mod conformance;
-
 pub use engine::{DirOutcome, Engine, Verdict};
 pub use model::{Direction, Policy, PolicyKind};
 pub use universe::Universe;
