@@ -8,9 +8,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Object, Origin, PodTemplate};
+use super::objects;
 use super::topology::{ClusterSpec, Topology};
 use crate::identity::{IdentityAllocator, identity_labels};
 use crate::model::{self, ClusterInfo, ClusterState, Labels};
+use crate::sources::lab::{
+    self as lab_source, CiliumIdentity, LabClusterState, LabNode, LabStateError, PodRuntimeFacts,
+};
 
 /// An apply or delete that cannot be carried out; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,16 @@ pub enum PlanError {
     NodeFull { cluster: String, node: String },
     #[error("identity")]
     Identity(#[from] crate::identity::IdentityError),
+    /// A Kubernetes object of the state could not be encoded (k8s-openapi types always can).
+    #[error("encoding a Kubernetes object")]
+    Encode(#[from] serde_json::Error),
+    /// The resulting state would not convert for the agents (a lab bug, or a stale state).
+    #[error("cluster {cluster}: the resulting cluster state is not valid")]
+    State {
+        cluster: String,
+        #[source]
+        source: LabStateError,
+    },
 }
 
 /// An object that cannot be applied, and where it came from.
@@ -61,9 +75,9 @@ pub struct ClusterResources {
     pub pods: BTreeMap<String, PodRecord>,
     #[serde(default)]
     pub identities: IdentityAllocator,
-    /// Network policies in force, by `Kind/namespace/name`.
+    /// Network policy objects in force, as applied (namespace set), by `Kind/namespace/name`.
     #[serde(default)]
-    pub policies: BTreeMap<String, crate::policy::Policy>,
+    pub policies: BTreeMap<String, serde_json::Value>,
 }
 
 /// A Deployment as applied.
@@ -195,8 +209,9 @@ pub fn plan(
                 r.deployments.retain(|k, _| !k.starts_with(&prefix));
                 r.standalone.retain(|k, _| !k.starts_with(&prefix));
                 r.services.retain(|k, _| !k.starts_with(&prefix));
-                r.policies
-                    .retain(|_, p| p.namespace.as_deref() != Some(name.as_str()));
+                r.policies.retain(|_, p| {
+                    p.pointer("/metadata/namespace").and_then(|n| n.as_str()) != Some(name.as_str())
+                });
             } else {
                 r.namespaces
                     .insert(name.clone(), ns_labels(name, labels.clone()));
@@ -213,7 +228,7 @@ pub fn plan(
         {
             return Err(err(o, obj, format!("namespace {namespace:?} not found")));
         }
-        if let Object::Policy(p) = obj
+        if let Object::Policy { policy: p, .. } = obj
             && let Some(namespace) = &p.namespace
             && !delete
             && !r.namespaces.contains_key(namespace)
@@ -222,12 +237,12 @@ pub fn plan(
         }
         match obj {
             Object::Namespace { .. } => {}
-            Object::Policy(p) => {
-                let key = format!("{}/{}", p.kind.as_str(), p.key());
+            Object::Policy { policy, object } => {
+                let key = format!("{}/{}", policy.kind.as_str(), policy.key());
                 if delete {
                     r.policies.remove(&key);
                 } else {
-                    r.policies.insert(key, (**p).clone());
+                    r.policies.insert(key, (**object).clone());
                 }
             }
             Object::Pod { template, .. } => {
@@ -287,7 +302,21 @@ pub fn plan(
             }
         }
     }
-    reconcile_pods(spec, r)
+    let plan = reconcile_pods(spec, r)?;
+    check(spec, &plan.resources)?;
+    Ok(plan)
+}
+
+/// Converts the state the agents would receive with their own code, so that an apply they
+/// would refuse is refused here, before anything changes.
+fn check(spec: &ClusterSpec, r: &ClusterResources) -> Result<(), PlanError> {
+    let mut probe = r.clone();
+    let doc = cluster_document(spec, &mut probe, |_| PodRuntime::default())?;
+    ClusterState::try_from(doc).map_err(|source| PlanError::State {
+        cluster: spec.name.clone(),
+        source,
+    })?;
+    Ok(())
 }
 
 fn check_node(spec: &ClusterSpec, t: &PodTemplate) -> Result<(), String> {
@@ -462,36 +491,44 @@ pub struct PodRuntime {
     pub host_ifname: Option<String>,
 }
 
-/// The cluster as its agents see it; `runtime` supplies what only the running pods know.
-pub fn cluster_state(
+/// The cluster's state file for its agents: the objects as the lab realised them, and what the
+/// lab decides itself (nodes, identities, node-local pod facts). `runtime` supplies what only the
+/// running pods know.
+pub fn cluster_document(
     spec: &ClusterSpec,
     r: &mut ClusterResources,
     runtime: impl Fn(&PodRecord) -> PodRuntime,
-) -> Result<ClusterState, PlanError> {
-    let mut endpoints = Vec::new();
+) -> Result<LabClusterState, PlanError> {
+    let mut identities: BTreeMap<u32, Labels> = BTreeMap::new();
+    let mut objects = Vec::new();
+    for (name, labels) in &r.namespaces {
+        objects.push(to_value(&objects::namespace(name, labels))?);
+    }
+    let mut pod_runtime = BTreeMap::new();
     for p in r.pods.values() {
         let ns_labels = r.namespaces.get(&p.namespace).cloned().unwrap_or_default();
         let id_labels = identity_labels(&p.template.labels, &p.namespace, &ns_labels, &spec.name);
         let identity = r.identities.allocate(spec.id, &id_labels)?;
+        identities.insert(identity, id_labels);
         let rt = runtime(p);
-        endpoints.push(model::Endpoint {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            node: p.node.clone(),
-            ip: p.ip,
-            labels: p.template.labels.clone(),
-            identity,
-            workload: p
-                .owner
-                .as_ref()
-                .map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
-            ports: p.ports(),
-            ready: rt.ready,
-            cgroup_id: rt.cgroup_id,
-            host_ifname: rt.host_ifname,
-        });
+        objects.push(to_value(&objects::pod(spec, p, rt.ready))?);
+        if rt.cgroup_id.is_some() || rt.host_ifname.is_some() {
+            pod_runtime.insert(
+                p.key(),
+                PodRuntimeFacts {
+                    cgroup_id: rt.cgroup_id,
+                    host_interface: rt.host_ifname,
+                },
+            );
+        }
     }
-    Ok(ClusterState {
+    for s in r.services.values() {
+        objects.push(to_value(&objects::service(s))?);
+    }
+    objects.extend(r.policies.values().cloned());
+    Ok(LabClusterState {
+        api_version: lab_source::API_VERSION.into(),
+        kind: lab_source::KIND.into(),
         revision: r.revision,
         cluster: ClusterInfo {
             name: spec.name.clone(),
@@ -500,25 +537,24 @@ pub fn cluster_state(
         nodes: spec
             .nodes
             .iter()
-            .map(|n| model::Node {
+            .map(|n| LabNode {
                 name: n.name.clone(),
                 underlay_ip: n.underlay_ip,
                 pod_cidr: n.pod_cidr,
                 gateway: n.gateway,
             })
             .collect(),
-        namespaces: r
-            .namespaces
-            .iter()
-            .map(|(name, labels)| model::Namespace {
-                name: name.clone(),
-                labels: labels.clone(),
-            })
+        identities: identities
+            .into_iter()
+            .map(|(id, labels)| CiliumIdentity::new(id, labels))
             .collect(),
-        endpoints,
-        services: r.services.values().cloned().collect(),
-        policies: r.policies.values().cloned().collect(),
+        objects,
+        pod_runtime,
     })
+}
+
+fn to_value<T: Serialize>(obj: &T) -> Result<serde_json::Value, PlanError> {
+    Ok(serde_json::to_value(obj)?)
 }
 
 #[cfg(test)]
@@ -636,13 +672,121 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.create[0].node, "node-2");
-        let st = cluster_state(&spec, &mut p.resources, |_| PodRuntime {
+        let doc = cluster_document(&spec, &mut p.resources, |_| PodRuntime {
             ready: true,
             ..PodRuntime::default()
         })
         .unwrap();
+        let st = ClusterState::try_from(doc).unwrap();
         assert_eq!(st.endpoints.len(), 1);
         assert_eq!(crate::identity::cluster_of(st.endpoints[0].identity), 1);
         assert_eq!(st.nodes.len(), 2);
+    }
+
+    #[test]
+    fn document_carries_objects_as_applied_and_converts_as_before() {
+        let spec = c1();
+        let cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: be}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]\n";
+        let mut objs = parse("demo.yaml", DEMO).unwrap();
+        objs.extend(
+            parse(
+                "cnp.yaml",
+                &cnp.replace("name: be", "name: be, namespace: demo"),
+            )
+            .unwrap(),
+        );
+        let mut p = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
+        let doc = cluster_document(&spec, &mut p.resources, |r| PodRuntime {
+            ready: r.name.starts_with("backend"),
+            cgroup_id: Some(7),
+            host_ifname: Some("lxc1".into()),
+        })
+        .unwrap();
+        let text = serde_json::to_string(&doc).unwrap();
+        let back: LabClusterState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, doc, "the file round-trips");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["apiVersion"], "strait.io/v1alpha1");
+        assert_eq!(v["kind"], "LabClusterState");
+        let pod = v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "Pod")
+            .unwrap();
+        let owner = &pod["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "ReplicaSet");
+        assert!(
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(owner["name"].as_str().unwrap())
+        );
+        let policy = v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == "CiliumNetworkPolicy")
+            .unwrap();
+        assert_eq!(
+            policy["spec"]["ingress"][0]["fromEndpoints"][0]["matchLabels"]["app"],
+            "frontend"
+        );
+        assert_eq!(policy["metadata"]["namespace"], "demo");
+
+        let st = ClusterState::try_from(doc).unwrap();
+        assert_eq!(st.endpoints.len(), 4);
+        for ep in &st.endpoints {
+            let rec = &p.resources.pods[&format!("{}/{}", ep.namespace, ep.name)];
+            assert_eq!((ep.ip, &ep.node), (rec.ip, &rec.node));
+            let app = &ep.labels["app"];
+            assert_eq!(ep.workload.as_deref(), Some(app.as_str()));
+            assert_eq!(ep.ready, app == "backend");
+            assert_eq!(
+                (ep.cgroup_id, ep.host_ifname.as_deref()),
+                (Some(7), Some("lxc1"))
+            );
+            assert_eq!(ep.ports, rec.ports());
+        }
+        let backends: BTreeSet<u32> = st
+            .endpoints
+            .iter()
+            .filter(|e| e.labels["app"] == "backend")
+            .map(|e| e.identity)
+            .collect();
+        assert_eq!(backends.len(), 1, "replicas share an identity");
+        assert_eq!(
+            st.services,
+            p.resources.services.values().cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(st.policies.len(), 1);
+        assert_eq!(st.policies[0].key(), "demo/be");
+        let names: Vec<&str> = st.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["default", "demo", "kube-system"]);
+        // Identities stay what the allocator handed out: a second document agrees.
+        let again = ClusterState::try_from(
+            cluster_document(&spec, &mut p.resources, |_| PodRuntime::default()).unwrap(),
+        )
+        .unwrap();
+        let ids = |s: &ClusterState| s.endpoints.iter().map(|e| e.identity).collect::<Vec<_>>();
+        assert_eq!(ids(&again), ids(&st));
+        // Deleting the namespace takes its policies with it.
+        let demo_ns = parse("demo.yaml", DEMO).unwrap();
+        let gone = plan(&spec, &p.resources, &demo_ns[..1], true).unwrap();
+        assert!(gone.resources.policies.is_empty());
+    }
+
+    #[test]
+    fn a_state_the_agents_would_refuse_is_refused_by_plan() {
+        let spec = c1();
+        let mut r = ClusterResources::new();
+        r.policies.insert(
+            "CiliumNetworkPolicy/default/x".into(),
+            serde_json::json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "x", "namespace": "default"}, "spec": {"bogus": 1}}),
+        );
+        let e = plan(&spec, &r, &[], false).unwrap_err();
+        let msg = crate::errors::chain(&e);
+        assert!(msg.starts_with("cluster c1: the resulting cluster state is not valid: objects[2]: CiliumNetworkPolicy default/x: "), "{msg}");
     }
 }
