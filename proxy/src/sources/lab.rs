@@ -100,7 +100,7 @@ pub enum LabStateError {
     Object {
         index: usize,
         #[source]
-        source: ConvertError,
+        source: Box<ConvertError>,
     },
     #[error("identities[{index}] ({name:?}): {reason}")]
     Identity {
@@ -154,7 +154,10 @@ impl TryFrom<LabClusterState> for ClusterState {
         let mut services = Vec::new();
         let mut policies = Vec::new();
         for (index, value) in doc.objects.into_iter().enumerate() {
-            let obj = |source| LabStateError::Object { index, source };
+            let obj = |e| LabStateError::Object {
+                index,
+                source: Box::new(e),
+            };
             match k8s::decode(value).map_err(obj)? {
                 Resource::Namespace(ns) => namespaces.push(ns),
                 Resource::Pod(p) => pods.push((index, *p)),
@@ -171,12 +174,14 @@ impl TryFrom<LabClusterState> for ClusterState {
         for (index, p) in pods {
             let at = |field: &str, reason: String| LabStateError::Object {
                 index,
-                source: ObjectRef {
-                    kind: "Pod".into(),
-                    namespace: Some(p.namespace.clone()),
-                    name: p.name.clone(),
-                }
-                .err(field, reason),
+                source: Box::new(
+                    ObjectRef {
+                        kind: "Pod".into(),
+                        namespace: Some(p.namespace.clone()),
+                        name: p.name.clone(),
+                    }
+                    .err(field, reason),
+                ),
             };
             let Some(nsl) = ns_labels.get(p.namespace.as_str()) else {
                 return Err(at(
@@ -207,14 +212,16 @@ impl TryFrom<LabClusterState> for ClusterState {
             if !ns_labels.contains_key(s.namespace.as_str()) {
                 return Err(LabStateError::Object {
                     index: *index,
-                    source: ObjectRef {
-                        kind: "Service".into(),
-                        namespace: Some(s.namespace.clone()),
-                        name: s.name.clone(),
-                    }
-                    .err(
-                        "metadata.namespace",
-                        format!("namespace {:?} not found among the objects", s.namespace),
+                    source: Box::new(
+                        ObjectRef {
+                            kind: "Service".into(),
+                            namespace: Some(s.namespace.clone()),
+                            name: s.name.clone(),
+                        }
+                        .err(
+                            "metadata.namespace",
+                            format!("namespace {:?} not found among the objects", s.namespace),
+                        ),
                     ),
                 });
             }
