@@ -21,7 +21,7 @@ pub const ADMIN_PORT: u16 = 9876;
 pub struct AgentConfig {
     pub cluster: String,
     pub node: String,
-    /// File holding the cluster's `model::ClusterState`, replaced atomically by its writer.
+    /// The cluster's state file (`sources::lab::LabClusterState`), replaced atomically by its writer.
     pub state_file: PathBuf,
     /// cgroup v2 directory holding this node's pods; the socket programs attach here.
     pub cgroup: PathBuf,

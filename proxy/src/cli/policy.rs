@@ -95,8 +95,8 @@ fn load_policies(files: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
     let mut out = Vec::new();
     for f in files {
         for (_, obj) in manifest::load_path(f)? {
-            if let Object::Policy(p) = obj {
-                out.push(*p);
+            if let Object::Policy { policy, .. } = obj {
+                out.push(*policy);
             }
         }
     }
@@ -108,7 +108,7 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for f in files {
         for (origin, obj) in manifest::load_path(f)? {
             match obj {
-                Object::Policy(p) => {
+                Object::Policy { policy: p, .. } => {
                     let rules: usize = p.specs.iter().map(|s| s.rules.len()).sum();
                     println!(
                         "{}: document {}: {} {} is valid ({rules} rules)",

@@ -1,7 +1,9 @@
 //! Kubernetes YAML → lab objects: Namespace, Pod, Deployment and Service, validated at the border.
 //!
-//! The wire types are k8s-openapi's; they never leave this module. Every error names the file, the
-//! document, the object and the field path.
+//! The wire types are k8s-openapi's; they never leave this module and `sources::k8s`, whose field
+//! checks (ports, protocols, services, policies) this module shares, so that whatever the lab
+//! accepts its agents can convert. Every error names the file, the document, the object and the
+//! field path.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,10 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Labels, NamedPort, Protocol, ServicePort, TargetPort};
+use crate::model::{Labels, NamedPort, ServicePort};
+use crate::sources::k8s::{self, ConvertError, FieldIssue, labels_of, valid_dns_label};
 
 /// A manifest that cannot be used; says where and why.
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +98,12 @@ pub enum Object {
         ports: Vec<ServicePort>,
         selector: Labels,
     },
-    /// A CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy, validated.
-    Policy(Box<crate::policy::Policy>),
+    /// A CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy: validated, and
+    /// the object as applied (with its namespace set), which is what the agents receive.
+    Policy {
+        policy: Box<crate::policy::Policy>,
+        object: Box<serde_json::Value>,
+    },
 }
 
 impl Object {
@@ -108,7 +114,7 @@ impl Object {
             Object::Pod { .. } => "Pod",
             Object::Deployment { .. } => "Deployment",
             Object::Service { .. } => "Service",
-            Object::Policy(p) => p.kind.as_str(),
+            Object::Policy { policy, .. } => policy.kind.as_str(),
         }
     }
 
@@ -125,7 +131,7 @@ impl Object {
             | Object::Service {
                 namespace, name, ..
             } => format!("{namespace}/{name}"),
-            Object::Policy(p) => p.key(),
+            Object::Policy { policy, .. } => policy.key(),
         }
     }
 }
@@ -193,6 +199,10 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn issue(&self, i: FieldIssue) -> ManifestError {
+        self.err(i.field, i.reason)
+    }
+
     fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
         ManifestError::Invalid(Box::new(InvalidField {
             file: self.origin.file.clone(),
@@ -245,26 +255,22 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
         return Err(ctx.err("kind", "missing"));
     }
     if crate::policy::is_policy_kind(&kind) {
-        let policy =
-            crate::policy::parse(value, "default").map_err(|e| ctx.err(e.field, e.reason))?;
-        if let Some(ns) = &policy.namespace
-            && !valid_dns_label(ns)
+        // Kept verbatim for the agents, with the namespace `kubectl apply` would give it.
+        let object = serde_json::to_value(&value);
+        let policy = k8s::policy_from(value).map_err(|e| match e {
+            ConvertError::Field { field, reason, .. } => ctx.err(field, reason),
+            other => ctx.err("kind", other.to_string()),
+        })?;
+        let mut object = object.map_err(|e| ctx.err("", e.to_string()))?;
+        if let (Some(ns), Some(meta)) = (&policy.namespace, object.get_mut("metadata"))
+            && let Some(meta) = meta.as_object_mut()
         {
-            return Err(ctx.err(
-                "metadata.namespace",
-                format!("{ns:?} is not a valid namespace name"),
-            ));
+            meta.insert("namespace".into(), ns.clone().into());
         }
-        if !valid_dns_subdomain(&policy.name) {
-            return Err(ctx.err(
-                "metadata.name",
-                format!(
-                    "{:?} must be a DNS subdomain: lowercase letters, digits, '-' and '.'",
-                    policy.name
-                ),
-            ));
-        }
-        return Ok(Object::Policy(Box::new(policy)));
+        return Ok(Object::Policy {
+            policy: Box::new(policy),
+            object: Box::new(object),
+        });
     }
     let expected_api = match kind.as_str() {
         "Namespace" | "Pod" | "Service" => "v1",
@@ -354,47 +360,8 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
             let svc: Service = typed(&ctx, value)?;
             let namespace = namespace_of(&ctx, &svc.metadata)?;
             let spec = svc.spec.ok_or_else(|| ctx.err("spec", "missing"))?;
-            if let Some(t) = spec.type_.as_deref()
-                && t != "ClusterIP"
-            {
-                return Err(ctx.err(
-                    "spec.type",
-                    format!("{t} is not supported by the lab; only ClusterIP is"),
-                ));
-            }
-            let cluster_ip = match spec.cluster_ip.as_deref() {
-                None | Some("") => None,
-                Some("None") => {
-                    return Err(ctx.err(
-                        "spec.clusterIP",
-                        "headless services are not supported by the lab yet",
-                    ));
-                }
-                Some(ip) => Some(ip.parse().map_err(|_| {
-                    ctx.err("spec.clusterIP", format!("{ip:?} is not an IPv4 address"))
-                })?),
-            };
-            let mut ports = Vec::new();
-            for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
-                let field = format!("spec.ports[{i}]");
-                let port = port_number(&ctx, &format!("{field}.port"), p.port)?;
-                let target_port = match p.target_port {
-                    None => TargetPort::Number(port),
-                    Some(IntOrString::Int(n)) => {
-                        TargetPort::Number(port_number(&ctx, &format!("{field}.targetPort"), n)?)
-                    }
-                    Some(IntOrString::String(s)) => TargetPort::Name(s),
-                };
-                ports.push(ServicePort {
-                    name: p.name,
-                    port,
-                    target_port,
-                    protocol: protocol(&ctx, &format!("{field}.protocol"), p.protocol)?,
-                });
-            }
-            if ports.is_empty() {
-                return Err(ctx.err("spec.ports", "a ClusterIP service needs at least one port"));
-            }
+            let cluster_ip = k8s::cluster_ip(&spec).map_err(|e| ctx.issue(e))?;
+            let ports = k8s::service_ports(&spec).map_err(|e| ctx.issue(e))?;
             Ok(Object::Service {
                 namespace,
                 name,
@@ -435,17 +402,9 @@ fn container_from(
     field: &str,
     c: Container,
 ) -> Result<ContainerSpec, ManifestError> {
+    let ports = k8s::container_ports(field, &c).map_err(|e| ctx.issue(e))?;
     let mut argv = c.command.unwrap_or_default();
     argv.extend(c.args.unwrap_or_default());
-    let mut ports = Vec::new();
-    for (i, p) in c.ports.unwrap_or_default().into_iter().enumerate() {
-        let pf = format!("{field}.ports[{i}]");
-        ports.push(NamedPort {
-            name: p.name,
-            port: port_number(ctx, &format!("{pf}.containerPort"), p.container_port)?,
-            protocol: protocol(ctx, &format!("{pf}.protocol"), p.protocol)?,
-        });
-    }
     let env = c
         .env
         .unwrap_or_default()
@@ -460,29 +419,6 @@ fn container_from(
     })
 }
 
-fn port_number(ctx: &Ctx<'_>, field: &str, n: i32) -> Result<u16, ManifestError> {
-    u16::try_from(n)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| ctx.err(field, format!("{n} is not a port number (1-65535)")))
-}
-
-fn protocol(ctx: &Ctx<'_>, field: &str, p: Option<String>) -> Result<Protocol, ManifestError> {
-    match p.as_deref() {
-        None | Some("TCP") => Ok(Protocol::Tcp),
-        Some("UDP") => Ok(Protocol::Udp),
-        Some(other) => Err(ctx.err(field, format!("{other} is not supported (TCP or UDP)"))),
-    }
-}
-
-fn labels_of(meta: &ObjectMeta) -> Labels {
-    meta.labels
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
-}
-
 fn namespace_of(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<String, ManifestError> {
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     if !valid_dns_label(&ns) {
@@ -494,24 +430,10 @@ fn namespace_of(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<String, ManifestErro
     Ok(ns)
 }
 
-/// RFC 1123 subdomain, as Kubernetes requires for names of most objects.
-pub fn valid_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(valid_dns_label)
-}
-
-/// RFC 1123 label, as Kubernetes requires for names of namespaces, services and (here) pods.
-pub fn valid_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Protocol, TargetPort};
 
     const DEMO: &str = include_str!("../../../deploy/lab/demo.yaml");
 

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod cgroup;
 pub mod manifest;
 pub mod netns;
+pub mod objects;
 pub mod paths;
 pub mod pods;
 pub mod process;
@@ -331,8 +332,8 @@ impl Lab {
             })?;
         let res = st.clusters.entry(cluster.to_string()).or_default();
         let paths = &self.paths;
-        let cs = state::cluster_state(&spec, res, |p| pods::runtime(paths, cluster, p))?;
-        let bytes = serde_json::to_vec_pretty(&cs)
+        let doc = state::cluster_document(&spec, res, |p| pods::runtime(paths, cluster, p))?;
+        let bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| self.state_err("encode cluster state", e.to_string()))?;
         let path = self.paths.cluster_state_file(cluster);
         if let Some(dir) = path.parent() {
@@ -340,7 +341,7 @@ impl Lab {
         }
         write_atomic(&path, &bytes)
             .map_err(|e| self.state_err("write cluster state", e.to_string()))?;
-        Ok(cs.revision)
+        Ok(doc.revision)
     }
 
     fn require(&self) -> Result<LabState, LabError> {

@@ -50,7 +50,7 @@ impl LabPaths {
         self.state_dir().join("lock")
     }
 
-    /// What a cluster's agents read: the cluster's resources as a `model::ClusterState`.
+    /// What a cluster's agents read: its Kubernetes objects and lab facts (`sources::lab`).
     pub fn cluster_state_file(&self, cluster: &str) -> PathBuf {
         self.state_dir()
             .join("clusters")

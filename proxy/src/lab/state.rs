@@ -8,9 +8,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{Object, Origin, PodTemplate};
+use super::objects;
 use super::topology::{ClusterSpec, Topology};
 use crate::identity::{IdentityAllocator, identity_labels};
 use crate::model::{self, ClusterInfo, ClusterState, Labels};
+use crate::sources::lab::{
+    self as lab_source, CiliumIdentity, LabClusterState, LabNode, LabStateError, PodRuntimeFacts,
+};
 
 /// An apply or delete that cannot be carried out; nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,16 @@ pub enum PlanError {
     NodeFull { cluster: String, node: String },
     #[error("identity")]
     Identity(#[from] crate::identity::IdentityError),
+    /// A Kubernetes object of the state could not be encoded (k8s-openapi types always can).
+    #[error("encoding a Kubernetes object")]
+    Encode(#[from] serde_json::Error),
+    /// The resulting state would not convert for the agents (a lab bug, or a stale state).
+    #[error("cluster {cluster}: the resulting cluster state is not valid")]
+    State {
+        cluster: String,
+        #[source]
+        source: Box<LabStateError>,
+    },
 }
 
 /// An object that cannot be applied, and where it came from.
@@ -61,9 +75,9 @@ pub struct ClusterResources {
     pub pods: BTreeMap<String, PodRecord>,
     #[serde(default)]
     pub identities: IdentityAllocator,
-    /// Network policies in force, by `Kind/namespace/name`.
+    /// Network policy objects in force, as applied (namespace set), by `Kind/namespace/name`.
     #[serde(default)]
-    pub policies: BTreeMap<String, crate::policy::Policy>,
+    pub policies: BTreeMap<String, serde_json::Value>,
 }
 
 /// A Deployment as applied.
@@ -195,8 +209,9 @@ pub fn plan(
                 r.deployments.retain(|k, _| !k.starts_with(&prefix));
                 r.standalone.retain(|k, _| !k.starts_with(&prefix));
                 r.services.retain(|k, _| !k.starts_with(&prefix));
-                r.policies
-                    .retain(|_, p| p.namespace.as_deref() != Some(name.as_str()));
+                r.policies.retain(|_, p| {
+                    p.pointer("/metadata/namespace").and_then(|n| n.as_str()) != Some(name.as_str())
+                });
             } else {
                 r.namespaces
                     .insert(name.clone(), ns_labels(name, labels.clone()));
@@ -213,7 +228,7 @@ pub fn plan(
         {
             return Err(err(o, obj, format!("namespace {namespace:?} not found")));
         }
-        if let Object::Policy(p) = obj
+        if let Object::Policy { policy: p, .. } = obj
             && let Some(namespace) = &p.namespace
             && !delete
             && !r.namespaces.contains_key(namespace)
@@ -222,12 +237,12 @@ pub fn plan(
         }
         match obj {
             Object::Namespace { .. } => {}
-            Object::Policy(p) => {
-                let key = format!("{}/{}", p.kind.as_str(), p.key());
+            Object::Policy { policy, object } => {
+                let key = format!("{}/{}", policy.kind.as_str(), policy.key());
                 if delete {
                     r.policies.remove(&key);
                 } else {
-                    r.policies.insert(key, (**p).clone());
+                    r.policies.insert(key, (**object).clone());
                 }
             }
             Object::Pod { template, .. } => {
@@ -287,7 +302,21 @@ pub fn plan(
             }
         }
     }
-    reconcile_pods(spec, r)
+    let plan = reconcile_pods(spec, r)?;
+    check(spec, &plan.resources)?;
+    Ok(plan)
+}
+
+/// Converts the state the agents would receive with their own code, so that an apply they
+/// would refuse is refused here, before anything changes.
+fn check(spec: &ClusterSpec, r: &ClusterResources) -> Result<(), PlanError> {
+    let mut probe = r.clone();
+    let doc = cluster_document(spec, &mut probe, |_| PodRuntime::default())?;
+    ClusterState::try_from(doc).map_err(|source| PlanError::State {
+        cluster: spec.name.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(())
 }
 
 fn check_node(spec: &ClusterSpec, t: &PodTemplate) -> Result<(), String> {
@@ -462,36 +491,44 @@ pub struct PodRuntime {
     pub host_ifname: Option<String>,
 }
 
-/// The cluster as its agents see it; `runtime` supplies what only the running pods know.
-pub fn cluster_state(
+/// The cluster's state file for its agents: the objects as the lab realised them, and what the
+/// lab decides itself (nodes, identities, node-local pod facts). `runtime` supplies what only the
+/// running pods know.
+pub fn cluster_document(
     spec: &ClusterSpec,
     r: &mut ClusterResources,
     runtime: impl Fn(&PodRecord) -> PodRuntime,
-) -> Result<ClusterState, PlanError> {
-    let mut endpoints = Vec::new();
+) -> Result<LabClusterState, PlanError> {
+    let mut identities: BTreeMap<u32, Labels> = BTreeMap::new();
+    let mut objects = Vec::new();
+    for (name, labels) in &r.namespaces {
+        objects.push(to_value(&objects::namespace(name, labels))?);
+    }
+    let mut pod_runtime = BTreeMap::new();
     for p in r.pods.values() {
         let ns_labels = r.namespaces.get(&p.namespace).cloned().unwrap_or_default();
         let id_labels = identity_labels(&p.template.labels, &p.namespace, &ns_labels, &spec.name);
         let identity = r.identities.allocate(spec.id, &id_labels)?;
+        identities.insert(identity, id_labels);
         let rt = runtime(p);
-        endpoints.push(model::Endpoint {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            node: p.node.clone(),
-            ip: p.ip,
-            labels: p.template.labels.clone(),
-            identity,
-            workload: p
-                .owner
-                .as_ref()
-                .map(|o| o.split_once('/').map_or(o.as_str(), |x| x.1).to_string()),
-            ports: p.ports(),
-            ready: rt.ready,
-            cgroup_id: rt.cgroup_id,
-            host_ifname: rt.host_ifname,
-        });
+        objects.push(to_value(&objects::pod(spec, p, rt.ready))?);
+        if rt.cgroup_id.is_some() || rt.host_ifname.is_some() {
+            pod_runtime.insert(
+                p.key(),
+                PodRuntimeFacts {
+                    cgroup_id: rt.cgroup_id,
+                    host_interface: rt.host_ifname,
+                },
+            );
+        }
     }
-    Ok(ClusterState {
+    for s in r.services.values() {
+        objects.push(to_value(&objects::service(s))?);
+    }
+    objects.extend(r.policies.values().cloned());
+    Ok(LabClusterState {
+        api_version: lab_source::API_VERSION.into(),
+        kind: lab_source::KIND.into(),
         revision: r.revision,
         cluster: ClusterInfo {
             name: spec.name.clone(),
@@ -500,149 +537,25 @@ pub fn cluster_state(
         nodes: spec
             .nodes
             .iter()
-            .map(|n| model::Node {
+            .map(|n| LabNode {
                 name: n.name.clone(),
                 underlay_ip: n.underlay_ip,
                 pod_cidr: n.pod_cidr,
                 gateway: n.gateway,
             })
             .collect(),
-        namespaces: r
-            .namespaces
-            .iter()
-            .map(|(name, labels)| model::Namespace {
-                name: name.clone(),
-                labels: labels.clone(),
-            })
+        identities: identities
+            .into_iter()
+            .map(|(id, labels)| CiliumIdentity::new(id, labels))
             .collect(),
-        endpoints,
-        services: r.services.values().cloned().collect(),
-        policies: r.policies.values().cloned().collect(),
+        objects,
+        pod_runtime,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lab::manifest::parse;
-    use crate::lab::topology::DEFAULT_TOPOLOGY;
-
-    fn c1() -> ClusterSpec {
-        Topology::parse("d", DEFAULT_TOPOLOGY).unwrap().clusters[0].clone()
-    }
-
-    const DEMO: &str = include_str!("../../../deploy/lab/demo.yaml");
-
-    #[test]
-    fn demo_spreads_replicas_and_allocates_addresses() {
-        let spec = c1();
-        let objs = parse("demo.yaml", DEMO).unwrap();
-        let p = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
-        assert_eq!(p.create.len(), 4);
-        assert!(p.delete.is_empty());
-        for app in ["backend", "frontend"] {
-            let nodes: BTreeSet<_> = p
-                .create
-                .iter()
-                .filter(|x| x.name.starts_with(app))
-                .map(|x| x.node.clone())
-                .collect();
-            assert_eq!(nodes.len(), 2, "{app} replicas spread over both nodes");
-        }
-        let ips: BTreeSet<_> = p.create.iter().map(|x| x.ip).collect();
-        assert_eq!(ips.len(), 4);
-        for x in &p.create {
-            let n = spec.nodes.iter().find(|n| n.name == x.node).unwrap();
-            assert!(n.pod_cidr.contains(&x.ip) && x.ip != n.gateway);
-        }
-        let svc = &p.resources.services["demo/backend"];
-        assert!(spec.service_cidr.contains(&svc.cluster_ip));
-    }
-
-    #[test]
-    fn reapply_is_a_no_op_and_template_change_replaces_pods() {
-        let spec = c1();
-        let objs = parse("demo.yaml", DEMO).unwrap();
-        let first = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
-        let again = plan(&spec, &first.resources, &objs, false).unwrap();
-        assert!(again.create.is_empty() && again.delete.is_empty());
-        assert_eq!(
-            again.resources.services["demo/backend"].cluster_ip,
-            first.resources.services["demo/backend"].cluster_ip
-        );
-        let changed = DEMO.replacen("replicas: 2", "replicas: 3", 1);
-        let objs = parse("demo.yaml", &changed).unwrap();
-        let scaled = plan(&spec, &again.resources, &objs, false).unwrap();
-        assert_eq!(scaled.create.len(), 1);
-        assert!(scaled.delete.is_empty());
-        let relabeled = DEMO.replace("containerPort: 8080", "containerPort: 8081");
-        let objs = parse("demo.yaml", &relabeled).unwrap();
-        let rolled = plan(&spec, &again.resources, &objs, false).unwrap();
-        assert_eq!(rolled.delete.len(), 2);
-        assert_eq!(rolled.create.len(), 2);
-    }
-
-    #[test]
-    fn delete_removes_pods_and_services() {
-        let spec = c1();
-        let objs = parse("demo.yaml", DEMO).unwrap();
-        let first = plan(&spec, &ClusterResources::new(), &objs, false).unwrap();
-        let gone = plan(&spec, &first.resources, &objs, true).unwrap();
-        assert_eq!(gone.delete.len(), 4);
-        assert!(gone.resources.services.is_empty());
-        assert!(!gone.resources.namespaces.contains_key("demo"));
-    }
-
-    #[test]
-    fn missing_namespace_and_unknown_node_are_errors() {
-        let spec = c1();
-        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: nope}\nspec: {containers: [{name: c}]}\n";
-        let e = plan(
-            &spec,
-            &ClusterResources::new(),
-            &parse("p.yaml", y).unwrap(),
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-        assert_eq!(
-            e,
-            "p.yaml: document 1 (Pod nope/p): namespace \"nope\" not found"
-        );
-        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node-9, containers: [{name: c}]}\n";
-        let e = plan(
-            &spec,
-            &ClusterResources::new(),
-            &parse("p.yaml", y).unwrap(),
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("spec.nodeName: node \"node-9\" does not exist"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn pinned_pods_land_on_their_node_and_cluster_state_has_identities() {
-        let spec = c1();
-        let y = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {app: x}}\nspec: {nodeName: node-2, containers: [{name: c}]}\n";
-        let mut p = plan(
-            &spec,
-            &ClusterResources::new(),
-            &parse("p.yaml", y).unwrap(),
-            false,
-        )
-        .unwrap();
-        assert_eq!(p.create[0].node, "node-2");
-        let st = cluster_state(&spec, &mut p.resources, |_| PodRuntime {
-            ready: true,
-            ..PodRuntime::default()
-        })
-        .unwrap();
-        assert_eq!(st.endpoints.len(), 1);
-        assert_eq!(crate::identity::cluster_of(st.endpoints[0].identity), 1);
-        assert_eq!(st.nodes.len(), 2);
-    }
+fn to_value<T: Serialize>(obj: &T) -> Result<serde_json::Value, PlanError> {
+    Ok(serde_json::to_value(obj)?)
 }
+
+#[cfg(test)]
+mod tests;
