@@ -126,6 +126,8 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn doc(cluster: &str, id: serde_json::Value, objects: serde_json::Value) -> String {
@@ -244,7 +246,7 @@ mod tests {
         w.poll(&store);
         let after = store.current().expect("still a state");
         assert_eq!(after.revision, 1, "the bad file was not applied");
-        assert_eq!(after.cluster, good.cluster);
+        assert!(Arc::ptr_eq(&after.model, &good.model));
         let err = w.last_error.clone().expect("the error is kept for the log");
         assert!(
             err.contains("objects[1]: Pod default/web: status.podIP"),
@@ -255,7 +257,7 @@ mod tests {
         let fixed = store.current().expect("state");
         assert_eq!(fixed.revision, 2);
         assert_eq!(
-            fixed.cluster.endpoints[0].ip,
+            fixed.model.endpoints.values().next().unwrap().ip,
             std::net::Ipv4Addr::new(10, 1, 0, 6)
         );
         assert!(w.last_error.is_none());
