@@ -18,7 +18,7 @@ use clap::error::ErrorKind;
 use futures::StreamExt;
 
 use crate::admin::FlowsQuery;
-use crate::flows::client::{self, AgentEndpoint, ClientError};
+use crate::admin::client::{self, AgentEndpoint, ClientError};
 use crate::flows::{
     Criterion, FilterError, FlowEvent, FlowFilter, FlowPeer, FlowRecord, PodSelector, Verdict,
     verdict_name,

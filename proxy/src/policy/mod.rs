@@ -13,7 +13,6 @@ pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod netpol;
-pub mod selector;
 pub mod universe;
 
 #[cfg(test)]
@@ -38,6 +37,12 @@ impl FieldError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+impl From<crate::model::selector::SelectorError> for FieldError {
+    fn from(e: crate::model::selector::SelectorError) -> Self {
+        Self::new(e.at, e.reason)
     }
 }
 
