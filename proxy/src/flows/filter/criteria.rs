@@ -18,6 +18,7 @@ const STATUS_EXPECTED: &str = "expected NNN, Nxx or Nxx+";
 const METHOD_EXPECTED: &str = "expected an HTTP method such as GET or POST";
 /// Longest compiled `http-path` expression accepted; agents compile what clients send.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// One condition on a flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Criterion {
@@ -35,7 +36,8 @@ pub enum Criterion {
     FromPod(PodSelector),
     /// The destination pod, by name prefix.
     ToPod(PodSelector),
-    /// Either endpoint's labels.
+    /// Either endpoint's labels, by Kubernetes label selector (kubectl's syntax); `k8s:` and
+    /// `any:` key prefixes match the pod's labels.
     Label(Selector),
     /// The source's labels.
     FromLabel(Selector),
