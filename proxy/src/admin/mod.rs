@@ -1,9 +1,11 @@
 //! The agent's admin HTTP server: health, status and flows, on a Unix socket and optionally TCP.
+//! [`client`] is the other side, used by `strait observe`, `strait ui` and `strait lab status`.
 //!
 //! The Unix socket is how `strait observe` reaches agents living in other network namespaces.
 //! Listeners are bound by [`Admin::bind`] before anything is served, so a bad path or a busy port
 //! fails startup instead of the first request (as linkerd and ztunnel do).
 
+pub mod client;
 mod query;
 mod routes;
 #[cfg(test)]

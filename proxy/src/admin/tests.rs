@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
 use super::*;
-use crate::flows::client::{self, AgentEndpoint, ClientError};
+use crate::admin::client::{self, AgentEndpoint, ClientError};
 use crate::flows::test_flow as flow;
 use crate::flows::{Criterion, FlowEvent, FlowFilter, FlowRecord, Verdict};
 

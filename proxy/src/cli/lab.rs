@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::admin::client::AgentEndpoint;
 use crate::cli::observe::ObserveArgs;
-use crate::flows::client::AgentEndpoint;
 use crate::lab::Lab;
 use crate::lab::topology::{DEFAULT_TOPOLOGY, Topology};
 

@@ -1,6 +1,5 @@
 //! Flow records: what each agent saw, kept in a bounded ring and streamed to `strait observe`.
 
-pub mod client;
 mod filter;
 pub mod kernel;
 mod record;

@@ -143,13 +143,13 @@ pub fn status_blocking(socket: &Path) -> Result<serde_json::Value, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let agent = crate::flows::client::AgentEndpoint {
+    let agent = crate::admin::client::AgentEndpoint {
         cluster: String::new(),
         node: String::new(),
         socket: socket.to_path_buf(),
     };
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(2), crate::flows::client::status(&agent))
+        tokio::time::timeout(Duration::from_secs(2), crate::admin::client::status(&agent))
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| crate::errors::chain(&e))

@@ -3,6 +3,7 @@
 //! Every source (lab state files today, Kubernetes and mesh peers later) produces these types; the
 //! compile step turns them into proxy tables and eBPF maps. Nothing here does I/O.
 
+pub mod selector;
 mod store;
 
 pub use store::{LOG_LEN, Model, NamespacedName, Object, ObjectKey, PolicyId, Snapshot, Store};

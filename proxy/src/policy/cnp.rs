@@ -16,8 +16,8 @@ use super::http::{HeaderMatch, HttpRule, Pattern};
 use super::model::{
     Direction, Entity, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
 };
-use super::selector::{LabelKey, RawExpression, Selector};
 use crate::identity::NAMESPACE_LABEL;
+use crate::model::selector::{LabelKey, RawExpression, Selector};
 
 type Unsupported = Option<serde_yaml::Value>;
 
@@ -74,11 +74,12 @@ pub(super) struct RawSelector {
 
 impl RawSelector {
     fn parse(&self, field: &str) -> Result<Selector, FieldError> {
-        Selector::parse(
+        let sel = Selector::parse(
             field,
             self.match_labels.as_ref(),
             self.match_expressions.as_deref(),
-        )
+        )?;
+        Ok(sel)
     }
 }
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use super::http::{HttpRule, RequestInfo};
 use super::model::{Direction, Entity, Peer, Policy, PortRule, PortSel};
-use super::selector::Selector;
 use super::universe::{IdentityInfo, IdentityKind, Universe};
 use crate::identity::reserved;
+use crate::model::selector::Selector;
 
 /// A rule named for humans: `Kind namespace/name: spec.ingress[0]`.
 pub type RuleRef = Arc<str>;

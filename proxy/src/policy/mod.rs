@@ -13,7 +13,6 @@ pub mod http;
 pub mod kernel;
 pub mod model;
 pub mod netpol;
-pub mod selector;
 pub mod universe;
 
 pub use engine::{DirOutcome, Engine, Verdict};
@@ -35,6 +34,12 @@ impl FieldError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+impl From<crate::model::selector::SelectorError> for FieldError {
+    fn from(e: crate::model::selector::SelectorError) -> Self {
+        Self::new(e.at, e.reason)
     }
 }
 

@@ -11,8 +11,8 @@ use super::cnp::{parse_cidr, port_sel};
 use super::model::{
     Direction, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
 };
-use super::selector::{LabelKey, RawExpression, Selector};
 use crate::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
+use crate::model::selector::{LabelKey, RawExpression, Selector};
 
 fn selector(field: &str, s: &LabelSelector) -> Result<Selector, FieldError> {
     let exprs: Option<Vec<RawExpression>> = s.match_expressions.as_ref().map(|v| {

@@ -36,8 +36,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+use crate::admin::client::{self, AgentEndpoint, ClientError};
 use crate::admin::{FlowsQuery, QueryError};
-use crate::flows::client::{self, AgentEndpoint, ClientError};
 use crate::flows::{FlowEvent, FlowRecord};
 
 /// Flows `/api/flows` answers when the query names no `last`.
