@@ -1,6 +1,8 @@
-//! Policy compilation at scale: 10,000 endpoints (1,000 identities in 20 namespaces) × 1,000
-//! rules (250 policies × 4 rules). Measures parsing, a full build (engine + kernel entries), the
-//! incremental paths the agent takes on a policy or endpoint change (warm `SelectorCache`), and
+//! Policy compilation at scale: 10,000 endpoints (1,000 identities in 20 namespaces, 1,000
+//! services) × 1,000 rules (250 policies × 4 rules). Measures parsing; a full policy build (engine
+//! + kernel entries) and a full node compile (everything an agent installs); the incremental
+//! path end to end — one object changed in the model store, the node's compile, and the kernel
+//! map delta the installer would write — for a policy change and for pods coming and going; and
 //! the per-flow verdict cost against a plain hash map lookup.
 //!
 //! Run: `cargo bench -p strait --bench policy` (release). Plain `main`, no harness: human-readable
@@ -13,9 +15,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strait::identity::identity_labels;
-use strait::model::{Labels, NamedPort, Protocol};
-use strait::policy::engine::SelectorCache;
+use strait::compile::{CompiledState, Compiler};
+use strait::model::{
+    ClusterInfo, ClusterState, Endpoint, Labels, NamedPort, Namespace, Node, Object, ObjectKey,
+    Protocol, Service, ServicePort, Store, TargetPort, Update,
+};
 use strait::policy::{Engine, Policy, Universe, kernel, parse};
 use strait_ebpf::PolicyAction;
 
@@ -85,15 +89,71 @@ fn pod_ip(p: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a00_0000 + p + 1)
 }
 
-fn add_pod(u: &mut Universe, svc: u32, id: u32, pod: u32) {
-    let ns = ns_of(svc);
-    let labels = identity_labels(
-        &pod_labels(svc),
-        &format!("ns-{ns}"),
-        &ns_labels(ns),
-        CLUSTER,
-    );
-    u.add_endpoint(id, labels, CLUSTER, pod_ip(pod), &ports_of(svc));
+const NODES: u32 = 4;
+
+/// Pod `pod` (global index) of service `svc`, spread round robin over the nodes.
+fn endpoint(svc: u32, id: u32, pod: u32) -> Endpoint {
+    Endpoint {
+        namespace: format!("ns-{}", ns_of(svc)),
+        name: format!("svc-{svc}-{pod}"),
+        node: format!("node-{}", pod % NODES + 1),
+        ip: pod_ip(pod),
+        labels: pod_labels(svc),
+        identity: id,
+        workload: Some(format!("svc-{svc}")),
+        ports: ports_of(svc),
+        ready: true,
+        cgroup_id: Some(100_000 + u64::from(pod)),
+        host_ifname: Some(format!("lxc{pod:08x}")),
+    }
+}
+
+fn service(svc: u32) -> Service {
+    Service {
+        namespace: format!("ns-{}", ns_of(svc)),
+        name: format!("svc-{svc}"),
+        cluster_ip: Ipv4Addr::from(0xc613_0000 + svc + 1),
+        ports: vec![ServicePort {
+            name: None,
+            port: 80,
+            target_port: TargetPort::Name("http".into()),
+            protocol: Protocol::Tcp,
+        }],
+        selector: [("app".to_string(), format!("svc-{svc}"))].into(),
+    }
+}
+
+fn state(policies: &[Policy]) -> ClusterState {
+    ClusterState {
+        revision: 1,
+        cluster: ClusterInfo {
+            name: CLUSTER.into(),
+            id: 1,
+        },
+        nodes: (1..=NODES)
+            .map(|n| Node {
+                name: format!("node-{n}"),
+                underlay_ip: Ipv4Addr::new(198, 18, 0, 10 + n as u8),
+                pod_cidr: format!("10.{n}.0.0/16").parse().expect("cidr"),
+                gateway: Ipv4Addr::new(198, 18, n as u8, 1),
+            })
+            .collect(),
+        namespaces: (0..NAMESPACES)
+            .map(|ns| {
+                let name = format!("ns-{ns}");
+                let mut labels = ns_labels(ns);
+                labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+                Namespace { name, labels }
+            })
+            .collect(),
+        endpoints: (0..SERVICES)
+            .flat_map(|svc| {
+                (0..REPLICAS).map(move |r| endpoint(svc, svc_id(svc), svc * REPLICAS + r))
+            })
+            .collect(),
+        services: (0..SERVICES).map(service).collect(),
+        policies: policies.to_vec(),
+    }
 }
 
 /// The service a policy protects: `i * 37 mod 1000` spreads 250 policies over all namespaces.
@@ -360,56 +420,34 @@ fn checksum(rules: &[(strait_ebpf::PolicyKey, PolicyAction)]) -> u64 {
 }
 
 /// One build as the agent does it: engine, then kernel entries.
-struct Build {
-    engine: Duration,
-    compile: Duration,
-    entries: usize,
-}
-
-fn build_cached(policies: &[Policy], u: &Arc<Universe>, cache: &mut SelectorCache) -> Build {
-    let t0 = Instant::now();
-    let policies: Vec<Arc<Policy>> = policies.iter().cloned().map(Arc::new).collect();
-    let engine = Engine::build_cached(&policies, u.clone(), cache);
-    let t1 = Instant::now();
-    let kp = kernel::compile(&engine);
-    let t2 = Instant::now();
-    Build {
-        engine: t1 - t0,
-        compile: t2 - t1,
-        entries: black_box(kp.rules.len()),
-    }
-}
-
-fn total(b: &Build) -> Duration {
-    b.engine + b.compile
-}
-
-/// Median total time (and median engine / compile split) of `runs`.
-fn summarize(runs: &[Build]) -> (Duration, Duration, Duration) {
-    (
-        median(runs.iter().map(total).collect()),
-        median(runs.iter().map(|b| b.engine).collect()),
-        median(runs.iter().map(|b| b.compile).collect()),
-    )
+/// One measured incremental step: the model update, the node's compile, the kernel delta.
+fn step(
+    store: &Store,
+    compiler: &mut Compiler,
+    prev: &mut CompiledState,
+    update: Update,
+) -> (Duration, usize) {
+    let t = Instant::now();
+    store.apply(update);
+    let snap = store.current().expect("snapshot");
+    let next = compiler.compile(&snap).expect("compiles");
+    let delta = next.kernel.delta_from(&prev.kernel);
+    let took = t.elapsed();
+    let writes = delta.ipcache.len()
+        + delta.endpoints.len()
+        + delta.policed.len()
+        + delta.pairs.len()
+        + delta.services.len();
+    *prev = black_box(next);
+    (took, writes)
 }
 
 fn main() {
     let wall = Instant::now();
 
-    // Universe: 1,000 identities (deployments of 10 replicas), 10,000 pods, 20 namespaces.
-    let t = Instant::now();
-    let mut base = Universe::new(CLUSTER);
-    for svc in 0..SERVICES {
-        for r in 0..REPLICAS {
-            add_pod(&mut base, svc, svc_id(svc), svc * REPLICAS + r);
-        }
-    }
-    let universe_build = t.elapsed();
-
-    // Policies: YAML text first (not timed), then YAML → Value → Policy.
     let yamls: Vec<String> = (0..POLICIES).map(|i| policy_yaml(i, false)).collect();
     let t = Instant::now();
-    let mut policies: Vec<Policy> = yamls.iter().map(|y| parse_one(y)).collect();
+    let policies: Vec<Policy> = yamls.iter().map(|y| parse_one(y)).collect();
     let parse_time = t.elapsed();
     let rules: usize = policies
         .iter()
@@ -421,18 +459,6 @@ fn main() {
         .iter()
         .filter(|p| p.kind == strait::policy::PolicyKind::NetworkPolicy)
         .count();
-    base.add_cidrs(&policies);
-    let cidr_ids = base.cidr_entries().len();
-    let universe = Arc::new(base.clone());
-    println!(
-        "universe: {} pods, {} identities ({} endpoint, {} CIDR) in {} namespaces, built in {:.1} ms",
-        SERVICES * REPLICAS,
-        universe.len(),
-        SERVICES,
-        cidr_ids,
-        NAMESPACES,
-        ms(universe_build)
-    );
     println!(
         "parse: {} policies ({} NetworkPolicy), {} rules, {} KiB YAML in {:.1} ms ({:.1} us/policy)",
         policies.len(),
@@ -443,7 +469,24 @@ fn main() {
         parse_time.as_secs_f64() * 1e6 / policies.len() as f64
     );
 
-    // FULL: from scratch, cold selector cache each time.
+    // The model, as the store holds it.
+    let store = Store::new();
+    let t = Instant::now();
+    store.apply(Update::ReplaceCluster(state(&policies)));
+    let store_load = t.elapsed();
+    let snap = store.current().expect("snapshot");
+    let universe = Arc::new(Universe::from_model(&snap.model));
+    println!(
+        "model: {} pods, {} services, {} identities ({} endpoint) in {} namespaces on {NODES} nodes; store load {:.1} ms",
+        snap.model.endpoints.len(),
+        snap.model.services.len(),
+        universe.len(),
+        SERVICES,
+        NAMESPACES,
+        ms(store_load)
+    );
+
+    // Full policy build: engine + kernel entries of the whole cluster.
     let mut full_runs = Vec::new();
     let mut engine = None;
     let mut kp = None;
@@ -453,17 +496,15 @@ fn main() {
         let t1 = Instant::now();
         let k = kernel::compile(&e);
         let t2 = Instant::now();
-        full_runs.push(Build {
-            engine: t1 - t0,
-            compile: t2 - t1,
-            entries: k.rules.len(),
-        });
+        full_runs.push((t1 - t0, t2 - t1));
         engine = Some(e);
         kp = Some(k);
     }
     let engine = engine.expect("built");
     let kp = kp.expect("compiled");
-    let (full, full_engine, full_compile) = summarize(&full_runs);
+    let full_engine = median(full_runs.iter().map(|r| r.0).collect());
+    let full_kernel = median(full_runs.iter().map(|r| r.1).collect());
+    let full = median(full_runs.iter().map(|r| r.0 + r.1).collect());
     let count = |a: PolicyAction| kp.rules.iter().filter(|(_, x)| *x == a).count();
     let (allow, deny, proxy) = (
         count(PolicyAction::Allow),
@@ -479,14 +520,14 @@ fn main() {
     pairs.sort_unstable();
     pairs.dedup();
     println!(
-        "full: {:.1} ms = engine build {:.1} ms + kernel compile {:.1} ms (median of {})",
+        "full policy build: {:.1} ms = engine {:.1} ms + kernel entries {:.1} ms (median of {})",
         ms(full),
         ms(full_engine),
-        ms(full_compile),
+        ms(full_kernel),
         full_runs.len()
     );
     println!(
-        "full: {} subjects, {} policed identities, {} kernel entries ({} allow, {} proxy, {} deny) over {} identity pairs, checksum {checksum:016x}",
+        "full policy build: {} subjects, {} policed identities, {} kernel entries ({} allow, {} proxy, {} deny) over {} identity pairs, checksum {checksum:016x}",
         engine.subject_ids().len(),
         kp.policed.len(),
         kp.rules.len(),
@@ -495,101 +536,93 @@ fn main() {
         deny,
         pairs.len()
     );
-    if kp.rules.len() > 1_000_000 {
-        println!("WARNING: kernel entry count exceeds 1M");
-    }
 
-    // INCREMENTAL (a): one policy changed (one rule's peer and port), warm cache. Alternate the
-    // two versions so every build sees a real change.
-    let mut cache = SelectorCache::default();
-    build_cached(&policies, &universe, &mut cache);
-    let changed = 0usize;
-    let versions = [
-        policies[changed].clone(),
-        parse_one(&policy_yaml(changed as u32, true)),
-    ];
-    let mut runs = Vec::new();
-    for r in 0..REPEAT {
-        policies[changed] = versions[(r + 1) % 2].clone();
-        runs.push(build_cached(&policies, &universe, &mut cache));
+    // Full node compile: what a starting agent does.
+    let mut node_runs = Vec::new();
+    let mut compiled = None;
+    for _ in 0..3 {
+        let mut c = Compiler::new("node-1");
+        let t = Instant::now();
+        let out = c.compile(&snap).expect("compiles");
+        node_runs.push(t.elapsed());
+        compiled = Some((c, out));
     }
-    policies[changed] = versions[0].clone();
-    let (inc_policy, inc_policy_engine, inc_policy_compile) = summarize(&runs);
-    let inc_policy_entries = runs[0].entries;
-
-    // INCREMENTAL (b1): a new pod of an existing label set (identity gains an address).
-    build_cached(&policies, &universe, &mut cache);
-    let mut grown = base.clone();
-    add_pod(&mut grown, 7, svc_id(7), SERVICES * REPLICAS);
-    let grown = Arc::new(grown);
-    let mut runs = Vec::new();
-    for r in 0..REPEAT {
-        let u = if r.is_multiple_of(2) {
-            &grown
-        } else {
-            &universe
-        };
-        runs.push(build_cached(&policies, u, &mut cache));
-    }
-    let (inc_pod, inc_pod_engine, inc_pod_compile) = summarize(&runs);
-
-    // INCREMENTAL (b2): a pod with a new label set (a new identity: svc-1000 in ns-0).
-    build_cached(&policies, &universe, &mut cache);
-    let mut fresh = base.clone();
-    add_pod(
-        &mut fresh,
-        SERVICES,
-        svc_id(SERVICES),
-        SERVICES * REPLICAS + 1,
-    );
-    let fresh = Arc::new(fresh);
-    let mut runs = Vec::new();
-    for r in 0..REPEAT {
-        let u = if r.is_multiple_of(2) {
-            &fresh
-        } else {
-            &universe
-        };
-        runs.push(build_cached(&policies, u, &mut cache));
-    }
-    let (inc_ident, inc_ident_engine, inc_ident_compile) = summarize(&runs);
-    let inc_ident_entries = runs[0].entries;
-
-    let ratio = |d: Duration| d.as_secs_f64() / full.as_secs_f64();
-    for (what, d, e, c) in [
-        (
-            "one policy changed",
-            inc_policy,
-            inc_policy_engine,
-            inc_policy_compile,
-        ),
-        (
-            "one pod added, existing identity",
-            inc_pod,
-            inc_pod_engine,
-            inc_pod_compile,
-        ),
-        (
-            "one pod added, new identity",
-            inc_ident,
-            inc_ident_engine,
-            inc_ident_compile,
-        ),
-    ] {
-        println!(
-            "incremental ({what}): {:.1} ms = {:.2}x full (engine {:.1} ms + compile {:.1} ms, median of {REPEAT})",
-            ms(d),
-            ratio(d),
-            ms(e),
-            ms(c)
-        );
-    }
+    let node_full = median(node_runs);
+    let (mut compiler, mut prev) = compiled.expect("compiled");
     println!(
-        "incremental entries: policy changed {inc_policy_entries}, new identity {inc_ident_entries}"
+        "full node compile: {:.1} ms ({} kernel entries, {} ipcache entries, {} service frontends for node-1)",
+        ms(node_full),
+        prev.kernel.rule_count(),
+        prev.kernel.ipcache.len(),
+        prev.kernel.services.len()
     );
 
-    // Per-flow verdicts: half the flows are pairs the kernel has entries for (on a port the
-    // entry covers), half uniformly random identities on common ports.
+    // Incremental, end to end: update → compile → kernel delta.
+    let measure = |what: &str,
+                   updates: &mut dyn FnMut(usize) -> Update,
+                   compiler: &mut Compiler,
+                   prev: &mut CompiledState| {
+        let mut times = Vec::new();
+        let mut writes = 0;
+        for r in 0..REPEAT * 2 {
+            let (d, w) = step(&store, compiler, prev, updates(r));
+            times.push(d);
+            writes = writes.max(w);
+            assert!(!prev.stats.kernel_full, "{what}: recompiled everything");
+        }
+        let p50 = median(times.clone());
+        let max = times.iter().max().copied().unwrap_or_default();
+        println!(
+            "incremental ({what}): {:.2} ms median, {:.2} ms max over {} updates; up to {writes} map writes",
+            ms(p50),
+            ms(max),
+            times.len()
+        );
+        (p50, max)
+    };
+    let versions = [policies[0].clone(), parse_one(&policy_yaml(0, true))];
+    let inc_policy = measure(
+        "one policy changed",
+        &mut |r| Update::Upsert(Object::Policy(versions[(r + 1) % 2].clone())),
+        &mut compiler,
+        &mut prev,
+    );
+    let extra = endpoint(7, svc_id(7), SERVICES * REPLICAS);
+    let key = ObjectKey::Endpoint((extra.namespace.clone(), extra.name.clone()));
+    let inc_pod = measure(
+        "one pod added or removed, existing identity",
+        &mut |r| {
+            if r % 2 == 0 {
+                Update::Upsert(Object::Endpoint(extra.clone()))
+            } else {
+                Update::Delete(key.clone())
+            }
+        },
+        &mut compiler,
+        &mut prev,
+    );
+    let fresh = endpoint(SERVICES, svc_id(SERVICES), SERVICES * REPLICAS + 1);
+    let fresh_key = ObjectKey::Endpoint((fresh.namespace.clone(), fresh.name.clone()));
+    let inc_ident = measure(
+        "one pod added or removed, new identity",
+        &mut |r| {
+            if r % 2 == 0 {
+                Update::Upsert(Object::Endpoint(fresh.clone()))
+            } else {
+                Update::Delete(fresh_key.clone())
+            }
+        },
+        &mut compiler,
+        &mut prev,
+    );
+    let ratio = |d: Duration| d.as_secs_f64() / node_full.as_secs_f64();
+    println!(
+        "incremental vs full node compile: policy {:.3}x, pod {:.3}x, new identity {:.3}x",
+        ratio(inc_policy.0),
+        ratio(inc_pod.0),
+        ratio(inc_ident.0)
+    );
+
     let ids: Vec<u32> = universe.iter().map(|i| i.id).collect();
     let mut rng = Rng(0x5eed);
     let common_ports = [8080u16, 9090, 5432, 443, 53, 6379, 9050, 22];
@@ -657,7 +690,8 @@ fn main() {
         ("parse_ms", serde_json::json!(r3(ms(parse_time)))),
         ("full_ms", serde_json::json!(r3(ms(full)))),
         ("full_engine_ms", serde_json::json!(r3(ms(full_engine)))),
-        ("full_compile_ms", serde_json::json!(r3(ms(full_compile)))),
+        ("full_compile_ms", serde_json::json!(r3(ms(full_kernel)))),
+        ("full_node_ms", serde_json::json!(r3(ms(node_full)))),
         ("kernel_entries", serde_json::json!(kp.rules.len())),
         ("kernel_pairs", serde_json::json!(pairs.len())),
         (
@@ -665,14 +699,14 @@ fn main() {
             serde_json::json!(format!("{checksum:016x}")),
         ),
         ("policed", serde_json::json!(kp.policed.len())),
-        ("inc_policy_ms", serde_json::json!(r3(ms(inc_policy)))),
-        ("inc_policy_ratio", serde_json::json!(r3(ratio(inc_policy)))),
-        ("inc_pod_ms", serde_json::json!(r3(ms(inc_pod)))),
-        ("inc_pod_ratio", serde_json::json!(r3(ratio(inc_pod)))),
-        ("inc_identity_ms", serde_json::json!(r3(ms(inc_ident)))),
+        ("inc_policy_ms", serde_json::json!(r3(ms(inc_policy.0)))),
+        ("inc_policy_max_ms", serde_json::json!(r3(ms(inc_policy.1)))),
+        ("inc_pod_ms", serde_json::json!(r3(ms(inc_pod.0)))),
+        ("inc_pod_max_ms", serde_json::json!(r3(ms(inc_pod.1)))),
+        ("inc_identity_ms", serde_json::json!(r3(ms(inc_ident.0)))),
         (
-            "inc_identity_ratio",
-            serde_json::json!(r3(ratio(inc_ident))),
+            "inc_identity_max_ms",
+            serde_json::json!(r3(ms(inc_ident.1))),
         ),
         ("verdict_ns", serde_json::json!(r3(verdict_ns))),
         ("hashmap_ns", serde_json::json!(r3(map_ns))),

@@ -222,6 +222,16 @@ fn connect_and_tc_enforce_policy() {
     // Detaching: no tc program left on pod A's veth; idempotent.
     datapath.detach_pod_interface(LXC_A).unwrap();
     datapath.detach_pod_interface(LXC_A).unwrap();
+    // The kernel releases a link when its last reference goes, which it may defer a little
+    // under load: wait up to a second for the programs to leave the interface.
+    let detached = || {
+        tc_programs(&pods, LXC_A, TcAttachType::Ingress) == 0
+            && tc_programs(&pods, LXC_A, TcAttachType::Egress) == 0
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while !detached() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Ingress), 0);
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Egress), 0);
     assert_eq!(datapath.pod_interfaces(), [LXC_B]);
