@@ -112,7 +112,13 @@ impl Installer {
     /// in force. On error the previous revision stays reported.
     pub fn apply(&self, state: &CompiledState) -> Result<Installed, InstallError> {
         let mut attached = self.attached.lock();
-        for ifname in state.interfaces.difference(&attached.clone()) {
+        let new: Vec<String> = state
+            .interfaces
+            .iter()
+            .filter(|i| !attached.contains(*i))
+            .cloned()
+            .collect();
+        for ifname in &new {
             self.kernel
                 .attach(ifname)
                 .map_err(|source| InstallError::Attach {
@@ -132,7 +138,11 @@ impl Installer {
         // After a failure `installed` stays unknown: the next apply compares everything.
         let stats = result.map_err(|e| InstallError::Maps(Box::new(e)))?;
         *installed = Some(state.kernel.clone());
-        let gone: Vec<String> = attached.difference(&state.interfaces).cloned().collect();
+        let gone: Vec<String> = attached
+            .iter()
+            .filter(|i| !state.interfaces.contains(*i))
+            .cloned()
+            .collect();
         for ifname in gone {
             // The interface usually vanished with its pod; a failure here leaves nothing behind.
             if let Err(e) = self.kernel.detach(&ifname) {

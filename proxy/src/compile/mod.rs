@@ -16,6 +16,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imbl::OrdSet;
+
 pub use image::KernelImage;
 pub use tables::service_frontends;
 
@@ -24,7 +26,7 @@ use crate::model::{ClusterState, Model, NamespacedName, ObjectKey, Snapshot, Sto
 use crate::policy::engine::SelectorCache;
 use crate::policy::kernel::{KernelChanges, KernelCompiler};
 use crate::policy::{Engine, Policy, Universe};
-use crate::proxy::tables::ProxyTables;
+use crate::proxy::tables::{EndpointInfo, ProxyTables};
 
 /// A snapshot that cannot be compiled; the previous compiled state stays in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +72,7 @@ pub struct CompiledState {
     pub source_revision: u64,
     pub kernel: KernelImage,
     /// Host-side interfaces of this node's pods, where the tc programs go.
-    pub interfaces: BTreeSet<String>,
+    pub interfaces: OrdSet<String>,
     pub proxy: Arc<ProxyTables>,
     pub dns: Arc<DnsTable>,
     pub stats: CompileStats,
@@ -121,7 +123,8 @@ impl Compiler {
             .as_ref()
             .filter(|l| l.model.cluster == model.cluster)
             .and_then(|l| snap.changes_since(l.revision));
-        validate(model, changes.as_ref())?;
+        let owners = self.last.as_ref().map(|l| &l.state.proxy.endpoints);
+        validate(model, changes.as_ref(), owners)?;
         let mut state = match (changes, self.last.take()) {
             (Some(keys), Some(last)) => self.incremental(snap, last, &keys),
             (_, _) => self.full(snap),
@@ -184,7 +187,22 @@ impl Compiler {
         } else {
             last.engine.clone()
         };
-        let changes = self.kernel.update(&engine, &last.engine, &changed_ids);
+        // Kernel entries see an identity through its named ports and through the selectors it
+        // matches; a pod joining an identity changes neither.
+        let kernel_ids: BTreeSet<u32> = changed_ids
+            .iter()
+            .copied()
+            .filter(|id| match (last.universe.get(*id), universe.get(*id)) {
+                (Some(a), Some(b)) => {
+                    a.ports != b.ports
+                        || a.labels != b.labels
+                        || a.kind != b.kind
+                        || self.selectors.flipped().contains(id)
+                }
+                _ => true,
+            })
+            .collect();
+        let changes = self.kernel.update(&engine, &last.engine, &kernel_ids);
         let ctx = Delta {
             prev: &last.model,
             model,
@@ -202,11 +220,21 @@ impl Compiler {
             engine.clone(),
         ));
         let dns = Arc::new(last.state.dns.updated(&last.model, model, keys));
-        let interfaces = if keys.iter().any(|k| matches!(k, ObjectKey::Endpoint(_))) {
-            interfaces(model, &self.node)
-        } else {
-            last.state.interfaces.clone()
-        };
+        let mut interfaces = last.state.interfaces.clone();
+        for k in ctx.endpoints() {
+            let local_if = |m: &Model| {
+                m.endpoints
+                    .get(k)
+                    .filter(|e| e.node == self.node)
+                    .and_then(|e| e.host_ifname.clone())
+            };
+            if let Some(old) = local_if(&last.model) {
+                interfaces.remove(&old);
+            }
+            if let Some(new) = local_if(model) {
+                interfaces.insert(new);
+            }
+        }
         let stats = CompileStats {
             full: false,
             changed_objects: keys.len(),
@@ -225,7 +253,7 @@ impl Compiler {
         universe: Arc<Universe>,
         engine: Arc<Engine>,
         kernel: KernelImage,
-        interfaces: BTreeSet<String>,
+        interfaces: OrdSet<String>,
         proxy: Arc<ProxyTables>,
         dns: Arc<DnsTable>,
         stats: CompileStats,
@@ -302,7 +330,7 @@ fn stats(
     }
 }
 
-fn interfaces(model: &Model, node: &str) -> BTreeSet<String> {
+fn interfaces(model: &Model, node: &str) -> OrdSet<String> {
     model
         .endpoints
         .values()
@@ -313,8 +341,13 @@ fn interfaces(model: &Model, node: &str) -> BTreeSet<String> {
 
 /// Refuses models the data path cannot represent: two endpoints sharing an address, an
 /// endpoint on a node the cluster does not have. With `changes`, only changed endpoints are
-/// checked (the rest were checked when they changed).
-fn validate(model: &Model, changes: Option<&BTreeSet<ObjectKey>>) -> Result<(), CompileError> {
+/// checked (the rest were checked when they changed), against `owners`: who had each address
+/// in the last compiled tables.
+fn validate(
+    model: &Model,
+    changes: Option<&BTreeSet<ObjectKey>>,
+    owners: Option<&imbl::HashMap<Ipv4Addr, Arc<EndpointInfo>>>,
+) -> Result<(), CompileError> {
     let name = |k: &NamespacedName| format!("{}/{}", k.0, k.1);
     let check_node = |k: &NamespacedName, node: &str| {
         if model.nodes.is_empty() || model.nodes.contains_key(node) {
@@ -326,21 +359,15 @@ fn validate(model: &Model, changes: Option<&BTreeSet<ObjectKey>>) -> Result<(), 
             })
         }
     };
-    match changes {
-        None => {
-            let mut seen: BTreeMap<Ipv4Addr, &NamespacedName> = BTreeMap::new();
-            for (k, e) in &model.endpoints {
-                check_node(k, &e.node)?;
-                if let Some(first) = seen.insert(e.ip, k) {
-                    return Err(CompileError::DuplicateAddress {
-                        ip: e.ip,
-                        first: name(first),
-                        second: name(k),
-                    });
-                }
-            }
-        }
-        Some(keys) => {
+    let mut seen: BTreeMap<Ipv4Addr, &NamespacedName> = BTreeMap::new();
+    let duplicate =
+        |ip, first: &NamespacedName, second: &NamespacedName| CompileError::DuplicateAddress {
+            ip,
+            first: name(first),
+            second: name(second),
+        };
+    match (changes, owners) {
+        (Some(keys), Some(owners)) => {
             for key in keys {
                 let ObjectKey::Endpoint(k) = key else {
                     continue;
@@ -349,16 +376,23 @@ fn validate(model: &Model, changes: Option<&BTreeSet<ObjectKey>>) -> Result<(), 
                     continue;
                 };
                 check_node(k, &e.node)?;
-                if let Some((other, _)) = model
-                    .endpoints
-                    .iter()
-                    .find(|(ok, oe)| oe.ip == e.ip && *ok != k)
-                {
-                    return Err(CompileError::DuplicateAddress {
-                        ip: e.ip,
-                        first: name(other),
-                        second: name(k),
-                    });
+                if let Some(first) = seen.insert(e.ip, k) {
+                    return Err(duplicate(e.ip, first, k));
+                }
+                // The address's owner as last compiled, if it still has it and is another pod.
+                if let Some(owner) = owners.get(&e.ip) {
+                    let other = (owner.namespace.clone(), owner.name.clone());
+                    if &other != k && model.endpoints.get(&other).is_some_and(|o| o.ip == e.ip) {
+                        return Err(duplicate(e.ip, &other, k));
+                    }
+                }
+            }
+        }
+        _ => {
+            for (k, e) in &model.endpoints {
+                check_node(k, &e.node)?;
+                if let Some(first) = seen.insert(e.ip, k) {
+                    return Err(duplicate(e.ip, first, k));
                 }
             }
         }

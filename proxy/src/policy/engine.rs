@@ -204,8 +204,12 @@ pub struct SelectorCache {
     sets: HashMap<CacheKey, Arc<HashSet<u32>>>,
     /// Keys whose set changed in the last sync.
     dirty: HashSet<CacheKey>,
+    /// Identities that entered or left some set in the last sync.
+    flipped: HashSet<u32>,
     /// Policies resolved by an earlier build, by kind and key.
     policies: HashMap<(super::PolicyKind, String), Arc<Resolved>>,
+    /// The subjects of the last build.
+    subjects: Option<Arc<HashMap<u32, Arc<SubjectPolicy>>>>,
     /// Cluster name the sets were computed for (entity `cluster` depends on it).
     cluster: String,
 }
@@ -240,10 +244,12 @@ impl SelectorCache {
     /// Brings every cached set up to date with `u`, looking only at identities that changed.
     fn sync(&mut self, u: &Universe) {
         self.dirty.clear();
+        self.flipped.clear();
         if self.cluster != u.local_cluster {
             self.sets.clear();
             self.seen.clear();
             self.policies.clear();
+            self.subjects = None;
             self.cluster = u.local_cluster.clone();
         }
         let mut changed: Vec<Arc<IdentityInfo>> = Vec::new();
@@ -294,18 +300,28 @@ impl SelectorCache {
             }
             let set = Arc::make_mut(set);
             for id in &removed {
-                set.remove(id);
+                if set.remove(id) {
+                    self.flipped.insert(*id);
+                }
             }
             for info in &changed {
-                if key_matches(key, info, &u.local_cluster) {
-                    set.insert(info.id);
+                let flipped = if key_matches(key, info, &u.local_cluster) {
+                    set.insert(info.id)
                 } else {
-                    set.remove(&info.id);
+                    set.remove(&info.id)
+                };
+                if flipped {
+                    self.flipped.insert(info.id);
                 }
             }
             let _ = before;
             self.dirty.insert(key.clone());
         }
+    }
+
+    /// Identities that entered or left some selector's set in the last build.
+    pub fn flipped(&self) -> &HashSet<u32> {
+        &self.flipped
     }
 
     fn get(&mut self, key: CacheKey, u: &Universe) -> Arc<HashSet<u32>> {
@@ -322,16 +338,6 @@ impl SelectorCache {
         set
     }
 
-    /// Drops sets and policies no build used last.
-    fn retain(
-        &mut self,
-        used: &HashSet<CacheKey>,
-        policies: &HashSet<(super::PolicyKind, String)>,
-    ) {
-        self.sets.retain(|k, _| used.contains(k));
-        self.policies.retain(|k, _| policies.contains(k));
-    }
-
     /// `p` resolved: from an earlier build when neither it nor its selector sets changed; else
     /// again, keeping rule names and ports (and the peer sets whose selectors did not change)
     /// of the earlier resolution, so consumers can tell that only peer sets moved.
@@ -344,13 +350,14 @@ impl SelectorCache {
         if let Some(r) = &earlier
             && same_policy
         {
-            let stale = r.specs.iter().any(|s| {
-                self.dirty.contains(&s.subject)
-                    || s.entries
-                        .iter()
-                        .flat_map(|(_, _, keys)| keys.iter().flatten())
-                        .any(|k| self.dirty.contains(k))
-            });
+            let stale = !self.dirty.is_empty()
+                && r.specs.iter().any(|s| {
+                    self.dirty.contains(&s.subject)
+                        || s.entries
+                            .iter()
+                            .flat_map(|(_, _, keys)| keys.iter().flatten())
+                            .any(|k| self.dirty.contains(k))
+                });
             if !stale {
                 return r.clone();
             }
@@ -470,7 +477,47 @@ fn peer_matches(p: &Peer, info: &IdentityInfo, local_cluster: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub universe: Arc<Universe>,
-    pub(crate) subjects: HashMap<u32, SubjectPolicy>,
+    /// Per identity; shared between builds when unchanged.
+    pub(crate) subjects: Arc<HashMap<u32, Arc<SubjectPolicy>>>,
+}
+
+/// Each subject's rules from `resolved` (in policy order); with `only`, that subject's alone.
+fn assemble(resolved: &[Arc<Resolved>], only: Option<u32>) -> HashMap<u32, Arc<SubjectPolicy>> {
+    let mut subjects: HashMap<u32, SubjectPolicy> = HashMap::new();
+    for r in resolved {
+        for spec in &r.specs {
+            let mut add = |id: u32| {
+                let sp = subjects.entry(id).or_default();
+                for (dd, has, dp) in [
+                    (spec.default_deny_ingress, spec.has_ingress, &mut sp.ingress),
+                    (spec.default_deny_egress, spec.has_egress, &mut sp.egress),
+                ] {
+                    if dd || has {
+                        dp.enforced = true;
+                        dp.default_deny |= dd;
+                        if !dp.selected_by.contains(&r.name) {
+                            dp.selected_by.insert(r.name.clone());
+                        }
+                    }
+                }
+                for (dir, e, _) in &spec.entries {
+                    match dir {
+                        Direction::Ingress => sp.ingress.entries.push(e.clone()),
+                        Direction::Egress => sp.egress.entries.push(e.clone()),
+                    }
+                }
+            };
+            match only {
+                Some(id) if spec.selected.contains(&id) => add(id),
+                Some(_) => {}
+                None => spec.selected.iter().for_each(|id| add(*id)),
+            }
+        }
+    }
+    subjects
+        .into_iter()
+        .map(|(id, sp)| (id, Arc::new(sp)))
+        .collect()
 }
 
 impl Engine {
@@ -481,51 +528,79 @@ impl Engine {
     }
 
     /// Resolves `policies`, reusing (and updating) selector sets and policies resolved by
-    /// earlier builds.
+    /// earlier builds. Subjects no changed policy selects keep their (shared) rules.
     pub fn build_cached(
         policies: &[Arc<Policy>],
         universe: Arc<Universe>,
         cache: &mut SelectorCache,
     ) -> Self {
         cache.sync(&universe);
-        let mut used = HashSet::new();
-        let mut used_policies = HashSet::new();
-        let mut subjects: HashMap<u32, SubjectPolicy> = HashMap::new();
+        let mut ids = HashSet::with_capacity(policies.len());
+        let mut resolved = Vec::with_capacity(policies.len());
+        // Subjects a new, changed or removed policy selects (before or after) need new rules.
+        let mut affected: HashSet<u32> = HashSet::new();
+        let mut touched = 0usize;
         for p in policies {
-            let resolved = cache.resolve(p, &universe);
-            used_policies.insert((p.kind, p.key()));
-            for spec in &resolved.specs {
-                used.insert(spec.subject.clone());
-                used.extend(
-                    spec.entries
-                        .iter()
-                        .flat_map(|(_, _, keys)| keys.iter().flatten())
-                        .cloned(),
-                );
-                for id in spec.selected.iter() {
-                    let sp = subjects.entry(*id).or_default();
-                    for (dd, has, dp) in [
-                        (spec.default_deny_ingress, spec.has_ingress, &mut sp.ingress),
-                        (spec.default_deny_egress, spec.has_egress, &mut sp.egress),
-                    ] {
-                        if dd || has {
-                            dp.enforced = true;
-                            dp.default_deny |= dd;
-                            if !dp.selected_by.contains(&resolved.name) {
-                                dp.selected_by.insert(resolved.name.clone());
-                            }
-                        }
-                    }
-                    for (dir, e, _) in &spec.entries {
-                        match dir {
-                            Direction::Ingress => sp.ingress.entries.push(e.clone()),
-                            Direction::Egress => sp.egress.entries.push(e.clone()),
-                        }
-                    }
+            let id = (p.kind, p.key());
+            let before = cache.policies.get(&id).cloned();
+            let r = cache.resolve(p, &universe);
+            if !before.as_ref().is_some_and(|b| Arc::ptr_eq(b, &r)) {
+                touched += 1;
+                for old in before.iter().chain([&r]) {
+                    affected.extend(old.specs.iter().flat_map(|s| s.selected.iter()));
                 }
             }
+            ids.insert(id);
+            resolved.push(r);
         }
-        cache.retain(&used, &used_policies);
+        let gone: Vec<_> = cache
+            .policies
+            .keys()
+            .filter(|k| !ids.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(old) = cache.policies.remove(&k) {
+                touched += 1;
+                affected.extend(old.specs.iter().flat_map(|s| s.selected.iter()));
+            }
+        }
+        if touched > 0 {
+            // Selector sets no policy uses any more go.
+            let mut used = HashSet::new();
+            for r in &resolved {
+                for spec in &r.specs {
+                    used.insert(spec.subject.clone());
+                    used.extend(
+                        spec.entries
+                            .iter()
+                            .flat_map(|(_, _, keys)| keys.iter().flatten())
+                            .cloned(),
+                    );
+                }
+            }
+            cache.sets.retain(|k, _| used.contains(k));
+        }
+        let reuse = cache.subjects.as_ref().filter(|prev| {
+            !prev.is_empty()
+                && affected.len() * 4 <= prev.len()
+                && touched * 4 <= resolved.len().max(4)
+        });
+        let subjects = match reuse {
+            Some(prev) if touched == 0 => prev.clone(),
+            Some(prev) => {
+                let mut subjects = (**prev).clone();
+                for id in affected {
+                    match assemble(&resolved, Some(id)).remove(&id) {
+                        Some(sp) => subjects.insert(id, sp),
+                        None => subjects.remove(&id),
+                    };
+                }
+                Arc::new(subjects)
+            }
+            None => Arc::new(assemble(&resolved, None)),
+        };
+        cache.subjects = Some(subjects.clone());
         Self { universe, subjects }
     }
 
@@ -534,8 +609,15 @@ impl Engine {
     /// information changed, and the kernel compiler recompiles those anyway.)
     pub fn changed_subjects(&self, prev: &Engine) -> BTreeSet<u32> {
         let mut out = BTreeSet::new();
-        for (id, sp) in &self.subjects {
-            if !prev.subjects.get(id).is_some_and(|old| old.same_shape(sp)) {
+        if Arc::ptr_eq(&self.subjects, &prev.subjects) {
+            return out;
+        }
+        for (id, sp) in self.subjects.iter() {
+            if !prev
+                .subjects
+                .get(id)
+                .is_some_and(|old| Arc::ptr_eq(old, sp) || old.same_shape(sp))
+            {
                 out.insert(*id);
             }
         }
@@ -549,7 +631,7 @@ impl Engine {
 
     /// What is in force for identity `id` (`None`: no policy selects it).
     pub fn subject(&self, id: u32) -> Option<&SubjectPolicy> {
-        self.subjects.get(&id)
+        self.subjects.get(&id).map(|s| &**s)
     }
 
     /// Identities selected by some policy, sorted.
