@@ -90,7 +90,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
 
-    let flows = Arc::new(FlowRing::new(cfg.flow_ring_capacity));
+    let flows =
+        Arc::new(FlowRing::new(cfg.flow_ring_capacity).observed_by(crate::metrics::FlowMetrics));
     let proxy = Arc::new(Proxy::new(
         ProxyTables::empty(
             ClusterInfo {
@@ -181,7 +182,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             loop {
                 match drops.next().await {
                     Ok(ev) => {
-                        let flow = crate::flows::kernel::flow_from_drop(&ev, &proxy.tables());
+                        let flow = crate::proxy::drops::flow_from_drop(&ev, &proxy.tables());
                         proxy.flows().record(flow);
                     }
                     Err(e) => {

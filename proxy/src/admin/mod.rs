@@ -4,12 +4,11 @@
 //! Listeners are bound by [`Admin::bind`] before anything is served, so a bad path or a busy port
 //! fails startup instead of the first request (as linkerd and ztunnel do).
 
-mod query;
 mod routes;
 #[cfg(test)]
 mod tests;
 
-pub use query::{FlowsQuery, QueryError};
+pub use crate::flows::{FlowsQuery, QueryError};
 
 use std::fmt;
 use std::io;

@@ -17,8 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use super::{FlowEvent, FlowRecord};
-use crate::admin::FlowsQuery;
+use super::{FlowEvent, FlowRecord, FlowsQuery};
 
 /// Longest NDJSON line accepted; a flow record is well under a kilobyte.
 const MAX_LINE: usize = 1 << 20;

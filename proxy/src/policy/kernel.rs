@@ -15,9 +15,10 @@ use strait_ebpf::{PolicyAction, PolicyKey};
 use super::engine::{DirPolicy, Engine};
 use super::model::PortSel;
 use crate::identity::reserved;
+use strait_ebpf::abi::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Protocols the kernel distinguishes for port rules.
-const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+const PORT_PROTOCOLS: [u8; 3] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP];
 
 /// A protocol (0 = any, then always every port) and port interval; `l7` when HTTP rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
