@@ -92,17 +92,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
     let flows =
         Arc::new(FlowRing::new(cfg.flow_ring_capacity).observed_by(crate::metrics::FlowMetrics));
-    let proxy = Arc::new(Proxy::new(
-        ProxyTables::empty(
-            ClusterInfo {
-                name: cfg.cluster.clone(),
-                id: 0,
-            },
-            cfg.node.clone(),
-        ),
-        flows.clone(),
-        Arc::new(KernelOriginalDst(datapath.clone())),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            ProxyTables::empty(
+                ClusterInfo {
+                    name: cfg.cluster.clone(),
+                    id: 0,
+                },
+                cfg.node.clone(),
+            ),
+            flows.clone(),
+            Arc::new(KernelOriginalDst(datapath.clone())),
+        )
+        .rejudge_on_update(cfg.rejudge_on_update),
+    );
     let installer = Arc::new(Installer::new(datapath.clone()));
     let store = Arc::new(Store::new());
     let ready = Arc::new(AtomicBool::new(false));
