@@ -62,7 +62,7 @@ fn http_flow(template: &FlowRecord) -> FlowRecord {
     let mut f = template.clone();
     f.time = std::time::SystemTime::now();
     f.protocol = "HTTP/1.1".into();
-    f.decided_by = Some("proxy".into());
+    f.decided_by = Some(strait::flows::DecidedBy::Proxy);
     f.http = Some(HttpFlow {
         method: "GET".into(),
         path: "/public/items?page=2".into(),
@@ -84,7 +84,8 @@ fn pct(part: f64, whole: Duration) -> f64 {
 fn main() {
     let started = Instant::now();
     strait::metrics::install(strait::metrics::Options::default()).unwrap();
-    let ring = FlowRing::new(8192);
+    // Metrics subscribe to the ring as the agent wires them.
+    let ring = FlowRing::new(8192).observed_by(strait::metrics::FlowMetrics);
     let src = peer("demo", "frontend-a29cd-x1", "frontend", 40312);
     let dst = peer("demo", "backend-8eeac-k2", "backend", 8080);
     let template = connection_flow(&src, &dst, 40312);

@@ -1,6 +1,6 @@
 //! Policy compilation at scale: 10,000 endpoints (1,000 identities in 20 namespaces, 1,000
-//! services) × 1,000 rules (250 policies × 4 rules). Measures parsing; a full policy build (engine
-//! + kernel entries) and a full node compile (everything an agent installs); the incremental
+//! services) × 1,000 rules (250 policies × 4 rules). Measures parsing; a full policy build (the
+//! engine and kernel entries) and a full node compile (everything an agent installs); the incremental
 //! path end to end — one object changed in the model store, the node's compile, and the kernel
 //! map delta the installer would write — for a policy change and for pods coming and going; and
 //! the per-flow verdict cost against a plain hash map lookup.

@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use strait::flows::{Direction, FlowRecord, Verdict};
+use strait::flows::{DecidedBy, Direction, DropReason, FlowRecord, Verdict};
 use support::*;
 
 fn observe_json(lab: &TestLab, args: &[&str]) -> Vec<FlowRecord> {
@@ -64,7 +64,7 @@ fn observe_returns_exactly_the_drops_with_every_field() {
     while lab
         .flows()
         .iter()
-        .filter(|f| f.decided_by.as_deref() == Some("kernel"))
+        .filter(|f| f.decided_by == Some(DecidedBy::Kernel))
         .count()
         < DENIED_CONNECT
     {
@@ -82,7 +82,7 @@ fn observe_returns_exactly_the_drops_with_every_field() {
     assert!(drops.windows(2).all(|w| w[0].time <= w[1].time));
     let by_layer: BTreeMap<&str, Vec<&FlowRecord>> =
         drops.iter().fold(BTreeMap::new(), |mut m, f| {
-            m.entry(f.decided_by.as_deref().unwrap_or("?"))
+            m.entry(f.decided_by.map_or("?", |d| d.as_str()))
                 .or_default()
                 .push(f);
             m
@@ -91,7 +91,7 @@ fn observe_returns_exactly_the_drops_with_every_field() {
     assert_eq!(by_layer.get("kernel").map(Vec::len), Some(DENIED_CONNECT));
     for f in &drops {
         assert_eq!(f.verdict, Verdict::Dropped);
-        assert_eq!(f.drop_reason.as_deref(), Some("POLICY_DENIED"));
+        assert_eq!(f.drop_reason, Some(DropReason::PolicyDenied));
         assert_eq!(f.cluster, "c1");
         assert_eq!(f.node, "node-2", "recorded on the source node");
         assert_eq!(f.direction, Direction::Egress);
@@ -156,6 +156,6 @@ fn observe_returns_exactly_the_drops_with_every_field() {
         assert_eq!(http.status, Some(200));
         assert!(http.path.starts_with("/public/"));
         assert!(http.latency_us > 0);
-        assert_eq!(f.decided_by.as_deref(), Some("proxy"));
+        assert_eq!(f.decided_by, Some(DecidedBy::Proxy));
     }
 }

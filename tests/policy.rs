@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use strait::flows::Verdict;
+use strait::flows::{DecidedBy, DropReason, Verdict};
 use support::*;
 
 fn lab_with_app(test: &str) -> TestLab {
@@ -45,8 +45,8 @@ fn allow_frontend_to_backend_as_in_the_cilium_tutorial() {
     let drop = lab.wait_flow("DROPPED from other", |f| {
         f.verdict == Verdict::Dropped && f.source.pod == "other"
     });
-    assert_eq!(drop.drop_reason.as_deref(), Some("POLICY_DENIED"));
-    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
+    assert_eq!(drop.drop_reason, Some(DropReason::PolicyDenied));
+    assert_eq!(drop.decided_by, Some(DecidedBy::Kernel));
     assert_eq!(drop.destination.pod, "backend");
     assert_eq!(drop.source.namespace, "demo");
     let out = lab.strait(&[
@@ -188,7 +188,7 @@ spec:
             .is_some_and(|h| h.path == "/private" && h.status == Some(403))
     });
     assert_eq!(f.verdict, Verdict::Dropped);
-    assert_eq!(f.decided_by.as_deref(), Some("proxy"));
+    assert_eq!(f.decided_by, Some(DecidedBy::Proxy));
     assert!(!f.policies.is_empty());
 }
 
@@ -297,7 +297,7 @@ spec:
     let drop = lab.wait_flow("UDP drop", |f| {
         f.verdict == Verdict::Dropped && f.protocol == "UDP" && f.source.pod == "other"
     });
-    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
+    assert_eq!(drop.decided_by, Some(DecidedBy::Kernel));
     assert_eq!(drop.destination.port, 5353);
 }
 
@@ -459,10 +459,10 @@ spec:
     let f = lab.wait_flow("proxied CIDR flow", |f| {
         f.source.pod == "frontend" && f.destination.ip == Some("192.0.2.5".parse().unwrap())
     });
-    assert_ne!(f.drop_reason.as_deref(), Some("POLICY_DENIED"));
+    assert_ne!(f.drop_reason, Some(DropReason::PolicyDenied));
     let drop = lab.wait_flow("CIDR drop", |f| {
         f.verdict == Verdict::Dropped && f.destination.ip == Some("192.0.2.200".parse().unwrap())
     });
     assert_eq!(drop.source.pod, "frontend");
-    assert_eq!(drop.decided_by.as_deref(), Some("kernel"));
+    assert_eq!(drop.decided_by, Some(DecidedBy::Kernel));
 }

@@ -422,11 +422,11 @@ impl Maps {
         }
     }
 
-    /// Drops per reason since the maps were created, summed over CPUs (every reason but `None`).
+    /// Drops per reason since the maps were created, summed over CPUs (every reason the kernel
+    /// reports).
     pub(crate) fn drop_counters(&self) -> Result<Vec<(DropReason, u64)>, Error> {
-        DropReason::ALL
+        DropReason::KERNEL
             .into_iter()
-            .filter(|r| *r != DropReason::None)
             .map(|reason| {
                 let per_cpu = self
                     .drops

@@ -88,18 +88,22 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
 
-    let flows = Arc::new(FlowRing::new(cfg.flow_ring_capacity));
-    let proxy = Arc::new(Proxy::new(
-        ProxyTables::empty(
-            ClusterInfo {
-                name: cfg.cluster.clone(),
-                id: 0,
-            },
-            cfg.node.clone(),
-        ),
-        flows.clone(),
-        Arc::new(KernelOriginalDst(datapath.clone())),
-    ));
+    let flows =
+        Arc::new(FlowRing::new(cfg.flow_ring_capacity).observed_by(crate::metrics::FlowMetrics));
+    let proxy = Arc::new(
+        Proxy::new(
+            ProxyTables::empty(
+                ClusterInfo {
+                    name: cfg.cluster.clone(),
+                    id: 0,
+                },
+                cfg.node.clone(),
+            ),
+            flows.clone(),
+            Arc::new(KernelOriginalDst(datapath.clone())),
+        )
+        .rejudge_on_update(cfg.rejudge_on_update),
+    );
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
     let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));
     let store = Arc::new(Store::new());
@@ -178,7 +182,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             loop {
                 match drops.next().await {
                     Ok(ev) => {
-                        let flow = crate::flows::kernel::flow_from_drop(&ev, &proxy.tables());
+                        let flow = crate::proxy::drops::flow_from_drop(&ev, &proxy.tables());
                         proxy.flows().record(flow);
                     }
                     Err(e) => {

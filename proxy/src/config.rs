@@ -42,6 +42,10 @@ pub struct AgentConfig {
     /// Label HTTP metrics with pod names too (unbounded cardinality; off by default).
     #[serde(default)]
     pub metrics_pod_labels: bool,
+    /// Close live proxied connections a new policy revision denies. Off by default: until the
+    /// kernel fast path lands, established connections are never cut by a policy change.
+    #[serde(default)]
+    pub rejudge_on_update: bool,
 }
 
 fn default_ring() -> usize {

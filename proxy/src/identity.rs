@@ -9,19 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Labels;
 
-/// Reserved identities, numbered as Cilium numbers them.
-pub mod reserved {
-    /// The local node's host network.
-    pub const HOST: u32 = 1;
-    /// Anything outside the cluster.
-    pub const WORLD: u32 = 2;
-    /// Health-check endpoints.
-    pub const HEALTH: u32 = 4;
-    /// Endpoints whose identity is not resolved yet.
-    pub const INIT: u32 = 5;
-    /// Other nodes of the cluster.
-    pub const REMOTE_NODE: u32 = 6;
-}
+/// Reserved identities, numbered as Cilium numbers them: the list in `strait_abi.h`
+/// (`HOST`, `WORLD`, `HEALTH`, `INIT`, `REMOTE_NODE`, and `NAMES` with their entity names).
+pub use strait_ebpf::abi::reserved_identity as reserved;
 
 /// First identity number handed to workloads within a cluster.
 const FIRST_LOCAL: u32 = 256;

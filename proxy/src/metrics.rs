@@ -1,7 +1,8 @@
 //! Prometheus metrics through the `metrics` facade, rendered on the agent's admin `/metrics`.
 //!
-//! Flow-derived metrics are counted where flows are recorded ([`record_flow`]), so every path
-//! (proxy connections, L7 requests, kernel drops) is counted once and the same way. Gauges that
+//! Flow-derived metrics are counted from each recorded flow ([`record_flow`], subscribed to the
+//! agent's flow ring as [`FlowMetrics`]), so every path (proxy connections, L7 requests, kernel
+//! drops) is counted once and the same way. Gauges that
 //! mirror kernel state are refreshed on each scrape. Labels are bounded: verdicts, protocols,
 //! reasons, namespaces and workloads; pod names only when switched on ([`Options::pod_labels`]),
 //! never IP addresses.
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::flows::{FlowPeer, FlowRecord, Verdict, verdict_name};
+use crate::flows::{FlowObserver, FlowPeer, FlowRecord, Verdict, verdict_name};
 
 /// Metric names, so tests and the Grafana dashboard refer to one list.
 pub mod names {
@@ -225,8 +226,8 @@ pub fn record_flow(f: &FlowRecord) {
     if f.verdict == Verdict::Dropped {
         counter!(
             DROPS,
-            "reason" => f.drop_reason.clone().unwrap_or_else(|| "UNKNOWN".into()),
-            "decided_by" => f.decided_by.clone().unwrap_or_else(|| "proxy".into())
+            "reason" => f.drop_reason.map_or("UNKNOWN", |r| r.as_str()),
+            "decided_by" => f.decided_by.map_or("proxy", |d| d.as_str())
         )
         .increment(1);
     }
@@ -261,6 +262,16 @@ pub fn record_flow(f: &FlowRecord) {
                 counter!(BYTES, "direction" => "received").increment(f.bytes_received);
             }
         }
+    }
+}
+
+/// Counts every flow recorded in the ring it observes ([`crate::flows::FlowRing::observed_by`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowMetrics;
+
+impl FlowObserver for FlowMetrics {
+    fn observe(&self, flow: &FlowRecord) {
+        record_flow(flow);
     }
 }
 
@@ -316,8 +327,8 @@ mod tests {
             record_flow(&f);
             let mut d = flow();
             d.verdict = Verdict::Dropped;
-            d.drop_reason = Some("POLICY_DENIED".into());
-            d.decided_by = Some("kernel".into());
+            d.drop_reason = Some(crate::flows::DropReason::PolicyDenied);
+            d.decided_by = Some(crate::flows::DecidedBy::Kernel);
             record_flow(&d);
             for (status, method) in [(200, "GET"), (403, "GET"), (200, "BREW")] {
                 let mut h = flow();

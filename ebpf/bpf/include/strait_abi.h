@@ -68,15 +68,41 @@ struct strait_sock_key {
 };
 _Static_assert(sizeof(struct strait_sock_key) == 8, "strait_sock_key layout");
 
-/* --- IP protocol numbers (the uapi headers need libc for these) */
-#define STRAIT_IPPROTO_ICMP	1
-#define STRAIT_IPPROTO_TCP	6
-#define STRAIT_IPPROTO_UDP	17
-#define STRAIT_IPPROTO_SCTP	132
+/*
+ * IP protocol numbers (the uapi headers need libc for these), as an X-macro
+ * list: X(name, number). ebpf/build.rs reads this list and generates the Rust
+ * side (`IPPROTO_*` constants and protocol names), so a protocol is added here
+ * and nowhere else.
+ */
+#define STRAIT_IP_PROTOCOLS(X) \
+	X(ICMP, 1) \
+	X(TCP, 6) \
+	X(UDP, 17) \
+	X(SCTP, 132)
 
-/* --- reserved identities */
-#define STRAIT_ID_HOST		1	/* the node itself: gateway address, proxy, DNS */
-#define STRAIT_ID_WORLD		2	/* any address strait_ipcache does not know */
+enum strait_ipproto {
+#define STRAIT_IPPROTO_ENUM(name, number) STRAIT_IPPROTO_##name = number,
+	STRAIT_IP_PROTOCOLS(STRAIT_IPPROTO_ENUM)
+#undef STRAIT_IPPROTO_ENUM
+};
+
+/*
+ * Reserved identities, numbered as Cilium numbers them: X(name, number,
+ * "policy entity name"). ebpf/build.rs generates the Rust constants and names
+ * from this list.
+ */
+#define STRAIT_RESERVED_IDENTITIES(X) \
+	X(HOST, 1, "host")		/* the node itself: gateway address, proxy, DNS */ \
+	X(WORLD, 2, "world")		/* any address strait_ipcache does not know */ \
+	X(HEALTH, 4, "health")		/* health-check endpoints */ \
+	X(INIT, 5, "init")		/* endpoints whose identity is not resolved yet */ \
+	X(REMOTE_NODE, 6, "remote-node")	/* other nodes of the cluster */
+
+enum strait_reserved_identity {
+#define STRAIT_ID_ENUM(name, number, entity) STRAIT_ID_##name = number,
+	STRAIT_RESERVED_IDENTITIES(STRAIT_ID_ENUM)
+#undef STRAIT_ID_ENUM
+};
 
 /*
  * Key of strait_ipcache (LPM trie): IPv4 prefix -> identity (__u32 value).
@@ -243,23 +269,34 @@ _Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout
 
 /*
  * Why Strait dropped or refused something. One list for kernel drops, proxy
- * denials, flow records and metrics. Values of reasons Cilium also has are
- * Cilium's (its DROP_* codes without the sign), so people who know Hubble's
- * output recognise them; Strait's own start at 190.
+ * denials, flow records and metrics: X(name, value, kernel), kernel 1 when the
+ * eBPF programs can report the reason (it then has a drop counter). Values of
+ * reasons Cilium also has are Cilium's (its DROP_* codes without the sign), so
+ * people who know Hubble's output recognise them; Strait's own start at 190.
+ * ebpf/build.rs generates the Rust `DropReason` from this list (its names are
+ * the flow JSON and metric label values), so a reason is one line here.
+ * Values stay below STRAIT_DROP_COUNTERS.
  */
+#define STRAIT_DROP_REASONS(X) \
+	X(NONE, 0, 0) \
+	X(POLICY_DENIED, 133, 1)	/* Policy denied the connection or packet. */ \
+	X(INVALID, 134, 1)	/* A packet too short or malformed to judge. */ \
+	X(NO_SERVICE_BACKEND, 158, 0)	/* A service without a backend to send the connection to. */ \
+	X(FRAG_NOT_FOUND, 175, 1)	/* A later IPv4 fragment whose first fragment was not allowed (or not seen). */ \
+	X(NO_PROXY, 190, 1)	/* The node proxy's address is not configured: fail closed. */ \
+	X(V4_MAPPED_V6, 191, 1)	/* An IPv4-mapped IPv6 connect that would have bypassed the proxy. */ \
+	X(ORIG_DST_UNRECORDED, 192, 1)	/* The original destination could not be recorded, so it was not redirected. */ \
+	X(NOT_LOCAL_ENDPOINT, 193, 0)	/* A tunnel stream for an address that is not a pod of this node. */
+
 enum strait_drop_reason {
-	STRAIT_DROP_NONE = 0,
-	STRAIT_DROP_POLICY_DENIED = 133,
-	/* A packet too short or malformed to judge. */
-	STRAIT_DROP_INVALID = 134,
-	/* A later IPv4 fragment whose first fragment was not allowed (or not seen). */
-	STRAIT_DROP_FRAG_NOT_FOUND = 175,
-	/* The node proxy's address is not configured: fail closed. */
-	STRAIT_DROP_NO_PROXY = 190,
-	/* An IPv4-mapped IPv6 connect that would have bypassed the proxy. */
-	STRAIT_DROP_V4_MAPPED_V6 = 191,
-	/* The original destination could not be recorded, so it was not redirected. */
-	STRAIT_DROP_ORIG_DST_UNRECORDED = 192,
+#define STRAIT_DROP_ENUM(name, value, kernel) STRAIT_DROP_##name = value,
+	STRAIT_DROP_REASONS(STRAIT_DROP_ENUM)
+#undef STRAIT_DROP_ENUM
 };
+
+#define STRAIT_DROP_CHECK(name, value, kernel) \
+	_Static_assert(value < STRAIT_DROP_COUNTERS, "drop reason " #name " has no counter");
+STRAIT_DROP_REASONS(STRAIT_DROP_CHECK)
+#undef STRAIT_DROP_CHECK
 
 #endif /* STRAIT_ABI_H */

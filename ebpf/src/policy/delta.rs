@@ -15,6 +15,9 @@ use super::{
     normalize_backends, policed_flags, stronger,
 };
 
+/// The rules of one identity pair `(src, dst)`.
+pub type PairRules = ((u32, u32), Vec<(PolicyKey, PolicyAction)>);
+
 /// Changes to a node's kernel policy state. `None` removes an entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDelta {
@@ -24,7 +27,7 @@ pub struct PolicyDelta {
     /// identity → (ingress enforced, egress enforced).
     pub policed: Vec<(u32, Option<(bool, bool)>)>,
     /// Identity pairs `(src, dst)` whose rules are replaced whole; an empty list removes them.
-    pub pairs: Vec<((u32, u32), Vec<(PolicyKey, PolicyAction)>)>,
+    pub pairs: Vec<PairRules>,
     pub services: Vec<(SocketAddrV4, Option<Vec<ServiceBackend>>)>,
 }
 

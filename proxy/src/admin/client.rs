@@ -17,8 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use super::FlowsQuery;
-use crate::flows::{FlowEvent, FlowRecord};
+use crate::flows::{FlowEvent, FlowRecord, FlowsQuery};
 
 /// Longest NDJSON line accepted; a flow record is well under a kilobyte.
 const MAX_LINE: usize = 1 << 20;

@@ -6,12 +6,11 @@
 //! fails startup instead of the first request (as linkerd and ztunnel do).
 
 pub mod client;
-mod query;
 mod routes;
 #[cfg(test)]
 mod tests;
 
-pub use query::{FlowsQuery, QueryError};
+pub use crate::flows::{FlowsQuery, QueryError};
 
 use std::fmt;
 use std::io;

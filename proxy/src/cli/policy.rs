@@ -253,9 +253,9 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     let src = resolve(state, &engine, &args.src).context("--src")?;
     let dst = resolve(state, &engine, &args.dst).context("--dst")?;
     let proto = match args.protocol.to_ascii_uppercase().as_str() {
-        "TCP" => 6,
-        "UDP" => 17,
-        "SCTP" => 132,
+        "TCP" => strait_ebpf::abi::IPPROTO_TCP,
+        "UDP" => strait_ebpf::abi::IPPROTO_UDP,
+        "SCTP" => strait_ebpf::abi::IPPROTO_SCTP,
         other => bail!("--protocol {other:?}: expected TCP, UDP or SCTP"),
     };
     let v: Verdict = engine.verdict(src.identity, dst.identity, proto, args.dport);

@@ -10,17 +10,14 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 use ipnet::Ipv4Net;
-use strait_ebpf::{PolicyAction, PolicyDelta, PolicyImage, PolicyKey, ServiceBackend};
+use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend};
 
 use super::Delta;
 use super::tables::service_frontends;
 use crate::identity::reserved;
 use crate::model::{Endpoint, Model, ObjectKey, Service};
 use crate::policy::Universe;
-use crate::policy::kernel::{KernelChanges, KernelCompiler};
-
-/// The rules of one identity pair.
-type PairRules = Arc<[(PolicyKey, PolicyAction)]>;
+use crate::policy::kernel::{KernelChanges, KernelCompiler, PairRules};
 
 /// Everything the eBPF maps of one node should hold.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -138,13 +138,13 @@ fn set_service(t: &mut ProxyTables, model: &Model, svc: &Service) {
     }
 }
 
+/// A service frontend and its ready backends with the port each receives on.
+pub type Frontend<'m> = (SocketAddrV4, Vec<(&'m Arc<Endpoint>, u16)>);
+
 /// Every TCP frontend (`clusterIP:port`) of `svc` with its ready endpoints and the target port
 /// each one receives on (named target ports resolved); endpoints without that port are left out.
 /// A headless service has no frontend: clients reach its pods by their own addresses.
-pub fn service_frontends<'m>(
-    model: &'m Model,
-    svc: &Service,
-) -> Vec<(SocketAddrV4, Vec<(&'m Arc<Endpoint>, u16)>)> {
+pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m>> {
     if svc.cluster_ip.is_unspecified() {
         return Vec::new();
     }

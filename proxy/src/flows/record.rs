@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use strait_ebpf::DropReason;
+
 use crate::model::Labels;
 
 /// What happened to a connection.
@@ -15,6 +17,32 @@ pub enum Verdict {
     Dropped,
     Error,
     Audit,
+}
+
+/// Where a flow's verdict was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecidedBy {
+    /// The eBPF programs (a refused connect or a dropped packet).
+    Kernel,
+    /// The node proxy.
+    Proxy,
+}
+
+impl DecidedBy {
+    /// The JSON value and metric label: `kernel` or `proxy`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::Kernel => "kernel",
+            DecidedBy::Proxy => "proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which side of the connection this node's proxy handled.
@@ -77,7 +105,7 @@ pub struct FlowRecord {
     pub service: Option<ServiceRef>,
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drop_reason: Option<String>,
+    pub drop_reason: Option<DropReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Peer node whose proxy received the connection through the tunnel, if any.
@@ -91,7 +119,7 @@ pub struct FlowRecord {
     pub duration_us: u64,
     /// Where the verdict was reached: `kernel` (eBPF) or `proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_by: Option<String>,
+    pub decided_by: Option<DecidedBy>,
     /// The policy rules that decided, as `namespace/name: spec.path`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
@@ -139,5 +167,26 @@ mod rfc3339 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_rfc3339(&s).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reason_and_decider_keep_their_json_spelling() {
+        let mut f = crate::flows::test_flow(1, 1);
+        f.verdict = Verdict::Dropped;
+        f.drop_reason = Some(DropReason::NotLocalEndpoint);
+        f.decided_by = Some(DecidedBy::Kernel);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["drop_reason"], "NOT_LOCAL_ENDPOINT");
+        assert_eq!(json["decided_by"], "kernel");
+        let back: FlowRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, f);
+        let mut unknown = json;
+        unknown["drop_reason"] = "NOT_A_REASON".into();
+        assert!(serde_json::from_value::<FlowRecord>(unknown).is_err());
     }
 }

@@ -23,11 +23,27 @@ pub enum FlowEvent {
     Lost(u64),
 }
 
+/// Told of every flow as it is recorded, on the recording thread (metrics derive from flows
+/// this way). It must not block: it runs on the data path.
+pub trait FlowObserver: Send + Sync {
+    /// Called once per recorded flow, before it enters the ring.
+    fn observe(&self, flow: &FlowRecord);
+}
+
 /// Bounded ring of recent flows plus a live feed for followers.
-#[derive(Debug)]
 pub struct FlowRing {
     inner: Mutex<Inner>,
     feed: broadcast::Sender<Arc<FlowRecord>>,
+    observers: Vec<Box<dyn FlowObserver>>,
+}
+
+impl std::fmt::Debug for FlowRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowRing")
+            .field("inner", &self.inner)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -79,13 +95,23 @@ impl FlowRing {
                 evicted: 0,
             }),
             feed,
+            observers: Vec::new(),
         }
+    }
+
+    /// The same ring, telling `observer` of every flow recorded from now on.
+    #[must_use]
+    pub fn observed_by(mut self, observer: impl FlowObserver + 'static) -> Self {
+        self.observers.push(Box::new(observer));
+        self
     }
 
     /// Stores a flow, evicting the oldest when full, and hands it to followers without waiting.
     pub fn record(&self, flow: FlowRecord) {
-        // Counted before the lock: metric updates are atomics and need no ordering with readers.
-        crate::metrics::record_flow(&flow);
+        // Observed before the lock: observers (metrics) need no ordering with readers.
+        for o in &self.observers {
+            o.observe(&flow);
+        }
         let flow = Arc::new(flow);
         let mut inner = self.inner.lock();
         if inner.flows.len() == inner.capacity {
@@ -267,6 +293,23 @@ pub(crate) mod tests {
         }
         // The ring itself kept everything.
         assert_eq!(ring.recent(None).len(), 5);
+    }
+
+    #[test]
+    fn observers_see_every_flow_once() {
+        struct Count(Arc<std::sync::atomic::AtomicU64>);
+        impl FlowObserver for Count {
+            fn observe(&self, _: &FlowRecord) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ring = FlowRing::new(1).observed_by(Count(seen.clone()));
+        for p in 1..=3 {
+            ring.record(flow(p.into(), p));
+        }
+        // Eviction does not hide flows from observers.
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         admin_tcp: Some((n.underlay_ip, ADMIN_PORT).into()),
         flow_ring_capacity: DEFAULT_FLOW_RING,
         metrics_pod_labels: false,
+        rejudge_on_update: false,
     }
 }
 

@@ -16,9 +16,10 @@ use strait_ebpf::{PolicyAction, PolicyKey};
 use super::engine::{DirPolicy, Engine};
 use super::model::PortSel;
 use crate::identity::reserved;
+use strait_ebpf::abi::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Protocols the kernel distinguishes for port rules.
-const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+const PORT_PROTOCOLS: [u8; 3] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP];
 
 /// A protocol (0 = any, then always every port) and port interval; `l7` when HTTP rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub fn compile(engine: &Engine) -> KernelPolicy {
     k.to_policy()
 }
 
+/// The kernel entries of one identity pair, shared between compiles while unchanged.
+pub type PairRules = Arc<[(PolicyKey, PolicyAction)]>;
+
 /// One direction of one subject: what it says about each peer.
 type Row = HashMap<u32, DirSegs, BuildHasherDefault<PairHasher>>;
 
@@ -101,7 +105,7 @@ pub struct KernelCompiler {
     egress: HashMap<u32, Row>,
     /// Subject → what its ingress says about each source.
     ingress: HashMap<u32, Row>,
-    rules: PairMap<Arc<[(PolicyKey, PolicyAction)]>>,
+    rules: PairMap<PairRules>,
     policed: BTreeMap<u32, (bool, bool)>,
 }
 
@@ -284,7 +288,7 @@ impl KernelCompiler {
     }
 
     /// The entries of one pair now, if any.
-    pub fn pair(&self, pair: (u32, u32)) -> Option<&Arc<[(PolicyKey, PolicyAction)]>> {
+    pub fn pair(&self, pair: (u32, u32)) -> Option<&PairRules> {
         self.rules.get(&pair)
     }
 
@@ -324,7 +328,7 @@ impl KernelCompiler {
     }
 
     /// Every pair with entries.
-    pub fn pairs(&self) -> impl Iterator<Item = (&(u32, u32), &Arc<[(PolicyKey, PolicyAction)]>)> {
+    pub fn pairs(&self) -> impl Iterator<Item = (&(u32, u32), &PairRules)> {
         self.rules.iter()
     }
 
@@ -373,11 +377,7 @@ impl KernelCompiler {
     }
 
     /// The entries of `(src, dst)` from both sides' rows; `None` when neither names the pair.
-    fn pair_rules(
-        &self,
-        engine: &Engine,
-        (src, dst): (u32, u32),
-    ) -> Option<Arc<[(PolicyKey, PolicyAction)]>> {
+    fn pair_rules(&self, engine: &Engine, (src, dst): (u32, u32)) -> Option<PairRules> {
         let segs_e = self.egress.get(&src).and_then(|r| r.get(&dst));
         let segs_i = self.ingress.get(&dst).and_then(|r| r.get(&src));
         if segs_e.is_none() && segs_i.is_none() {

@@ -142,9 +142,9 @@ impl Proto {
     pub fn number(self) -> u8 {
         match self {
             Self::Any => 0,
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
+            Self::Tcp => strait_ebpf::abi::IPPROTO_TCP,
+            Self::Udp => strait_ebpf::abi::IPPROTO_UDP,
+            Self::Sctp => strait_ebpf::abi::IPPROTO_SCTP,
         }
     }
 

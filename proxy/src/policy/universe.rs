@@ -55,13 +55,7 @@ impl Universe {
     /// Only the reserved identities.
     pub fn new(local_cluster: &str) -> Self {
         let mut ids = OrdMap::new();
-        for (id, name) in [
-            (reserved::HOST, "host"),
-            (reserved::WORLD, "world"),
-            (reserved::HEALTH, "health"),
-            (reserved::INIT, "init"),
-            (reserved::REMOTE_NODE, "remote-node"),
-        ] {
+        for (id, name) in reserved::NAMES {
             ids.insert(
                 id,
                 Arc::new(IdentityInfo {
@@ -334,8 +328,8 @@ impl Universe {
             .filter(move |p| p.name.as_deref() == Some(name))
             .map(|p| {
                 let n = match p.protocol {
-                    crate::model::Protocol::Tcp => 6,
-                    crate::model::Protocol::Udp => 17,
+                    crate::model::Protocol::Tcp => strait_ebpf::abi::IPPROTO_TCP,
+                    crate::model::Protocol::Udp => strait_ebpf::abi::IPPROTO_UDP,
                 };
                 (p.port, n)
             })

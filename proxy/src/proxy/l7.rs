@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::flows::{FlowRecord, HttpFlow, Verdict};
+use crate::flows::{DecidedBy, DropReason, FlowRecord, HttpFlow, Verdict};
 
 /// Body Cilium's proxy sends with a policy denial.
 pub const ACCESS_DENIED: &str = "Access denied\r\n";
@@ -200,7 +200,7 @@ pub async fn serve(
                 Version::HTTP_2 => "HTTP/2".into(),
                 _ => "HTTP/1.1".into(),
             };
-            flow.decided_by = Some("proxy".into());
+            flow.decided_by = Some(DecidedBy::Proxy);
             flow.policies = verdict.rules.clone();
             let mut http_flow = HttpFlow {
                 method: info.method.clone(),
@@ -211,7 +211,7 @@ pub async fn serve(
             };
             let response = if !verdict.allowed {
                 flow.verdict = Verdict::Dropped;
-                flow.drop_reason = Some("POLICY_DENIED".into());
+                flow.drop_reason = Some(DropReason::PolicyDenied);
                 denied()
             } else {
                 if req.version() == Version::HTTP_2 && req.uri().authority().is_none() {
@@ -436,8 +436,8 @@ mod tests {
             (http.method.as_str(), http.path.as_str(), http.status),
             ("GET", "/private", Some(403))
         );
-        assert_eq!(denied[0].drop_reason.as_deref(), Some("POLICY_DENIED"));
-        assert_eq!(denied[0].decided_by.as_deref(), Some("proxy"));
+        assert_eq!(denied[0].drop_reason, Some(DropReason::PolicyDenied));
+        assert_eq!(denied[0].decided_by, Some(DecidedBy::Proxy));
         assert_eq!(denied[0].policies.len(), 1);
         assert!(flows.iter().all(|f| f.protocol == "HTTP/1.1"));
     }

@@ -2,6 +2,7 @@
 //! through another node's proxy, and records a flow for each.
 
 pub mod conn;
+pub mod drops;
 pub mod l7;
 pub mod outbound;
 pub mod tables;
@@ -12,8 +13,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::flows::FlowRing;
-use conn::ConnRecord;
+use crate::flows::{Direction, FlowPeer, FlowRing};
+use conn::{ConnGuard, ConnRecord, ConnRegistry};
 use tables::ProxyTables;
 use tunnel::TunnelPool;
 
@@ -32,6 +33,10 @@ pub struct Proxy {
     flows: Arc<FlowRing>,
     pool: TunnelPool,
     original_dst: Arc<dyn OriginalDst>,
+    conns: Arc<ConnRegistry>,
+    /// Whether new tables re-judge live connections (off: the README promises established
+    /// connections survive policy changes until the kernel fast path lands).
+    rejudge_on_update: bool,
 }
 
 impl Proxy {
@@ -48,7 +53,16 @@ impl Proxy {
             flows,
             pool: TunnelPool::default(),
             original_dst,
+            conns: Arc::default(),
+            rejudge_on_update: false,
         }
+    }
+
+    /// The same proxy, closing live connections that new tables no longer allow when `on`.
+    #[must_use]
+    pub fn rejudge_on_update(mut self, on: bool) -> Self {
+        self.rejudge_on_update = on;
+        self
     }
 
     /// The tables in force now.
@@ -56,14 +70,48 @@ impl Proxy {
         self.tables.load_full()
     }
 
-    /// Installs new tables; connections already routed keep going.
+    /// Installs new tables. Connections already routed keep going unless re-judging is on,
+    /// in which case those the new policy denies are closed ([`Proxy::rejudge`]).
     pub fn swap_tables(&self, tables: Arc<ProxyTables>) {
-        self.tables.store(tables);
+        self.tables.store(tables.clone());
+        if self.rejudge_on_update {
+            self.rejudge(&tables);
+        }
     }
 
-    /// Records a finished connection.
-    pub fn record(&self, rec: ConnRecord) {
-        self.flows.record(rec.finish());
+    /// Judges every live connection against `tables` and closes those no longer allowed (their
+    /// flows say DROPPED, POLICY_DENIED, with the deciding rules); returns how many.
+    pub fn rejudge(&self, tables: &ProxyTables) -> usize {
+        let closed = self.conns.rejudge(tables);
+        if closed > 0 {
+            tracing::info!(closed, "policy change closed live connections");
+        }
+        closed
+    }
+
+    /// The guard of a connection accepted now from `source`.
+    pub fn accept(&self, direction: Direction, source: FlowPeer) -> ConnGuard {
+        ConnGuard::new(
+            ConnRecord::start(&self.node, &self.cluster, direction, source),
+            self.flows.clone(),
+            self.conns.clone(),
+        )
+    }
+
+    /// Registers `conn` as admitted for `admission` under `judged_with`.
+    pub fn admit(
+        &self,
+        conn: &mut ConnGuard,
+        admission: conn::Admission,
+        judged_with: &Arc<ProxyTables>,
+    ) {
+        let current = self.rejudge_on_update.then(|| self.tables());
+        conn.admit(admission, judged_with, current.as_ref());
+    }
+
+    /// Live (admitted, not yet ended) connections.
+    pub fn live_connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// The flow ring, for the admin API.

@@ -8,14 +8,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
+use strait_ebpf::abi::IPPROTO_TCP as TCP;
+
 use super::Proxy;
-use super::conn::{ConnRecord, peer};
+use super::conn::{Admission, peer};
 use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::tables::{Judged, Route};
 use super::tunnel::TunnelSource;
-use crate::flows::{Direction, FlowRecord, FlowRing};
-
-const TCP: u8 = 6;
+use crate::flows::{Direction, DropReason, FlowRecord, FlowRing};
 
 /// Judges each request against the policy in force when it arrives.
 struct PolicyJudge {
@@ -123,16 +123,14 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         return;
     };
     let src_ep = tables.endpoint(*client_v4.ip()).cloned();
-    let mut rec = ConnRecord::start(
-        &proxy.node,
-        &proxy.cluster,
+    // Records the connection's one flow however this function returns.
+    let mut rec = proxy.accept(
         Direction::Egress,
         peer(&tables.cluster.name, src_ep.as_deref(), client_addr),
     );
     let Some(original) = proxy.original_dst.take(client_v4) else {
         // Not redirected by our programs (someone dialed the proxy port directly).
         rec.error("no original destination recorded for this connection");
-        proxy.record(rec);
         reset(client);
         return;
     };
@@ -156,8 +154,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
                 decision.service.clone(),
                 peer(&tables.cluster.name, None, original.into()),
             );
-            rec.dropped("NO_SERVICE_BACKEND");
-            proxy.record(rec);
+            rec.dropped(DropReason::NoServiceBackend);
             reset(client);
             return;
         }
@@ -175,14 +172,18 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
     // The kernel refuses most denied connects already; this catches the rest (a service whose
     // backends the kernel could not judge, a policy that changed in between).
     if !verdict.allowed() {
-        rec.dropped("POLICY_DENIED");
-        rec.record.decided_by = Some("proxy".into());
-        rec.record.policies = verdict.deciding_rules();
-        proxy.record(rec);
+        rec.denied(verdict.deciding_rules());
         reset(client);
         return;
     }
+    let admission = Admission {
+        src_identity,
+        dst_identity,
+        port: target.port(),
+    };
+    proxy.admit(&mut rec, admission, &tables);
     drop(tables);
+    let closed = rec.close_signal();
     debug!(%original, %target, "routing");
     if verdict.needs_l7() {
         let source = TunnelSource {
@@ -202,38 +203,54 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
             port: target.port(),
         });
         let sink = Arc::new(RingSink(proxy.flows().clone()));
-        if let Err(e) = l7::serve(client, connect, judge, sink, rec.finish()).await {
-            debug!(error = %e, "HTTP connection ended");
+        let template = rec.per_request();
+        tokio::select! {
+            result = l7::serve(client, connect, judge, sink, template) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "HTTP connection ended");
+                }
+            }
+            // Dropping the server closes the client connection; the guard records the close.
+            () = closed.closed() => debug!("policy change closed the HTTP connection"),
         }
         return;
     }
-    let result = match via {
-        None => forward_direct(&mut client, target).await,
-        Some((node, tunnel)) => {
-            rec.record.tunnel_peer = Some(node);
-            let source = TunnelSource {
-                identity: src_identity,
-                addr: client_addr,
-                cluster: proxy.cluster.clone(),
-                original_dst: original.to_string(),
-            };
-            match proxy.pool.open(tunnel, target, &source).await {
-                Ok(mut upstream) => copy(&mut client, &mut upstream).await,
-                Err(e) => Err(crate::errors::chain(&e)),
+    if let Some((node, _)) = &via {
+        rec.record.tunnel_peer = Some(node.clone());
+    }
+    let relay = async {
+        match via {
+            None => forward_direct(&mut client, target).await,
+            Some((_, tunnel)) => {
+                let source = TunnelSource {
+                    identity: src_identity,
+                    addr: client_addr,
+                    cluster: proxy.cluster.clone(),
+                    original_dst: original.to_string(),
+                };
+                match proxy.pool.open(tunnel, target, &source).await {
+                    Ok(mut upstream) => copy(&mut client, &mut upstream).await,
+                    Err(e) => Err(crate::errors::chain(&e)),
+                }
             }
         }
     };
+    let result = tokio::select! {
+        result = relay => Some(result),
+        () = closed.closed() => None,
+    };
     match result {
-        Ok((sent, received)) => rec.bytes(sent, received),
-        Err(e) => {
-            rec.error(e);
-            proxy.record(rec);
-            reset(client);
-            return;
+        Some(Ok((sent, received))) => {
+            rec.bytes(sent, received);
+            let _ = client.shutdown().await;
         }
+        Some(Err(e)) => {
+            rec.error(e);
+            reset(client);
+        }
+        // Revoked by a policy change: the guard marks the flow denied.
+        None => reset(client),
     }
-    proxy.record(rec);
-    let _ = client.shutdown().await;
 }
 
 async fn forward_direct(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnet::Ipv4Net;
+use strait_ebpf::abi::IPPROTO_TCP as TCP;
 
 use crate::flows::ServiceRef;
 use crate::identity::reserved;
@@ -109,9 +110,6 @@ pub enum Route {
     /// A service with no ready backend.
     NoBackend,
 }
-
-/// IP protocol number of TCP, as policy keys name it.
-const TCP: u8 = 6;
 
 /// A connection's destination identity and the policy verdict for it.
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::Proxy;
-use super::conn::{ConnRecord, peer};
-use crate::flows::{Direction, FlowPeer};
+use super::conn::{Admission, peer};
+use crate::flows::{Direction, DropReason, FlowPeer};
 
 /// Header carrying the source's numeric identity.
 pub const SOURCE_IDENTITY: &str = "strait-source-identity";
@@ -229,7 +229,8 @@ async fn handle(
             ..FlowPeer::default()
         },
     };
-    let mut rec = ConnRecord::start(&proxy.node, &proxy.cluster, Direction::Ingress, source);
+    // Records the stream's one flow however it ends.
+    let mut rec = proxy.accept(Direction::Ingress, source);
     rec.record.source.identity = src_identity;
     rec.record.tunnel_peer = Some(from.ip().to_string());
     let dst_peer = peer(
@@ -240,8 +241,7 @@ async fn handle(
     rec.destination(original, None, dst_peer);
     // Only this node's pods: a tunnel endpoint must not become an open relay.
     if !tables.is_local_pod(*target.ip()) {
-        rec.dropped("NOT_LOCAL_ENDPOINT");
-        proxy.record(rec);
+        rec.dropped(DropReason::NotLocalEndpoint);
         return reply(StatusCode::MISDIRECTED_REQUEST);
     }
     // Ingress policy of the destination, judged with the identity the source node vouches for.
@@ -249,128 +249,58 @@ async fn handle(
     rec.record.destination.identity = judged.dst_identity;
     let verdict = judged.verdict;
     if !verdict.allowed() {
-        rec.dropped("POLICY_DENIED");
-        rec.record.decided_by = Some("proxy".into());
-        rec.record.policies = verdict.deciding_rules();
-        proxy.record(rec);
+        rec.denied(verdict.deciding_rules());
         return reply(StatusCode::FORBIDDEN);
     }
+    let admission = Admission {
+        src_identity,
+        dst_identity: judged.dst_identity,
+        port: target.port(),
+    };
+    proxy.admit(&mut rec, admission, &tables);
     drop(tables);
     let upstream = match TcpStream::connect(target).await {
         Ok(s) => s,
         Err(e) => {
             rec.error(format!("connect {target}: {e}"));
-            proxy.record(rec);
             return reply(StatusCode::BAD_GATEWAY);
         }
     };
     let _ = upstream.set_nodelay(true);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let closed = rec.close_signal();
     tokio::spawn(async move {
+        let mut rec = rec;
         let _open = crate::metrics::OpenConnection::start(Direction::Ingress);
         metrics::counter!(crate::metrics::names::TUNNEL_STREAMS, "role" => "server").increment(1);
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut tunnel = TokioIo::new(upgraded);
-                let mut upstream = upstream;
-                match tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await {
-                    Ok((sent, received)) => rec.bytes(sent, received),
-                    Err(e) => rec.error(e),
-                }
-            }
-            Err(e) => rec.error(e),
+        let relay = async {
+            let mut tunnel = TokioIo::new(on_upgrade.await.map_err(|e| e.to_string())?);
+            let mut upstream = upstream;
+            tokio::io::copy_bidirectional(&mut tunnel, &mut upstream)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::select! {
+            result = relay => match result {
+                Ok((sent, received)) => rec.bytes(sent, received),
+                Err(e) => rec.error(e),
+            },
+            // Revoked by a policy change: dropping both ends closes the stream and the pod
+            // connection; the guard marks the flow denied.
+            () = closed.closed() => {}
         }
-        proxy.record(rec);
     });
     reply(StatusCode::OK)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::flows::{FlowRing, Verdict};
-    use crate::model::*;
-    use crate::proxy::OriginalDst;
+    use crate::flows::Verdict;
 
-    struct NoRedirects;
-    impl OriginalDst for NoRedirects {
-        fn take(&self, _: SocketAddrV4) -> Option<SocketAddrV4> {
-            None
-        }
-    }
-
-    fn endpoint(name: &str, node: &str, ip: Ipv4Addr, identity: u32) -> Endpoint {
-        Endpoint {
-            namespace: "demo".into(),
-            name: name.into(),
-            node: node.into(),
-            ip,
-            labels: [("app".to_string(), name.to_string())].into(),
-            identity,
-            workload: None,
-            ports: vec![],
-            ready: true,
-            cgroup_id: None,
-            host_ifname: None,
-        }
-    }
-
-    /// Node-1 owns 127.0.0.0/8 so a loopback echo server stands in for its pod `backend`, which
-    /// only `frontend` may reach.
-    fn proxy() -> Arc<Proxy> {
-        let policy = crate::policy::parse(
-            serde_yaml::from_str(
-                "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: backend, namespace: demo}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]",
-            )
-            .unwrap(),
-            "demo",
-        )
-        .unwrap();
-        let state = ClusterState {
-            revision: 1,
-            cluster: ClusterInfo {
-                name: "c1".into(),
-                id: 1,
-            },
-            nodes: vec![
-                Node {
-                    name: "node-1".into(),
-                    underlay_ip: Ipv4Addr::new(127, 0, 0, 1),
-                    pod_cidr: "127.0.0.0/8".parse().unwrap(),
-                    gateway: Ipv4Addr::new(127, 0, 0, 254),
-                },
-                Node {
-                    name: "node-2".into(),
-                    underlay_ip: Ipv4Addr::new(10, 9, 0, 2),
-                    pod_cidr: "10.0.0.0/24".parse().unwrap(),
-                    gateway: Ipv4Addr::new(10, 0, 0, 1),
-                },
-            ],
-            namespaces: vec![],
-            endpoints: vec![
-                endpoint("backend", "node-1", Ipv4Addr::new(127, 0, 0, 1), 65792),
-                endpoint("frontend", "node-2", Ipv4Addr::new(10, 0, 0, 5), 65793),
-                endpoint("other", "node-2", Ipv4Addr::new(10, 0, 0, 6), 65794),
-            ],
-            services: vec![],
-            policies: vec![policy],
-        };
-        let compiled = crate::compile::compile_state(state, "node-1").unwrap();
-        Arc::new(Proxy::new(
-            (*compiled.proxy).clone(),
-            Arc::new(FlowRing::new(16)),
-            Arc::new(NoRedirects),
-        ))
-    }
+    use crate::proxy::conn::tests::{FRONTEND, ONLY_FRONTEND, ONLY_OTHER, proxy, tables};
 
     fn source(identity: u32, ip: [u8; 4]) -> TunnelSource {
         TunnelSource {
@@ -399,7 +329,7 @@ spec:
                 });
             }
         });
-        let proxy = proxy();
+        let proxy = proxy(ONLY_FRONTEND, false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, proxy.clone()));
@@ -428,11 +358,72 @@ spec:
             .find(|f| f.verdict == Verdict::Dropped)
             .expect("a drop flow");
         assert_eq!(denied.source.identity, 65794);
-        assert_eq!(denied.drop_reason.as_deref(), Some("POLICY_DENIED"));
-        assert_eq!(denied.decided_by.as_deref(), Some("proxy"));
+        assert_eq!(denied.drop_reason, Some(DropReason::PolicyDenied));
+        assert_eq!(denied.decided_by, Some(crate::flows::DecidedBy::Proxy));
         assert!(
             denied.policies[0].contains("default deny (ingress)"),
             "{denied:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_policy_revokes_is_closed_when_rejudging_is_on() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = proxy(ONLY_FRONTEND, true);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, proxy.clone()));
+        let pool = TunnelPool::default();
+        let mut frontend = pool
+            .open(peer, target, &source(FRONTEND, [10, 0, 0, 5]))
+            .await
+            .expect("frontend is allowed");
+        frontend.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        frontend.read_exact(&mut buf).await.unwrap();
+
+        // `other` becomes the only allowed client: the live frontend stream must end.
+        proxy.swap_tables(Arc::new(tables(ONLY_OTHER)));
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            frontend.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the revoked stream is closed");
+        assert!(
+            read.map_or(true, |n| n == 0),
+            "no more data after the close"
+        );
+        // The flow is written by the stream's task as it ends.
+        let mut flow = None;
+        for _ in 0..100 {
+            flow = proxy.flows().recent(None).last().cloned();
+            if flow.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let flow = flow.expect("a flow for the closed stream");
+        assert_eq!(flow.source.identity, FRONTEND);
+        assert_eq!(flow.verdict, Verdict::Dropped);
+        assert_eq!(flow.drop_reason, Some(DropReason::PolicyDenied));
+        assert!(!flow.policies.is_empty(), "{flow:?}");
+        assert_eq!(proxy.live_connections(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::flows::{Direction, FlowPeer, FlowRecord, Verdict};
+use crate::flows::{Direction, DropReason, FlowPeer, FlowRecord, Verdict};
 
 /// Node id and name of every address outside the lab's pods.
 pub const WORLD: &str = "world";
@@ -50,7 +50,7 @@ pub struct MapEdge {
     /// Destination ports seen.
     pub ports: BTreeSet<u16>,
     /// Drop reasons seen.
-    pub drop_reasons: BTreeSet<String>,
+    pub drop_reasons: BTreeSet<DropReason>,
 }
 
 /// Workloads and the edges between them; nodes sorted by cluster, namespace and name (`world`
@@ -88,8 +88,8 @@ impl ServiceMap {
             }
             e.protocols.insert(f.protocol.clone());
             e.ports.insert(f.destination.port);
-            if let Some(r) = &f.drop_reason {
-                e.drop_reasons.insert(r.clone());
+            if let Some(r) = f.drop_reason {
+                e.drop_reasons.insert(r);
             }
         }
         let mut nodes: Vec<MapNode> = nodes.into_values().collect();
@@ -182,7 +182,7 @@ mod tests {
         f.destination = dst;
         f.verdict = verdict;
         if verdict == Verdict::Dropped {
-            f.drop_reason = Some("POLICY_DENIED".into());
+            f.drop_reason = Some(DropReason::PolicyDenied);
         }
         f
     }
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!((denied.forwarded, denied.dropped, denied.error), (0, 3, 0));
         assert_eq!(
             denied.drop_reasons.iter().collect::<Vec<_>>(),
-            ["POLICY_DENIED"]
+            [&DropReason::PolicyDenied]
         );
         let out = edge(&map, "c1/demo/frontend", "world");
         assert_eq!((out.forwarded, out.error), (0, 1));

@@ -188,7 +188,7 @@ pub fn format_verdict(f: &FlowRecord, color: bool) -> String {
     } else {
         name.to_string()
     };
-    if let Some(why) = f.drop_reason.as_ref().or(f.error.as_ref()) {
+    if let Some(why) = f.drop_reason.map(|r| r.as_str()).or(f.error.as_deref()) {
         s.push_str(&format!(" ({why})"));
     }
     s

@@ -20,7 +20,7 @@ fn compact_drop_external_remote_and_colour() {
     let mut f = sample();
     f.service = None;
     f.verdict = Verdict::Dropped;
-    f.drop_reason = Some("POLICY_DENIED".into());
+    f.drop_reason = Some(crate::flows::DropReason::PolicyDenied);
     f.source.cluster = "c2".into();
     f.destination = FlowPeer {
         ip: Some(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8))),
@@ -37,7 +37,7 @@ fn compact_drop_external_remote_and_colour() {
     );
     assert!(compact_line(&f, true).contains("\x1b[31mDROPPED\x1b[0m (POLICY_DENIED)"));
     f.protocol = "HTTP/1.1".into();
-    f.decided_by = Some("proxy".into());
+    f.decided_by = Some(crate::flows::DecidedBy::Proxy);
     f.http = Some(crate::flows::HttpFlow {
         method: "GET".into(),
         path: "/private".into(),
@@ -184,10 +184,10 @@ fn json_field_names_are_stable() {
     f.source.workload = Some("frontend".into());
     f.source.node = Some("node-2".into());
     f.source.labels = [("app".to_string(), "frontend".to_string())].into();
-    f.drop_reason = Some("POLICY_DENIED".into());
+    f.drop_reason = Some(crate::flows::DropReason::PolicyDenied);
     f.error = Some("refused".into());
     f.tunnel_peer = Some("node-2".into());
-    f.decided_by = Some("proxy".into());
+    f.decided_by = Some(crate::flows::DecidedBy::Proxy);
     f.policies = vec!["demo/p: spec.ingress[0]".into()];
     f.http = Some(crate::flows::HttpFlow {
         method: "GET".into(),

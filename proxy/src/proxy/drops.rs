@@ -1,21 +1,13 @@
-//! Kernel drop events (eBPF ring buffer) → flow records.
+//! Kernel drop events (eBPF ring buffer) → flow records, resolved against the proxy's tables
+//! (which know pods, services and policy as the kernel's maps were filled from them).
 
 use std::net::SocketAddr;
 
-use strait_ebpf::{DropEvent, DropHook};
+use strait_ebpf::{DropEvent, DropHook, abi::ip_protocol_name};
 
-use super::{Direction, FlowPeer, FlowRecord, ServiceRef, Verdict};
-use crate::proxy::conn::peer;
-use crate::proxy::tables::ProxyTables;
-
-fn protocol_name(p: u8) -> String {
-    match p {
-        6 => "TCP".into(),
-        17 => "UDP".into(),
-        1 => "ICMP".into(),
-        other => format!("IP/{other}"),
-    }
-}
+use super::conn::peer;
+use super::tables::ProxyTables;
+use crate::flows::{DecidedBy, Direction, FlowPeer, FlowRecord, ServiceRef, Verdict};
 
 /// The flow record of a packet or connect the kernel refused, resolved against `tables`.
 pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
@@ -73,19 +65,19 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
             DropHook::TcToPod => Direction::Ingress,
             _ => Direction::Egress,
         },
-        protocol: protocol_name(ev.protocol),
+        protocol: ip_protocol_name(ev.protocol).into_owned(),
         source,
         destination,
         original_destination: ev.dst.to_string(),
         service,
         verdict: Verdict::Dropped,
-        drop_reason: Some(ev.reason.as_str().to_string()),
+        drop_reason: Some(ev.reason),
         error: None,
         tunnel_peer: None,
         bytes_sent: 0,
         bytes_received: 0,
         duration_us: 0,
-        decided_by: Some("kernel".into()),
+        decided_by: Some(DecidedBy::Kernel),
         policies,
         http: None,
         encrypted: false,

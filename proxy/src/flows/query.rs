@@ -1,6 +1,6 @@
 //! The `/flows` query string, owned here so the server's parser and the client's encoder agree.
 
-use crate::flows::{Criterion, FilterError, FlowFilter};
+use super::{Criterion, FilterError, FlowFilter};
 
 /// A request for flows: how much history, whether to keep streaming, and which flows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
