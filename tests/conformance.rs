@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use strait::identity::{identity_labels, reserved};
+use strait::model::http::RequestInfo;
 use strait::model::{Labels, NamedPort};
-use strait::policy::http::RequestInfo;
 use strait::policy::kernel::{self, KernelPolicy};
-use strait::policy::{Engine, Policy, Universe, Verdict};
+use strait::policy::{Engine, Policy, PolicyVerdict, Universe};
 use strait_ebpf::testing::{Match, PolicyDecider};
 use strait_ebpf::{PolicyAction, PolicyImage};
 
@@ -343,7 +343,7 @@ struct Check {
 }
 
 /// (a) The engine's verdict, deciding rules and, for L7, the request's verdict.
-fn check_engine(case: &Case, v: &Verdict) -> Check {
+fn check_engine(case: &Case, v: &PolicyVerdict) -> Check {
     let rules = v.deciding_rules().join(" | ");
     let got_kind = match (v.allowed(), v.needs_l7()) {
         (false, _) => Expect::Deny,

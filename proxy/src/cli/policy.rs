@@ -13,10 +13,10 @@ use crate::compile::Compiler;
 use crate::identity::reserved;
 use crate::lab::Lab;
 use crate::lab::manifest::{self, Object};
+use crate::model::http::RequestInfo;
 use crate::model::{ClusterState, Object as ModelObject, Store, Update};
 use crate::policy::engine::SubjectPolicy;
-use crate::policy::http::RequestInfo;
-use crate::policy::{DirOutcome, Engine, Policy, Verdict};
+use crate::policy::{DirOutcome, Engine, Policy, PolicyVerdict};
 
 /// `strait policy` subcommands.
 #[derive(Debug, Subcommand)]
@@ -258,7 +258,7 @@ fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         "SCTP" => strait_ebpf::abi::IPPROTO_SCTP,
         other => bail!("--protocol {other:?}: expected TCP, UDP or SCTP"),
     };
-    let v: Verdict = engine.verdict(src.identity, dst.identity, proto, args.dport);
+    let v: PolicyVerdict = engine.verdict(src.identity, dst.identity, proto, args.dport);
     let request = args.http_method.as_ref().map(|m| RequestInfo {
         method: m.clone(),
         path: args.http_path.clone().unwrap_or_default(),

@@ -3,6 +3,8 @@
 //! Every source (lab state files today, Kubernetes and mesh peers later) produces these types; the
 //! compile step turns them into proxy tables and eBPF maps. Nothing here does I/O.
 
+pub mod http;
+pub mod policy;
 pub mod selector;
 mod store;
 
@@ -71,7 +73,7 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     #[serde(default)]
     pub labels: Labels,
-    /// Numeric security identity (cluster ID in bits 16–23), see [`crate::identity`].
+    /// Numeric security identity (cluster ID in bits 16–23), allocated by the cluster's identity allocator.
     pub identity: u32,
     /// Owning workload (Deployment name) if any, for flows and metrics.
     #[serde(default)]
@@ -135,7 +137,7 @@ pub struct ClusterState {
     pub services: Vec<Service>,
     /// Network policies of the cluster, validated by the source.
     #[serde(default)]
-    pub policies: Vec<crate::policy::Policy>,
+    pub policies: Vec<policy::Policy>,
 }
 
 /// What a source hands to the store.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use imbl::{OrdMap, Vector};
 use tokio::sync::watch;
 
+use super::policy::{Policy, PolicyKind};
 use super::{ClusterInfo, ClusterState, Endpoint, Namespace, Node, Service, Update};
-use crate::policy::{Policy, PolicyKind};
 
 /// How many revisions of change history a snapshot carries.
 pub const LOG_LEN: usize = 64;

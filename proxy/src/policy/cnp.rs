@@ -12,11 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::FieldError;
-use super::http::{HeaderMatch, HttpRule, Pattern};
-use super::model::{
-    Direction, Entity, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
-};
 use crate::identity::NAMESPACE_LABEL;
+use crate::model::http::{HeaderMatch, HttpRule, Pattern};
+use crate::model::policy::{
+    Entity, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule, RuleDirection,
+};
 use crate::model::selector::{LabelKey, RawExpression, Selector};
 
 type Unsupported = Option<serde_yaml::Value>;
@@ -261,10 +261,10 @@ fn parse_spec(path: String, s: RawSpec, namespace: Option<&str>) -> Result<Polic
     let dd = s.enable_default_deny.as_ref();
     let mut rules = Vec::new();
     for (list, name, direction, deny) in [
-        (&s.ingress, "ingress", Direction::Ingress, false),
-        (&s.ingress_deny, "ingressDeny", Direction::Ingress, true),
-        (&s.egress, "egress", Direction::Egress, false),
-        (&s.egress_deny, "egressDeny", Direction::Egress, true),
+        (&s.ingress, "ingress", RuleDirection::Ingress, false),
+        (&s.ingress_deny, "ingressDeny", RuleDirection::Ingress, true),
+        (&s.egress, "egress", RuleDirection::Egress, false),
+        (&s.egress_deny, "egressDeny", RuleDirection::Egress, true),
     ] {
         for (i, r) in list.iter().enumerate() {
             rules.push(parse_rule(
@@ -288,13 +288,13 @@ fn parse_spec(path: String, s: RawSpec, namespace: Option<&str>) -> Result<Polic
 fn parse_rule(
     path: String,
     r: &RawRule,
-    direction: Direction,
+    direction: RuleDirection,
     deny: bool,
     namespace: Option<&str>,
 ) -> Result<Rule, FieldError> {
     let (from, wrong) = match direction {
-        Direction::Ingress => ("from", "to"),
-        Direction::Egress => ("to", "from"),
+        RuleDirection::Ingress => ("from", "to"),
+        RuleDirection::Egress => ("to", "from"),
     };
     // Fields of the other direction are a mistake, not something to ignore.
     let misplaced = [
@@ -332,13 +332,13 @@ fn parse_rule(
     )?;
 
     let (endpoints, entities, cidrs, cidr_sets) = match direction {
-        Direction::Ingress => (
+        RuleDirection::Ingress => (
             &r.from_endpoints,
             &r.from_entities,
             &r.from_cidr,
             &r.from_cidr_set,
         ),
-        Direction::Egress => (&r.to_endpoints, &r.to_entities, &r.to_cidr, &r.to_cidr_set),
+        RuleDirection::Egress => (&r.to_endpoints, &r.to_entities, &r.to_cidr, &r.to_cidr_set),
     };
     let mut peers = Vec::new();
     let mut any_l3 = false;

@@ -10,10 +10,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::http::{HttpRule, RequestInfo};
-use super::model::{Direction, Entity, Peer, Policy, PortRule, PortSel};
 use super::universe::{IdentityInfo, IdentityKind, Universe};
 use crate::identity::reserved;
+use crate::model::http::{HttpRule, RequestInfo};
+use crate::model::policy::{Entity, Peer, Policy, PortRule, PortSel, RuleDirection};
 use crate::model::selector::Selector;
 
 /// A rule named for humans: `Kind namespace/name: spec.ingress[0]`.
@@ -127,14 +127,14 @@ impl DirOutcome {
 
 /// The verdict for one flow: both directions.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub struct PolicyVerdict {
     /// The source endpoint's egress policy.
     pub egress: DirOutcome,
     /// The destination endpoint's ingress policy.
     pub ingress: DirOutcome,
 }
 
-impl Verdict {
+impl PolicyVerdict {
     /// Whether L3/L4 lets the flow through.
     pub fn allowed(&self) -> bool {
         !self.egress.denies() && !self.ingress.denies()
@@ -237,7 +237,7 @@ struct ResolvedSpec {
     has_ingress: bool,
     has_egress: bool,
     /// Entries with the selector keys their peers came from (`None`: any peer).
-    entries: Vec<(Direction, Entry, Option<Vec<CacheKey>>)>,
+    entries: Vec<(RuleDirection, Entry, Option<Vec<CacheKey>>)>,
 }
 
 impl SelectorCache {
@@ -404,14 +404,14 @@ impl SelectorCache {
                 };
                 entries.push((r.direction, entry, keys));
             }
-            let has = |d: Direction| spec.rules.iter().any(|r| r.direction == d);
+            let has = |d: RuleDirection| spec.rules.iter().any(|r| r.direction == d);
             specs.push(ResolvedSpec {
                 subject,
                 selected,
                 default_deny_ingress: spec.default_deny_ingress,
                 default_deny_egress: spec.default_deny_egress,
-                has_ingress: has(Direction::Ingress),
-                has_egress: has(Direction::Egress),
+                has_ingress: has(RuleDirection::Ingress),
+                has_egress: has(RuleDirection::Egress),
                 entries,
             });
         }
@@ -502,8 +502,8 @@ fn assemble(resolved: &[Arc<Resolved>], only: Option<u32>) -> HashMap<u32, Arc<S
                 }
                 for (dir, e, _) in &spec.entries {
                     match dir {
-                        Direction::Ingress => sp.ingress.entries.push(e.clone()),
-                        Direction::Egress => sp.egress.entries.push(e.clone()),
+                        RuleDirection::Ingress => sp.ingress.entries.push(e.clone()),
+                        RuleDirection::Egress => sp.egress.entries.push(e.clone()),
                     }
                 }
             };
@@ -652,7 +652,7 @@ impl Engine {
     }
 
     /// The verdict for `src` → `dst` on IP protocol `proto`, destination port `dport`.
-    pub fn verdict(&self, src: u32, dst: u32, proto: u8, dport: u16) -> Verdict {
+    pub fn verdict(&self, src: u32, dst: u32, proto: u8, dport: u16) -> PolicyVerdict {
         let egress = match self.subjects.get(&src) {
             // Pods may always reach their node: the proxy and DNS live there.
             Some(sp) if sp.egress.enforced && dst == reserved::HOST => DirOutcome::Allowed {
@@ -671,7 +671,7 @@ impl Engine {
             Some(sp) if sp.ingress.enforced => self.judge(&sp.ingress, src, dst, proto, dport),
             _ => DirOutcome::NotEnforced,
         };
-        Verdict { egress, ingress }
+        PolicyVerdict { egress, ingress }
     }
 
     /// Whether port rule `pr` covers `proto`/`port` towards `dst`.

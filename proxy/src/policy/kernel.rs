@@ -14,8 +14,8 @@ use std::sync::Arc;
 use strait_ebpf::{PolicyAction, PolicyKey};
 
 use super::engine::{DirPolicy, Engine};
-use super::model::PortSel;
 use crate::identity::reserved;
+use crate::model::policy::PortSel;
 use strait_ebpf::abi::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Protocols the kernel distinguishes for port rules.

@@ -3,20 +3,18 @@
 //! into verdicts for the proxy and entries for the kernel maps.
 //!
 //! Data flows one way: YAML → [`parse`] → [`Policy`] (stored in the cluster state) → [`Engine`]
-//! (per-identity rules, built with the [`Universe`] of identities) → per-flow [`Verdict`]s in the
+//! (per-identity rules, built with the [`Universe`] of identities) → per-flow [`PolicyVerdict`]s in the
 //! proxy and [`kernel::compile`] output for the eBPF maps. Both consumers read the same engine, so
 //! the kernel and the proxy cannot disagree on L3/L4.
 
 pub mod cnp;
 pub mod engine;
-pub mod http;
 pub mod kernel;
-pub mod model;
 pub mod netpol;
 pub mod universe;
 
-pub use engine::{DirOutcome, Engine, Verdict};
-pub use model::{Direction, Policy, PolicyKind};
+pub use crate::model::policy::{Policy, PolicyKind, RuleDirection};
+pub use engine::{DirOutcome, Engine, PolicyVerdict};
 pub use universe::Universe;
 
 /// A field of a policy that is wrong: where (YAML path) and why.

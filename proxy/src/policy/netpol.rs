@@ -8,10 +8,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::FieldError;
 use super::cnp::{parse_cidr, port_sel};
-use super::model::{
-    Direction, Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule,
-};
 use crate::identity::{NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
+use crate::model::policy::{
+    Peer, Policy, PolicyKind, PolicySpec, PortRule, PortSel, Proto, Rule, RuleDirection,
+};
 use crate::model::selector::{LabelKey, RawExpression, Selector};
 
 fn selector(field: &str, s: &LabelSelector) -> Result<Selector, FieldError> {
@@ -91,7 +91,7 @@ pub fn parse(value: serde_yaml::Value, default_namespace: &str) -> Result<Policy
         for (i, r) in ingress.iter().enumerate() {
             rules.push(rule(
                 format!("spec.ingress[{i}]"),
-                Direction::Ingress,
+                RuleDirection::Ingress,
                 "from",
                 r.from.as_deref(),
                 r.ports.as_deref(),
@@ -103,7 +103,7 @@ pub fn parse(value: serde_yaml::Value, default_namespace: &str) -> Result<Policy
         for (i, r) in egress.iter().enumerate() {
             rules.push(rule(
                 format!("spec.egress[{i}]"),
-                Direction::Egress,
+                RuleDirection::Egress,
                 "to",
                 r.to.as_deref(),
                 r.ports.as_deref(),
@@ -127,7 +127,7 @@ pub fn parse(value: serde_yaml::Value, default_namespace: &str) -> Result<Policy
 
 fn rule(
     path: String,
-    direction: Direction,
+    direction: RuleDirection,
     peers_field: &str,
     peers: Option<&[NetworkPolicyPeer]>,
     ports: Option<&[NetworkPolicyPort]>,

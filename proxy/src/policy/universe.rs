@@ -8,8 +8,8 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 use ipnet::Ipv4Net;
 
-use super::model::{Peer, Policy};
 use crate::identity::{identity_labels, reserved};
+use crate::model::policy::{Peer, Policy};
 use crate::model::{Endpoint, Labels, Model, NamedPort, NamespacedName, ObjectKey};
 
 /// First identity number of CIDR identities (Cilium's local scope).

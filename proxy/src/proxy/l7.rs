@@ -35,7 +35,7 @@ pub type Connector =
 /// Response body: the upstream's or our own.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-pub use crate::policy::http::RequestInfo;
+pub use crate::model::http::RequestInfo;
 
 /// The policy's answer for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

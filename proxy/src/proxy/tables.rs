@@ -12,7 +12,7 @@ use strait_ebpf::abi::IPPROTO_TCP as TCP;
 use crate::flows::ServiceRef;
 use crate::identity::reserved;
 use crate::model::{ClusterInfo, Labels};
-use crate::policy::{Engine, Universe, Verdict};
+use crate::policy::{Engine, PolicyVerdict, Universe};
 
 /// A pod as the proxy needs it for routing and flow records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct Judged {
     pub dst_identity: u32,
-    pub verdict: Verdict,
+    pub verdict: PolicyVerdict,
 }
 
 /// The decision for one connection: which service (if any) and where to.

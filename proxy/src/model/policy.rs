@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::http::HttpRule;
-use crate::model::selector::Selector;
+use super::selector::Selector;
 
 /// The kind a policy was written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct PolicySpec {
 
 /// Traffic direction, from the subject's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Direction {
+pub enum RuleDirection {
     Ingress,
     Egress,
 }
@@ -76,7 +76,7 @@ pub enum Direction {
 pub struct Rule {
     /// YAML path, e.g. `spec.ingress[0]`.
     pub path: String,
-    pub direction: Direction,
+    pub direction: RuleDirection,
     pub deny: bool,
     /// Who is on the other end. `None`: anyone (the rule has only L4 constraints).
     pub peers: Option<Vec<Peer>>,
