@@ -97,19 +97,9 @@ impl Model {
         m
     }
 
-    /// Endpoints, in key order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
-        self.endpoints.values()
-    }
-
     /// Policies in force, in key order (kind, then `namespace/name`).
     pub fn policy_list(&self) -> Vec<Policy> {
         self.policies.values().map(|p| (**p).clone()).collect()
-    }
-
-    /// The endpoint with address `ip`, if any.
-    pub fn endpoint_by_ip(&self, ip: std::net::Ipv4Addr) -> Option<&Arc<Endpoint>> {
-        self.endpoints.values().find(|e| e.ip == ip)
     }
 
     /// Replaces everything with `state`, keeping the objects that did not change (so their
