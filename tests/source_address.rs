@@ -70,7 +70,15 @@ except socket.timeout:
 /// Starts the frontend's listener; returns once it is bound.
 fn listen_in_frontend(lab: &TestLab) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(STRAIT)
-        .args(["lab", "exec", "c1/demo/frontend", "--", "python3", "-c", LISTEN])
+        .args([
+            "lab",
+            "exec",
+            "c1/demo/frontend",
+            "--",
+            "python3",
+            "-c",
+            LISTEN,
+        ])
         .arg(REPLY_PORT.to_string())
         .env("STRAIT_LAB", &lab.name)
         .stdout(Stdio::piped())
@@ -121,7 +129,11 @@ fn a_pod_cannot_send_as_another_pod() {
     ] {
         // Legitimate traffic: the frontend's own datagrams (plain and raw) are answered, the
         // intruder's own are denied by policy.
-        assert_eq!(py_udp(&lab, "frontend", backend, 5353), "reply ping", "{where_}");
+        assert_eq!(
+            py_udp(&lab, "frontend", backend, 5353),
+            "reply ping",
+            "{where_}"
+        );
         assert_eq!(
             echoed_as_frontend(&lab, "frontend", &frontend, backend),
             "reply from-frontend",
@@ -143,7 +155,10 @@ fn a_pod_cannot_send_as_another_pod() {
         assert_eq!(drop.decided_by, Some(DecidedBy::Kernel));
         assert_eq!(drop.protocol, "UDP");
         assert_eq!(
-            (drop.source.pod.as_str(), drop.source.ip.map(|ip| ip.to_string())),
+            (
+                drop.source.pod.as_str(),
+                drop.source.ip.map(|ip| ip.to_string())
+            ),
             ("other", Some(other.clone())),
             "the flow names the sender, not the address it forged"
         );

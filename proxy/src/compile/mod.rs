@@ -23,7 +23,9 @@ pub use image::KernelImage;
 pub use tables::service_frontends;
 
 use crate::dns::DnsTable;
-use crate::model::{ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Snapshot, Store, Update};
+use crate::model::{
+    ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Snapshot, Store, Update,
+};
 use crate::policy::engine::SelectorCache;
 use crate::policy::kernel::{KernelChanges, KernelCompiler};
 use crate::policy::{Engine, Policy, Universe};

@@ -142,10 +142,14 @@ mod tests {
         assert_eq!(rec.destination.pod, "backend");
         assert!(rec.policies.is_empty(), "{:?}", rec.policies);
         let error = rec.error.unwrap();
-        assert!(error.contains("10.0.0.5") && error.contains("10.0.0.6"), "{error}");
-        let json = serde_json::to_value(
-            flow_from_drop(&event(DropReason::SourceIpInvalid, Some(other)), &tables),
-        )
+        assert!(
+            error.contains("10.0.0.5") && error.contains("10.0.0.6"),
+            "{error}"
+        );
+        let json = serde_json::to_value(flow_from_drop(
+            &event(DropReason::SourceIpInvalid, Some(other)),
+            &tables,
+        ))
         .unwrap();
         assert_eq!(json["drop_reason"], "SOURCE_IP_INVALID");
 
