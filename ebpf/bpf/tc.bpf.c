@@ -6,9 +6,12 @@
  *   strait_tc_from_pod  ingress of the host veth = packets leaving the pod
  *   strait_tc_to_pod    egress of the host veth  = packets entering the pod
  *
- * Both judge IPv4 packets the same way (tc.h): identities of source and
- * destination from strait_ipcache (a pod's own address gives its identity),
- * then conntrack and policy. Non-IPv4 frames (ARP, IPv6) pass unjudged.
+ * Leaving a pod, an IPv4 packet must carry the pod's own source address
+ * (strait_pod_ifs), else it is dropped before anything else looks at it.
+ * Both then judge IPv4 packets the same way (tc.h): the sending pod's identity
+ * (from-pod) or the source's from strait_ipcache (to-pod), the destination's
+ * from strait_ipcache, then conntrack and policy. Non-IPv4 frames (ARP, IPv6)
+ * pass unjudged.
  * Dropped packets are counted and reported (drop.h). The programs pass with
  * TC_ACT_OK, which also ends the TCX chain.
  */
@@ -38,14 +41,24 @@ static __always_inline int strait_tc(struct __sk_buff *skb, __u8 hook)
 	ev.sport = pkt.tuple.sport;
 	ev.dport = pkt.tuple.dport;
 	ev.protocol = pkt.tuple.protocol;
+	if (hook == STRAIT_HOOK_TC_FROM_POD)
+		ev.reason = strait_tc_check_source(skb->ifindex, pkt.tuple.saddr, &ev.src_identity,
+						   &ev.pod_ip4);
 	if (parsed != STRAIT_PARSE_OK) {
 		ev.reason = STRAIT_DROP_INVALID;
 		strait_drop_notify(&ev);
 		return TC_ACT_SHOT;
 	}
-
-	src_id = strait_ipcache_identity(pkt.tuple.saddr);
 	dst_id = strait_ipcache_identity(pkt.tuple.daddr);
+	if (ev.reason != STRAIT_DROP_NONE) {
+		ev.dst_identity = dst_id;
+		strait_drop_notify(&ev);
+		return TC_ACT_SHOT;
+	}
+
+	/* Leaving a pod: its verified identity, never one looked up from its packet. */
+	src_id = hook == STRAIT_HOOK_TC_FROM_POD ? ev.src_identity
+						 : strait_ipcache_identity(pkt.tuple.saddr);
 	ev.reason = strait_tc_judge(&pkt, src_id, dst_id, bpf_ktime_get_ns());
 	if (ev.reason == STRAIT_DROP_NONE)
 		return TC_ACT_OK;

@@ -22,6 +22,8 @@ pub const CFG_DISABLED: u32 = 1 << 0;
 pub const IPCACHE_MAX: u32 = 65536;
 /// `STRAIT_ENDPOINTS_MAX`: capacity of the cgroup id → endpoint map.
 pub const ENDPOINTS_MAX: u32 = 4096;
+/// `STRAIT_POD_IFS_MAX`: capacity of the pod interface (ifindex → pod address) map.
+pub const POD_IFS_MAX: u32 = 4096;
 /// `STRAIT_POLICED_MAX`: capacity of the identity → enforcement flags map.
 pub const POLICED_MAX: u32 = 16384;
 /// `STRAIT_POLICY_MAX`: capacity of the policy LPM trie.
@@ -152,6 +154,16 @@ pub struct Endpoint {
     pub identity: u32,
     /// Network order.
     pub ip4: u32,
+}
+
+/// `struct strait_pod_if`: value of the pod interface map, keyed by the ifindex of a pod's
+/// host-side veth: the one source address packets leaving the pod may carry, and its identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodIf {
+    /// Network order.
+    pub ip4: u32,
+    pub identity: u32,
 }
 
 /// The data of `struct strait_policy_key` after its `prefixlen` (which aya's
@@ -380,7 +392,8 @@ pub struct DropEventRecord {
     pub dst_identity: u32,
     pub cgroup_id: u64,
     pub ifindex: u32,
-    pub pad: u32,
+    /// Network order; tc from pod: the address of the pod behind `ifindex`, 0 without one.
+    pub pod_ip4: u32,
 }
 
 impl DropEventRecord {
@@ -411,7 +424,7 @@ impl DropEventRecord {
             dst_identity: u32_at(28),
             cgroup_id: u64_at(32),
             ifindex: u32_at(40),
-            pad: u32_at(44),
+            pod_ip4: u32_at(44),
         })
     }
 }
@@ -487,6 +500,9 @@ unsafe impl aya::Pod for SockKey {}
 // SAFETY: see `Config` above.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for Endpoint {}
+// SAFETY: see `Config` above.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for PodIf {}
 // SAFETY: see `Config` above (`reserved` is the explicit padding).
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for PolicyKeyData {}

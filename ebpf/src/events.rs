@@ -6,7 +6,7 @@
 //! [`DropEvents`] is alive.
 
 use std::{
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -59,6 +59,9 @@ pub struct DropEvent {
     pub cgroup_id: u64,
     /// tc: the pod's host-side veth; connect hooks: 0.
     pub ifindex: u32,
+    /// tc from pod: the address of the pod behind `ifindex` (the sender, whatever source
+    /// address it wrote); `None` when the interface has no pod recorded, and elsewhere.
+    pub pod_ip: Option<Ipv4Addr>,
 }
 
 impl DropEvent {
@@ -75,6 +78,7 @@ impl DropEvent {
             dst_identity: r.dst_identity,
             cgroup_id: r.cgroup_id,
             ifindex: r.ifindex,
+            pod_ip: Some(abi::ip_from_net(r.pod_ip4)).filter(|ip| !ip.is_unspecified()),
         })
     }
 }

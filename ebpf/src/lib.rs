@@ -13,9 +13,10 @@
 //!
 //! L3/L4 policy is enforced in the kernel from maps that [`Datapath::apply_policy`] fills from a
 //! [`PolicyImage`]: `connect4` refuses a denied pod connect (EPERM, no SYN leaves the pod), and
-//! tc programs on each pod's host-side veth ([`Datapath::attach_pod_interface`]) drop denied
-//! packets that do not go through the proxy (UDP, ICMP, direct TCP), with connection tracking
-//! for replies. Drops are counted ([`Datapath::drop_counters`]) and reported as
+//! tc programs on each pod's host-side veth ([`Datapath::attach_pod_interface`]) drop packets
+//! leaving a pod with a source address that is not the pod's own (before judging anything by
+//! it), and denied packets that do not go through the proxy (UDP, ICMP, direct TCP), with
+//! connection tracking for replies. Drops are counted ([`Datapath::drop_counters`]) and reported as
 //! [`DropEvent`]s ([`Datapath::drop_events`]).
 //!
 //! The programs stay attached through pinned links while the agent is down, so pods' connects
@@ -31,6 +32,7 @@ pub mod sys;
 pub mod testing;
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
@@ -59,6 +61,14 @@ pub struct DatapathConfig {
     pub bypass: Vec<Ipv4Addr>,
 }
 
+/// The pod behind a host-side veth: the only source address IPv4 packets leaving it may carry,
+/// and the identity tc judges them by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodAddress {
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+}
+
 /// Name, hook and attach state of one program, for status pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramStatus {
@@ -81,6 +91,12 @@ pub enum Error {
     Events(#[from] events::Error),
     #[error("invalid data path config: {reason}")]
     InvalidConfig { reason: String },
+    #[error("interface {ifname} not found (the agent must run in the node's network namespace)")]
+    InterfaceIndex {
+        ifname: String,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 pub use loader::Error as LoaderError;
@@ -100,6 +116,9 @@ pub struct Datapath {
     installed: Mutex<Option<policy::State>>,
     /// Set while a [`DropEvents`] reader is alive.
     events_busy: Arc<AtomicBool>,
+    /// Index of each pod interface with tc attached, as resolved when it was attached (or at
+    /// load): detaching removes its pod entry even once the name no longer resolves.
+    ifindexes: Mutex<BTreeMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -155,6 +174,7 @@ impl Datapath {
             proxy = %cfg.proxy,
             "eBPF data path attached"
         );
+        let ifindexes = forget_stale_pod_ifs(&maps, &cfg.pin_dir)?;
         Ok(Datapath {
             pin_dir: cfg.pin_dir.clone(),
             cgroup: cfg.cgroup.clone(),
@@ -162,6 +182,7 @@ impl Datapath {
             tc: Mutex::new(tc),
             installed: Mutex::new(None),
             events_busy: Arc::new(AtomicBool::new(false)),
+            ifindexes: Mutex::new(ifindexes),
         })
     }
 
@@ -264,20 +285,46 @@ impl Datapath {
     }
 
     /// Attaches the tc programs to a pod's host-side veth `ifname` (ingress: from the pod;
-    /// egress: to the pod), as TCX links pinned at `<pin_dir>/tc_<ifname>_{in,eg}`. Idempotent;
-    /// links pinned before (by this agent or a previous one) are replaced without a gap. The name
-    /// is resolved in the calling thread's network namespace (the node's).
-    pub fn attach_pod_interface(&self, ifname: &str) -> Result<(), Error> {
+    /// egress: to the pod), as TCX links pinned at `<pin_dir>/tc_<ifname>_{in,eg}`, after
+    /// recording `pod` as the pod behind it: IPv4 packets leaving the interface must carry
+    /// `pod.ip` as their source and are judged as `pod.identity`. Idempotent, and the way to
+    /// change the pod's address or identity; links pinned before (by this agent or a previous
+    /// one) are replaced without a gap. The name is resolved in the calling thread's network
+    /// namespace (the node's).
+    pub fn attach_pod_interface(&self, ifname: &str, pod: PodAddress) -> Result<(), Error> {
+        loader::check_ifname(ifname)?;
+        let ifindex =
+            nix::net::if_::if_nametoindex(ifname).map_err(|source| Error::InterfaceIndex {
+                ifname: ifname.to_owned(),
+                source,
+            })?;
+        // Before the programs run there: an interface without an entry lets no IPv4 out.
+        self.maps.set_pod_if(ifindex, pod)?;
+        let previous = self.ifindexes.lock().insert(ifname.to_owned(), ifindex);
+        if let Some(old) = previous.filter(|old| *old != ifindex) {
+            // The interface was re-created under the same name.
+            self.maps.remove_pod_if(old)?;
+        }
         loader::attach_tc(&mut self.tc.lock(), ifname, &self.pin_dir)?;
-        tracing::debug!(ifname, "tc programs attached");
+        tracing::debug!(ifname, ifindex, ip = %pod.ip, identity = pod.identity, "tc programs attached");
         Ok(())
     }
 
-    /// Detaches the tc programs from `ifname` (removes its link pins). Fine if nothing is
-    /// attached, or if the interface is gone already (its links are then defunct, but pinned).
+    /// Detaches the tc programs from `ifname` (removes its link pins), then forgets its pod.
+    /// Fine if nothing is attached, or if the interface is gone already (its links are then
+    /// defunct, but pinned).
     pub fn detach_pod_interface(&self, ifname: &str) -> Result<(), Error> {
         loader::detach_tc(ifname, &self.pin_dir)?;
+        let ifindex = self.ifindexes.lock().remove(ifname);
+        if let Some(ifindex) = ifindex {
+            self.maps.remove_pod_if(ifindex)?;
+        }
         Ok(())
+    }
+
+    /// The pod recorded behind each pod interface, by interface index.
+    pub fn pod_addresses(&self) -> Result<Vec<(u32, PodAddress)>, Error> {
+        Ok(self.maps.pod_ifs()?)
     }
 
     /// Interfaces whose tc links are pinned, sorted.
@@ -338,6 +385,26 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), Error> {
     sys::require_bpffs(pin_dir)?;
     loader::remove_pins(pin_dir)?;
     Ok(())
+}
+
+/// The index of each interface with tc links pinned under `pin_dir` that still resolves (in
+/// the calling thread's network namespace); removes the pod entries of every other index, left
+/// by interfaces that went away while no agent ran.
+fn forget_stale_pod_ifs(maps: &maps::Maps, pin_dir: &Path) -> Result<BTreeMap<String, u32>, Error> {
+    let live: BTreeMap<String, u32> = loader::tc_interfaces(pin_dir)
+        .into_iter()
+        .filter_map(|ifname| {
+            let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).ok()?;
+            Some((ifname, ifindex))
+        })
+        .collect();
+    for (ifindex, pod) in maps.pod_ifs()? {
+        if !live.values().any(|i| *i == ifindex) {
+            tracing::debug!(ifindex, ip = %pod.ip, "forgetting the pod of a vanished interface");
+            maps.remove_pod_if(ifindex)?;
+        }
+    }
+    Ok(live)
 }
 
 fn validate(proxy: SocketAddrV4, bypass: &[Ipv4Addr]) -> Result<(), Error> {

@@ -16,8 +16,9 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 
 use crate::{
+    PodAddress,
     abi::{
-        self, Config, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, OrigDst,
+        self, Config, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, OrigDst, PodIf,
         PolicyAction, PolicyKeyData, SockKey, SvcBackend, SvcEntry, SvcKey,
     },
     policy::{PolicyKey, ServiceBackend, State, Step},
@@ -90,6 +91,13 @@ pub(crate) const ORIG_BY_CLIENT: MapSpec = MapSpec {
     value_size: size::<OrigDst>(),
     max_entries: abi::ORIG_MAX,
 };
+pub(crate) const POD_IFS: MapSpec = MapSpec {
+    name: "strait_pod_ifs",
+    map_type: MapType::Hash,
+    key_size: size::<u32>(),
+    value_size: size::<PodIf>(),
+    max_entries: abi::POD_IFS_MAX,
+};
 
 pub(crate) const IPCACHE: MapSpec = MapSpec {
     name: "strait_ipcache",
@@ -156,11 +164,12 @@ pub(crate) const DROPS: MapSpec = MapSpec {
 };
 
 /// Every map of `maps.h`, all pinned by name.
-pub(crate) const ALL: [MapSpec; 13] = [
+pub(crate) const ALL: [MapSpec; 14] = [
     CONFIG,
     BYPASS,
     ORIG_BY_COOKIE,
     ORIG_BY_CLIENT,
+    POD_IFS,
     IPCACHE,
     ENDPOINTS,
     POLICED,
@@ -177,6 +186,7 @@ pub(crate) struct Maps {
     config: Mutex<Array<MapData, Config>>,
     bypass: Mutex<HashMap<MapData, u32, u8>>,
     orig_by_client: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    pod_ifs: Mutex<HashMap<MapData, u32, PodIf>>,
     ipcache: Mutex<LpmTrie<MapData, u32, u32>>,
     endpoints: Mutex<HashMap<MapData, u64, Endpoint>>,
     policed: Mutex<HashMap<MapData, u32, u32>>,
@@ -194,6 +204,7 @@ impl Maps {
             config: Mutex::new(take(ebpf, &CONFIG)?),
             bypass: Mutex::new(take(ebpf, &BYPASS)?),
             orig_by_client: Mutex::new(take(ebpf, &ORIG_BY_CLIENT)?),
+            pod_ifs: Mutex::new(take(ebpf, &POD_IFS)?),
             ipcache: Mutex::new(take(ebpf, &IPCACHE)?),
             endpoints: Mutex::new(take(ebpf, &ENDPOINTS)?),
             policed: Mutex::new(take(ebpf, &POLICED)?),
@@ -294,6 +305,48 @@ impl Maps {
         // LRU eviction may have beaten us to it; the value is ours either way.
         ignore_missing(map.remove(&key)).map_err(op_err("delete"))?;
         Ok(Some(orig.addr()))
+    }
+}
+
+// === pod interfaces ===
+
+impl Maps {
+    /// Records `pod` as the pod behind the interface with index `ifindex`.
+    pub(crate) fn set_pod_if(&self, ifindex: u32, pod: PodAddress) -> Result<(), Error> {
+        let value = PodIf {
+            ip4: abi::ip_to_net(pod.ip),
+            identity: pod.identity,
+        };
+        self.pod_ifs
+            .lock()
+            .insert(ifindex, value, 0)
+            .map_err(op_err(&POD_IFS, "insert"))
+    }
+
+    /// Forgets the pod behind `ifindex`; fine if none was recorded.
+    pub(crate) fn remove_pod_if(&self, ifindex: u32) -> Result<(), Error> {
+        ignore_missing(self.pod_ifs.lock().remove(&ifindex)).map_err(op_err(&POD_IFS, "delete"))
+    }
+
+    /// Every recorded interface index with its pod, sorted by index.
+    pub(crate) fn pod_ifs(&self) -> Result<Vec<(u32, PodAddress)>, Error> {
+        let mut all: Vec<(u32, PodAddress)> = self
+            .pod_ifs
+            .lock()
+            .iter()
+            .map(|entry| {
+                entry.map(|(ifindex, v)| {
+                    let pod = PodAddress {
+                        ip: abi::ip_from_net(v.ip4),
+                        identity: v.identity,
+                    };
+                    (ifindex, pod)
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(op_err(&POD_IFS, "list"))?;
+        all.sort_by_key(|(ifindex, _)| *ifindex);
+        Ok(all)
     }
 }
 
@@ -444,6 +497,7 @@ impl Maps {
     pub(crate) fn fill(&self) -> Vec<(&'static str, usize, usize)> {
         let entry = |spec: &MapSpec, n: usize| (spec.name, n, spec.max_entries as usize);
         vec![
+            entry(&POD_IFS, self.pod_ifs.lock().keys().flatten().count()),
             entry(&IPCACHE, self.ipcache.lock().keys().flatten().count()),
             entry(&ENDPOINTS, self.endpoints.lock().keys().flatten().count()),
             entry(&POLICED, self.policed.lock().keys().flatten().count()),

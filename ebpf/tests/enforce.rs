@@ -15,7 +15,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use ipnet::Ipv4Net;
 use strait_ebpf::{
-    Datapath, DropEvent, DropEvents, DropHook, DropReason, EndpointEntry, PolicyAction,
+    Datapath, DropEvent, DropEvents, DropHook, DropReason, EndpointEntry, PodAddress, PolicyAction,
     PolicyDelta, PolicyImage, PolicyKey,
     abi::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -24,6 +24,20 @@ use support::pods::{GW, LXC_A, LXC_B, POD_A, POD_B, Pods};
 const PROXY_PORT: u16 = 15001;
 const ID_A: u32 = 1000;
 const ID_B: u32 = 1001;
+
+/// The pod behind host-side veth `lxc`.
+fn pod(lxc: &str) -> PodAddress {
+    match lxc {
+        LXC_A => PodAddress {
+            ip: POD_A,
+            identity: ID_A,
+        },
+        _ => PodAddress {
+            ip: POD_B,
+            identity: ID_B,
+        },
+    }
+}
 
 fn image(pods: &Pods, udp_allowed: bool) -> PolicyImage {
     let net = |ip: Ipv4Addr| Ipv4Net::new(ip, 32).unwrap();
@@ -95,7 +109,7 @@ fn connect_and_tc_enforce_policy() {
     let dp = &datapath;
     pods.in_node(|| {
         for lxc in [LXC_A, LXC_B, LXC_A] {
-            dp.attach_pod_interface(lxc).unwrap();
+            dp.attach_pod_interface(lxc, pod(lxc)).unwrap();
         }
     });
     assert!(attached_everywhere(&pods), "attaching twice replaces");
@@ -173,7 +187,7 @@ fn connect_and_tc_enforce_policy() {
     let dp = &datapath;
     pods.in_node(|| {
         for lxc in [LXC_A, LXC_B] {
-            dp.attach_pod_interface(lxc).unwrap();
+            dp.attach_pod_interface(lxc, pod(lxc)).unwrap();
         }
     });
     assert!(attached_everywhere(&pods), "the old links are gone");
@@ -235,10 +249,12 @@ fn connect_and_tc_enforce_policy() {
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Ingress), 0);
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Egress), 0);
     assert_eq!(datapath.pod_interfaces(), [LXC_B]);
-    let err = datapath.attach_pod_interface("no.such.if").unwrap_err();
+    let err = datapath
+        .attach_pod_interface("no.such.if", pod(LXC_A))
+        .unwrap_err();
     assert!(err.to_string().contains("cannot carry"), "{err}");
     let err = pods
-        .in_node(|| datapath.attach_pod_interface("lxcnone"))
+        .in_node(|| datapath.attach_pod_interface("lxcnone", pod(LXC_A)))
         .unwrap_err();
     assert!(
         format!("{:?}", anyhow_chain(&err)).contains("lxcnone"),
@@ -261,7 +277,8 @@ fn reattaches_after_the_interface_is_recreated() {
     let pods = Pods::new("recreate");
     let datapath = Datapath::load_and_attach(&pods.config(PROXY_PORT)).unwrap();
     let dp = &datapath;
-    pods.in_node(|| dp.attach_pod_interface(LXC_A)).unwrap();
+    pods.in_node(|| dp.attach_pod_interface(LXC_A, pod(LXC_A)))
+        .unwrap();
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Ingress), 1);
     // The pod's veth goes away and comes back under the same name: the pinned links are
     // defunct, so new ones replace them.
@@ -284,7 +301,8 @@ fn reattaches_after_the_interface_is_recreated() {
         ],
     );
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Ingress), 0);
-    pods.in_node(|| dp.attach_pod_interface(LXC_A)).unwrap();
+    pods.in_node(|| dp.attach_pod_interface(LXC_A, pod(LXC_A)))
+        .unwrap();
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Ingress), 1);
     assert_eq!(tc_programs(&pods, LXC_A, TcAttachType::Egress), 1);
     assert_eq!(datapath.pod_interfaces(), [LXC_A]);

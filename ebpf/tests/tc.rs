@@ -1,6 +1,8 @@
 //! The tc programs (`bpf/tc.bpf.c`) on crafted packets through BPF_PROG_TEST_RUN, against maps
-//! filled by `Datapath::apply_policy` (the object is loaded on the data path's pin directory).
-//! Needs root; fails (does not skip) without it.
+//! filled by `Datapath::apply_policy` and `Datapath::attach_pod_interface` (the object is loaded
+//! on the data path's pin directory). Each packet is run as seen on a pod's host-side veth (a
+//! veth pair in the fixture's namespace, its index passed in the `__sk_buff` context). Needs
+//! root; fails (does not skip) without it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use strait_ebpf::{
-    Datapath, DropEvent, DropHook, DropReason, PolicyAction, PolicyImage, PolicyKey,
+    Datapath, DropEvent, DropHook, DropReason, PodAddress, PolicyAction, PolicyImage, PolicyKey,
     abi::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use support::Fixture;
@@ -24,10 +26,19 @@ const TO_POD: &str = "strait_tc_to_pod";
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
+/// A third pod, policy allows it nothing towards B.
+const C: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 3);
 const GW: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 254);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 const ID_A: u32 = 1000;
 const ID_B: u32 = 1001;
+const ID_C: u32 = 1002;
+
+/// Host-side veths of pods A, B and C, and one no pod was recorded for.
+const LXC_A: &str = "lxca";
+const LXC_B: &str = "lxcb";
+const LXC_C: &str = "lxcc";
+const LXC_NONE: &str = "lxcn";
 
 fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
@@ -115,7 +126,7 @@ fn port_unreachable(from: Ipv4Addr, quoted_src: SocketAddrV4, quoted_dst: Socket
 // === harness ===
 
 struct Harness {
-    _fx: Fixture,
+    fx: Fixture,
     datapath: Datapath,
     ebpf: aya::Ebpf,
 }
@@ -123,7 +134,27 @@ struct Harness {
 impl Harness {
     fn new(test: &str) -> Self {
         let fx = Fixture::new(test);
+        for (lxc, peer) in [
+            (LXC_A, "peera"),
+            (LXC_B, "peerb"),
+            (LXC_C, "peerc"),
+            (LXC_NONE, "peern"),
+        ] {
+            support::run(
+                "ip",
+                &[
+                    "-n", &fx.netns, "link", "add", lxc, "type", "veth", "peer", "name", peer,
+                ],
+            );
+        }
         let datapath = Datapath::load_and_attach(&fx.config(15001)).unwrap();
+        let dp = &datapath;
+        fx.in_ns(|| {
+            for (lxc, ip, identity) in [(LXC_A, A, ID_A), (LXC_B, B, ID_B), (LXC_C, C, ID_C)] {
+                dp.attach_pod_interface(lxc, PodAddress { ip, identity })
+                    .unwrap();
+            }
+        });
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(&fx.pin_dir)
             .load(OBJ)
@@ -135,7 +166,7 @@ impl Harness {
         let net = |ip: Ipv4Addr| ipnet::Ipv4Net::new(ip, 32).unwrap();
         datapath
             .apply_policy(&PolicyImage {
-                ipcache: vec![(net(A), ID_A), (net(B), ID_B), (net(GW), 1)],
+                ipcache: vec![(net(A), ID_A), (net(B), ID_B), (net(C), ID_C), (net(GW), 1)],
                 // Both pods police ingress: replies pass only through conntrack.
                 policed: vec![(ID_A, true, false), (ID_B, true, false)],
                 rules: vec![
@@ -151,25 +182,58 @@ impl Harness {
                 ..PolicyImage::default()
             })
             .unwrap();
-        Harness {
-            _fx: fx,
-            datapath,
-            ebpf,
-        }
+        Harness { fx, datapath, ebpf }
     }
 
+    fn ifindex(&self, ifname: &str) -> u32 {
+        self.fx
+            .in_ns(|| nix::net::if_::if_nametoindex(ifname).unwrap())
+    }
+
+    /// Runs `program` on `packet` as seen on the veth of the pod it leaves (`FROM_POD`: its
+    /// source) or enters (`TO_POD`: its destination); A's veth for any other address.
     fn run(&self, program: &str, packet: &[u8]) -> i32 {
-        self.try_run(program, packet)
-            .unwrap_or_else(|e| panic!("test run of {} bytes: {e}", packet.len()))
+        let at = if program == FROM_POD { 26 } else { 30 };
+        let ip = packet
+            .get(at..at + 4)
+            .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        let lxc = match ip {
+            Some(B) => LXC_B,
+            Some(C) => LXC_C,
+            _ => LXC_A,
+        };
+        self.run_on(lxc, program, packet)
+    }
+
+    /// Runs `program` on `packet` as seen on interface `lxc`.
+    fn run_on(&self, lxc: &str, program: &str, packet: &[u8]) -> i32 {
+        self.try_run_on(lxc, program, packet)
+            .unwrap_or_else(|e| panic!("test run of {} bytes on {lxc}: {e}", packet.len()))
     }
 
     fn try_run(&self, program: &str, packet: &[u8]) -> Result<i32, aya::programs::ProgramError> {
+        self.try_run_on(LXC_A, program, packet)
+    }
+
+    fn try_run_on(
+        &self,
+        lxc: &str,
+        program: &str,
+        packet: &[u8],
+    ) -> Result<i32, aya::programs::ProgramError> {
         let prog: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
+        // `struct __sk_buff` up to `ifindex` (offset 40): the kernel runs the program as if
+        // the packet were on that interface, which must exist in the caller's namespace.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&self.ifindex(lxc).to_ne_bytes());
         let mut out = vec![0u8; packet.len() + 64];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(packet);
-        opts.data_out = Some(&mut out);
-        Ok(prog.test_run(opts)?.return_value as i32)
+        self.fx.in_ns(|| {
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(packet);
+            opts.data_out = Some(&mut out);
+            opts.ctx_in = Some(&ctx);
+            Ok(prog.test_run(opts)?.return_value as i32)
+        })
     }
 
     fn counter(&self, reason: DropReason) -> u64 {
@@ -356,10 +420,10 @@ fn fragments_follow_their_first_fragment() {
             udp_fragment(a, sa(B, 5354), 79, false),
             "drop",
         ),
-        // Same id, other source: another datagram.
+        // Same id, other source (pod C's own): another datagram.
         (
             "other source",
-            udp_fragment(sa(OUTSIDE, 1), sa(B, 5353), 77, false),
+            udp_fragment(sa(C, 1), sa(B, 5353), 77, false),
             "drop",
         ),
     ];
@@ -437,4 +501,130 @@ fn malformed_and_short_packets_are_dropped_and_others_pass() {
         "drop",
         "options present, ports cut"
     );
+}
+
+#[test]
+fn source_address_is_verified_before_anything_else() {
+    let h = Harness::new("tc_srcaddr");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let mut events = h.datapath.drop_events().unwrap();
+    let b = sa(B, 5353);
+
+    // A's own datagram passes; C, allowed nothing towards B, is denied as itself.
+    assert_eq!(
+        verdict(h.run_on(LXC_A, FROM_POD, &udp(sa(A, 40000), b))),
+        "pass"
+    );
+    assert_eq!(
+        verdict(h.run_on(LXC_C, FROM_POD, &udp(sa(C, 40000), b))),
+        "drop"
+    );
+    let event = events.try_next().unwrap();
+    assert_eq!(event.reason, DropReason::PolicyDenied);
+    assert_eq!((event.src_identity, event.pod_ip), (ID_C, Some(C)));
+
+    // C writes A's address as its source: policy would allow A, but the packet is dropped
+    // before any lookup, reported as C's, and counted.
+    let forged = udp(sa(A, 40001), b);
+    assert_eq!(verdict(h.run_on(LXC_C, FROM_POD, &forged)), "drop");
+    let event = events.try_next().unwrap();
+    assert_eq!(
+        (event.hook, event.reason, event.protocol),
+        (
+            DropHook::TcFromPod,
+            DropReason::SourceIpInvalid,
+            IPPROTO_UDP
+        )
+    );
+    assert_eq!((event.src, event.dst), (sa(A, 40001), b), "as written");
+    assert_eq!((event.src_identity, event.dst_identity), (ID_C, ID_B));
+    assert_eq!(event.pod_ip, Some(C));
+    assert_eq!(event.ifindex, h.ifindex(LXC_C));
+    // Nor can it hide behind an address nobody has, or a later fragment.
+    for packet in [
+        udp(sa(OUTSIDE, 53), b),
+        udp_fragment(sa(A, 40000), b, 91, false),
+        icmp(B, A, 0, 0, [0, 7, 0, 1], &[]),
+    ] {
+        assert_eq!(verdict(h.run_on(LXC_C, FROM_POD, &packet)), "drop");
+    }
+    // Entering a pod, the source is whatever the sender's own veth let through.
+    assert_eq!(
+        verdict(h.run_on(LXC_C, TO_POD, &udp(sa(OUTSIDE, 53), sa(C, 53)))),
+        "pass"
+    );
+
+    // An interface no pod was recorded for lets no IPv4 out (fail closed); ARP and IPv6 pass.
+    assert_eq!(
+        verdict(h.run_on(LXC_NONE, FROM_POD, &udp(sa(A, 40000), b))),
+        "drop"
+    );
+    let event = std::iter::from_fn(|| events.try_next()).last().unwrap();
+    assert_eq!(event.reason, DropReason::SourceIpInvalid);
+    assert_eq!((event.src_identity, event.pod_ip), (0, None));
+    assert_eq!(event.ifindex, h.ifindex(LXC_NONE));
+    for packet in [ethernet(0x0806, &[0; 28]), ethernet(0x86dd, &[0x60; 40])] {
+        assert_eq!(verdict(h.run_on(LXC_NONE, FROM_POD, &packet)), "pass");
+    }
+    assert_eq!(h.counter(DropReason::SourceIpInvalid), 5);
+    assert_eq!(h.counter(DropReason::PolicyDenied), 1);
+
+    // Attaching again records a new address; detaching forgets the pod.
+    let c2 = Ipv4Addr::new(10, 200, 0, 4);
+    let dp = &h.datapath;
+    h.fx.in_ns(|| {
+        dp.attach_pod_interface(
+            LXC_C,
+            PodAddress {
+                ip: c2,
+                identity: ID_C,
+            },
+        )
+        .unwrap()
+    });
+    let lxc_c = h.ifindex(LXC_C);
+    let recorded = |ifindex| {
+        h.datapath
+            .pod_addresses()
+            .unwrap()
+            .into_iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, pod)| pod)
+    };
+    assert_eq!(
+        recorded(lxc_c),
+        Some(PodAddress {
+            ip: c2,
+            identity: ID_C
+        })
+    );
+    assert_eq!(
+        verdict(h.run_on(LXC_C, FROM_POD, &udp(sa(C, 40000), b))),
+        "drop"
+    );
+    assert_eq!(h.counter(DropReason::SourceIpInvalid), 6);
+    h.datapath.detach_pod_interface(LXC_C).unwrap();
+    assert_eq!(recorded(lxc_c), None);
+    assert_eq!(
+        verdict(h.run_on(LXC_C, FROM_POD, &udp(sa(c2, 40000), b))),
+        "drop"
+    );
+    assert_eq!(h.counter(DropReason::SourceIpInvalid), 7);
+
+    // B's veth goes away with its pod while no agent runs: the next agent forgets its pod.
+    let lxc_b = h.ifindex(LXC_B);
+    support::run("ip", &["-n", &h.fx.netns, "link", "del", LXC_B]);
+    let config = h.fx.config(15001);
+    let restarted = h.fx.in_ns(|| Datapath::load_and_attach(&config).unwrap());
+    let left: Vec<u32> = restarted
+        .pod_addresses()
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(left, [h.ifindex(LXC_A)], "B's entry was {lxc_b}");
 }

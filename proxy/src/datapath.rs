@@ -2,12 +2,12 @@
 //! interfaces, then the proxy tables and the DNS table, then reports the revision. The only
 //! writer of any of them.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use strait_ebpf::{ApplyStats, PolicyDelta, PolicyImage};
+use strait_ebpf::{ApplyStats, PodAddress, PolicyDelta, PolicyImage};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -34,9 +34,10 @@ pub trait Kernel: Send + Sync {
     fn apply_full(&self, image: &PolicyImage) -> Result<ApplyStats, strait_ebpf::Error>;
     /// Applies what changed since the last apply.
     fn apply_delta(&self, delta: &PolicyDelta) -> Result<ApplyStats, strait_ebpf::Error>;
-    /// Attaches the tc programs to a pod interface.
-    fn attach(&self, ifname: &str) -> Result<(), strait_ebpf::Error>;
-    /// Detaches them.
+    /// Attaches the tc programs to a pod interface, recording `pod` as the pod behind it (also
+    /// how a pod's new address or identity reaches tc).
+    fn attach(&self, ifname: &str, pod: PodAddress) -> Result<(), strait_ebpf::Error>;
+    /// Detaches them and forgets the pod.
     fn detach(&self, ifname: &str) -> Result<(), strait_ebpf::Error>;
     /// Interfaces with tc programs attached (by this agent or an earlier one).
     fn attached(&self) -> Vec<String>;
@@ -51,8 +52,8 @@ impl Kernel for strait_ebpf::Datapath {
         self.apply_policy_delta(delta)
     }
 
-    fn attach(&self, ifname: &str) -> Result<(), strait_ebpf::Error> {
-        self.attach_pod_interface(ifname)
+    fn attach(&self, ifname: &str, pod: PodAddress) -> Result<(), strait_ebpf::Error> {
+        self.attach_pod_interface(ifname, pod)
     }
 
     fn detach(&self, ifname: &str) -> Result<(), strait_ebpf::Error> {
@@ -79,7 +80,9 @@ pub struct Installer {
     kernel: Arc<dyn Kernel>,
     proxy: Arc<Proxy>,
     dns: watch::Sender<Arc<DnsTable>>,
-    attached: Mutex<BTreeSet<String>>,
+    /// Interfaces with tc attached and the pod recorded behind each; `None` for those adopted
+    /// from an earlier agent, whose record this one has not written yet.
+    attached: Mutex<BTreeMap<String, Option<PodAddress>>>,
     /// The image the maps hold, when known; the next install writes only the difference.
     installed: Mutex<Option<KernelImage>>,
     revision: AtomicU64,
@@ -94,7 +97,7 @@ impl Installer {
         proxy: Arc<Proxy>,
         dns: watch::Sender<Arc<DnsTable>>,
     ) -> Self {
-        let attached = kernel.attached().into_iter().collect();
+        let attached = kernel.attached().into_iter().map(|i| (i, None)).collect();
         Self {
             kernel,
             proxy,
@@ -106,26 +109,27 @@ impl Installer {
         }
     }
 
-    /// Installs one revision. Kernel first (tc on new pod interfaces, so a pod is never
-    /// unenforced once its policy is in the maps; then the maps; then detaching interfaces that
-    /// went away), then the proxy and DNS tables: a revision is reported only once all of it is
-    /// in force. On error the previous revision stays reported.
+    /// Installs one revision. Kernel first (tc on new pod interfaces, and the pod address of
+    /// those whose pod changed, so a pod is never unenforced once its policy is in the maps;
+    /// then the maps; then detaching interfaces that went away), then the proxy and DNS tables:
+    /// a revision is reported only once all of it is in force. On error the previous revision
+    /// stays reported.
     pub fn apply(&self, state: &CompiledState) -> Result<Installed, InstallError> {
         let mut attached = self.attached.lock();
-        let new: Vec<String> = state
+        let changed: Vec<(String, PodAddress)> = state
             .interfaces
             .iter()
-            .filter(|i| !attached.contains(*i))
-            .cloned()
+            .filter(|(ifname, pod)| attached.get(*ifname) != Some(&Some(**pod)))
+            .map(|(ifname, pod)| (ifname.clone(), *pod))
             .collect();
-        for ifname in &new {
+        for (ifname, pod) in changed {
             self.kernel
-                .attach(ifname)
+                .attach(&ifname, pod)
                 .map_err(|source| InstallError::Attach {
                     ifname: ifname.clone(),
                     source: Box::new(source),
                 })?;
-            attached.insert(ifname.clone());
+            attached.insert(ifname, Some(pod));
         }
         let mut installed = self.installed.lock();
         let (result, full) = match installed.take() {
@@ -139,8 +143,8 @@ impl Installer {
         let stats = result.map_err(|e| InstallError::Maps(Box::new(e)))?;
         *installed = Some(state.kernel.clone());
         let gone: Vec<String> = attached
-            .iter()
-            .filter(|i| !state.interfaces.contains(*i))
+            .keys()
+            .filter(|i| !state.interfaces.contains_key(*i))
             .cloned()
             .collect();
         for ifname in gone {
@@ -170,7 +174,7 @@ impl Installer {
 
     /// The interfaces with tc programs attached.
     pub fn interfaces(&self) -> Vec<String> {
-        self.attached.lock().iter().cloned().collect()
+        self.attached.lock().keys().cloned().collect()
     }
 
     /// The source revision of the last installed state (0 before the first).
@@ -181,5 +185,123 @@ impl Installer {
     /// The store revision of the last installed state (0 before the first).
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{ClusterInfo, ClusterState, Endpoint, Node};
+
+    /// Records what the installer asks of the kernel.
+    #[derive(Default)]
+    struct FakeKernel {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Kernel for FakeKernel {
+        fn apply_full(&self, _: &PolicyImage) -> Result<ApplyStats, strait_ebpf::Error> {
+            Ok(ApplyStats::default())
+        }
+
+        fn apply_delta(&self, _: &PolicyDelta) -> Result<ApplyStats, strait_ebpf::Error> {
+            Ok(ApplyStats::default())
+        }
+
+        fn attach(&self, ifname: &str, pod: PodAddress) -> Result<(), strait_ebpf::Error> {
+            let call = format!("attach {ifname} {} {}", pod.ip, pod.identity);
+            self.calls.lock().push(call);
+            Ok(())
+        }
+
+        fn detach(&self, ifname: &str) -> Result<(), strait_ebpf::Error> {
+            self.calls.lock().push(format!("detach {ifname}"));
+            Ok(())
+        }
+
+        fn attached(&self) -> Vec<String> {
+            vec!["lxcold".into(), "lxcgone".into()]
+        }
+    }
+
+    fn pod(name: &str, ip: [u8; 4], identity: u32) -> Endpoint {
+        Endpoint {
+            namespace: "demo".into(),
+            name: name.into(),
+            node: "node-1".into(),
+            ip: Ipv4Addr::from(ip),
+            labels: [("app".to_string(), name.to_string())].into(),
+            identity,
+            workload: None,
+            ports: vec![],
+            ready: true,
+            cgroup_id: None,
+            host_ifname: Some(format!("lxc{name}")),
+        }
+    }
+
+    fn compiled(revision: u64, endpoints: Vec<Endpoint>) -> CompiledState {
+        let state = ClusterState {
+            revision,
+            cluster: ClusterInfo {
+                name: "c1".into(),
+                id: 1,
+            },
+            nodes: vec![Node {
+                name: "node-1".into(),
+                underlay_ip: Ipv4Addr::new(10, 9, 0, 1),
+                pod_cidr: "10.0.1.0/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(10, 0, 1, 1),
+            }],
+            namespaces: vec![],
+            endpoints,
+            services: vec![],
+            policies: vec![],
+        };
+        crate::compile::compile_state(state, "node-1").unwrap()
+    }
+
+    #[test]
+    fn pod_addresses_reach_tc_when_attached_and_when_they_change() {
+        let kernel = Arc::new(FakeKernel::default());
+        let proxy = crate::proxy::conn::tests::proxy("frontend", false);
+        let (dns, _) = watch::channel(Arc::new(DnsTable::default()));
+        let installer = Installer::new(kernel.clone(), proxy, dns);
+        let take = || std::mem::take(&mut *kernel.calls.lock());
+
+        // An interface adopted from the previous agent gets its pod written once; one that
+        // went away is detached.
+        let a = pod("old", [10, 0, 1, 5], 1000);
+        installer.apply(&compiled(1, vec![a.clone()])).unwrap();
+        assert_eq!(take(), ["attach lxcold 10.0.1.5 1000", "detach lxcgone"]);
+        installer.apply(&compiled(2, vec![a.clone()])).unwrap();
+        assert_eq!(take(), Vec::<String>::new(), "nothing changed");
+
+        // A new pod; then the old one gets another address and the new one another identity.
+        let b = pod("new", [10, 0, 1, 6], 1001);
+        installer
+            .apply(&compiled(3, vec![a.clone(), b.clone()]))
+            .unwrap();
+        assert_eq!(take(), ["attach lxcnew 10.0.1.6 1001"]);
+        let a2 = Endpoint {
+            ip: Ipv4Addr::new(10, 0, 1, 7),
+            ..a
+        };
+        let b2 = Endpoint {
+            identity: 1002,
+            ..b
+        };
+        installer.apply(&compiled(4, vec![a2, b2.clone()])).unwrap();
+        assert_eq!(
+            take(),
+            ["attach lxcnew 10.0.1.6 1002", "attach lxcold 10.0.1.7 1000"]
+        );
+        installer.apply(&compiled(5, vec![b2])).unwrap();
+        assert_eq!(take(), ["detach lxcold"]);
+        assert_eq!(installer.interfaces(), ["lxcnew"]);
     }
 }

@@ -68,6 +68,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_orig_tp SEC(".maps");
 
+/* --- pod interfaces: written by user space only (Datapath::attach_pod_interface) */
+
+/*
+ * Ifindex (__u32) of a pod's host-side veth -> struct strait_pod_if. Read by
+ * tc on packets leaving the pod; an interface without an entry lets no IPv4
+ * out (fail closed). Written before tc is attached, removed after detaching.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAIT_POD_IFS_MAX);
+	__type(key, __u32);
+	__type(value, struct strait_pod_if);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_pod_ifs SEC(".maps");
+
 /* --- policy: written by user space only (Datapath::apply_policy) -------- */
 
 /* IPv4 prefix -> identity (__u32). See struct strait_ipcache_key. */

@@ -23,6 +23,7 @@
 #define STRAIT_ORIG_MAX		65536	/* strait_orig_ck and strait_orig_tp (LRU) */
 #define STRAIT_IPCACHE_MAX	65536	/* strait_ipcache (LPM trie) */
 #define STRAIT_ENDPOINTS_MAX	4096	/* strait_endpoint */
+#define STRAIT_POD_IFS_MAX	4096	/* strait_pod_ifs */
 #define STRAIT_POLICED_MAX	16384	/* strait_policed */
 #define STRAIT_POLICY_MAX	262144	/* strait_policy (LPM trie) */
 #define STRAIT_SVC_MAX		4096	/* strait_svc_ids */
@@ -124,6 +125,17 @@ struct strait_endpoint {
 	__be32 ip4;		/* the pod's address, network order */
 };
 _Static_assert(sizeof(struct strait_endpoint) == 8, "strait_endpoint layout");
+
+/*
+ * Value of strait_pod_ifs, keyed by the ifindex (__u32) of a pod's host-side
+ * veth: the only source address an IPv4 packet leaving that pod may carry,
+ * and the pod's identity, which tc judges such packets by.
+ */
+struct strait_pod_if {
+	__be32 ip4;		/* the pod's address, network order */
+	__u32 identity;
+};
+_Static_assert(sizeof(struct strait_pod_if) == 8, "strait_pod_if layout");
 
 /* --- strait_policed values (identity -> flags); an identity without an entry is not policed */
 #define STRAIT_POLICED_INGRESS	(1U << 0)	/* traffic towards it needs a rule */
@@ -263,7 +275,8 @@ struct strait_drop_event {
 	__u32 dst_identity;	/* services: the first backend's */
 	__u64 cgroup_id;	/* connect hooks: the caller's cgroup; tc: 0 */
 	__u32 ifindex;		/* tc: the host-side veth; connect hooks: 0 */
-	__u32 pad;		/* zero */
+	__be32 pod_ip4;		/* tc: the address of the pod behind ifindex (strait_pod_ifs);
+				 * 0 without an entry, and on connect hooks */
 };
 _Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout");
 
@@ -279,6 +292,7 @@ _Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout
  */
 #define STRAIT_DROP_REASONS(X) \
 	X(NONE, 0, 0) \
+	X(SOURCE_IP_INVALID, 132, 1)	/* A packet leaving a pod whose source address is not the pod's own. */ \
 	X(POLICY_DENIED, 133, 1)	/* Policy denied the connection or packet. */ \
 	X(INVALID, 134, 1)	/* A packet too short or malformed to judge. */ \
 	X(NO_SERVICE_BACKEND, 158, 0)	/* A service without a backend to send the connection to. */ \

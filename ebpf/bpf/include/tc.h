@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The decision of the tc programs for one parsed IPv4 packet.
+ * The decisions of the tc programs for one parsed IPv4 packet.
  *
- * Precedence, first match wins:
+ * Leaving a pod, the source address is verified first (strait_tc_check_source):
+ * nothing below ever sees an address the pod forged. Then, for both hooks,
+ * precedence, first match wins:
  *   1. later fragment        -> follows its first fragment: ALLOW if that was
  *                               allowed (strait_frags), else FRAG_NOT_FOUND
  *   2. either side is HOST   -> ALLOW, untracked (pod <-> gateway: the proxy,
@@ -35,6 +37,32 @@ static __always_inline struct strait_frag_key strait_frag_key_of(const struct st
 	};
 
 	return k;
+}
+
+/*
+ * Source-address verification of a packet leaving a pod (Cilium's
+ * DROP_INVALID_SIP): a pod is root in its network namespace and can write any
+ * source with a raw socket, so its IPv4 source must be the address of the pod
+ * behind the interface (strait_pod_ifs), or the packet would be judged, and
+ * received, as another pod's. An interface without an entry belongs to no
+ * known pod: nothing it sends is trusted (fail closed).
+ *
+ * Sets *pod_id and *pod_ip4 to the interface's pod (0 without an entry): the
+ * identity to judge the packet by, and whom to report a drop against.
+ */
+static __always_inline enum strait_drop_reason
+strait_tc_check_source(__u32 ifindex, __be32 saddr, __u32 *pod_id, __be32 *pod_ip4)
+{
+	const struct strait_pod_if *pod = bpf_map_lookup_elem(&strait_pod_ifs, &ifindex);
+
+	if (!pod) {
+		*pod_id = 0;
+		*pod_ip4 = 0;
+		return STRAIT_DROP_SOURCE_IP_INVALID;
+	}
+	*pod_id = pod->identity;
+	*pod_ip4 = pod->ip4;
+	return pod->ip4 == saddr ? STRAIT_DROP_NONE : STRAIT_DROP_SOURCE_IP_INVALID;
 }
 
 /* Returns STRAIT_DROP_NONE to let the packet pass, else why it is dropped. */

@@ -41,6 +41,7 @@ fn structs() -> Vec<(&'static str, usize)> {
         ("strait_sock_key", size_of::<SockKey>()),
         ("strait_ipcache_key", size_of::<Key<u32>>()),
         ("strait_endpoint", size_of::<Endpoint>()),
+        ("strait_pod_if", size_of::<PodIf>()),
         ("strait_policy_key", size_of::<Key<PolicyKeyData>>()),
         ("strait_svc_key", size_of::<SvcKey>()),
         ("strait_svc_backend", size_of::<SvcBackend>()),
@@ -65,6 +66,7 @@ fn fields() -> Vec<Field> {
         size: 4,
     }));
     all.extend(fields!(Endpoint, "strait_endpoint", [identity, ip4]));
+    all.extend(fields!(PodIf, "strait_pod_if", [ip4, identity]));
     all.extend(fields!(
         PolicyKeyData,
         "strait_policy_key",
@@ -110,7 +112,7 @@ fn fields() -> Vec<Field> {
             dst_identity,
             cgroup_id,
             ifindex,
-            pad
+            pod_ip4
         ]
     ));
     all
@@ -124,6 +126,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_CFG_DISABLED", u64::from(CFG_DISABLED)),
         ("STRAIT_IPCACHE_MAX", u64::from(IPCACHE_MAX)),
         ("STRAIT_ENDPOINTS_MAX", u64::from(ENDPOINTS_MAX)),
+        ("STRAIT_POD_IFS_MAX", u64::from(POD_IFS_MAX)),
         ("STRAIT_POLICED_MAX", u64::from(POLICED_MAX)),
         ("STRAIT_POLICY_MAX", u64::from(POLICY_MAX)),
         ("STRAIT_SVC_MAX", u64::from(SVC_MAX)),
@@ -306,7 +309,7 @@ fn drop_event_records_parse_from_ring_buffer_bytes() {
         dst_identity: 1001,
         cgroup_id: 0xdead_beef_0000_0001,
         ifindex: 7,
-        pad: 0,
+        pod_ip4: ip_to_net(Ipv4Addr::new(10, 0, 0, 9)),
     };
     // The bytes the kernel writes: the struct's memory, field by field in native order.
     let mut bytes = Vec::new();
@@ -321,7 +324,7 @@ fn drop_event_records_parse_from_ring_buffer_bytes() {
     bytes.extend(record.dst_identity.to_ne_bytes());
     bytes.extend(record.cgroup_id.to_ne_bytes());
     bytes.extend(record.ifindex.to_ne_bytes());
-    bytes.extend(record.pad.to_ne_bytes());
+    bytes.extend(record.pod_ip4.to_ne_bytes());
     assert_eq!(bytes.len(), DropEventRecord::SIZE);
     assert_eq!(DropEventRecord::from_bytes(&bytes), Some(record));
     assert_eq!(DropEventRecord::from_bytes(&bytes[..47]), None);

@@ -96,6 +96,11 @@ impl Fixture {
         }
     }
 
+    /// Runs `f` on a thread inside the namespace.
+    pub fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.netns, f)
+    }
+
     /// Starts a TCP listener at `addr` inside the namespace (outside the cgroup, like the proxy).
     /// Each accepted connection is answered with `tag` and reported on the returned receiver.
     pub fn listen(&mut self, addr: SocketAddrV4, tag: &str) -> Listener {
@@ -173,6 +178,19 @@ impl Drop for Fixture {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+/// Runs `f` on a thread inside network namespace `netns`.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// Starts the listener script in `netns` (see [`Fixture::listen`]).

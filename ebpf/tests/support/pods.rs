@@ -141,15 +141,7 @@ impl Pods {
 
     /// Runs `f` on a thread inside the node's network namespace (where the agent runs).
     pub fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.node)).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
+        super::in_netns(&self.node, f)
     }
 
     /// The ifindex of `ifname` in the node namespace.

@@ -16,13 +16,16 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imbl::OrdSet;
+use imbl::OrdMap;
+use strait_ebpf::PodAddress;
 
 pub use image::KernelImage;
 pub use tables::service_frontends;
 
 use crate::dns::DnsTable;
-use crate::model::{ClusterState, Model, NamespacedName, ObjectKey, Snapshot, Store, Update};
+use crate::model::{
+    ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Snapshot, Store, Update,
+};
 use crate::policy::engine::SelectorCache;
 use crate::policy::kernel::{KernelChanges, KernelCompiler};
 use crate::policy::{Engine, Policy, Universe};
@@ -71,8 +74,9 @@ pub struct CompiledState {
     /// The source's own revision (the lab's state counter), reported by status.
     pub source_revision: u64,
     pub kernel: KernelImage,
-    /// Host-side interfaces of this node's pods, where the tc programs go.
-    pub interfaces: OrdSet<String>,
+    /// Host-side interfaces of this node's pods, where the tc programs go, with the pod behind
+    /// each: the only source address tc lets out of it, and its identity.
+    pub interfaces: OrdMap<String, PodAddress>,
     pub proxy: Arc<ProxyTables>,
     pub dns: Arc<DnsTable>,
     pub stats: CompileStats,
@@ -226,13 +230,13 @@ impl Compiler {
                 m.endpoints
                     .get(k)
                     .filter(|e| e.node == self.node)
-                    .and_then(|e| e.host_ifname.clone())
+                    .and_then(|e| pod_interface(e))
             };
-            if let Some(old) = local_if(&last.model) {
+            if let Some((old, _)) = local_if(&last.model) {
                 interfaces.remove(&old);
             }
-            if let Some(new) = local_if(model) {
-                interfaces.insert(new);
+            if let Some((new, pod)) = local_if(model) {
+                interfaces.insert(new, pod);
             }
         }
         let stats = CompileStats {
@@ -253,7 +257,7 @@ impl Compiler {
         universe: Arc<Universe>,
         engine: Arc<Engine>,
         kernel: KernelImage,
-        interfaces: OrdSet<String>,
+        interfaces: OrdMap<String, PodAddress>,
         proxy: Arc<ProxyTables>,
         dns: Arc<DnsTable>,
         stats: CompileStats,
@@ -330,13 +334,22 @@ fn stats(
     }
 }
 
-fn interfaces(model: &Model, node: &str) -> OrdSet<String> {
+fn interfaces(model: &Model, node: &str) -> OrdMap<String, PodAddress> {
     model
         .endpoints
         .values()
         .filter(|e| e.node == node)
-        .filter_map(|e| e.host_ifname.clone())
+        .filter_map(|e| pod_interface(e))
         .collect()
+}
+
+/// A local endpoint's host-side interface, with the pod tc expects behind it.
+fn pod_interface(e: &Endpoint) -> Option<(String, PodAddress)> {
+    let pod = PodAddress {
+        ip: e.ip,
+        identity: e.identity,
+    };
+    e.host_ifname.clone().map(|ifname| (ifname, pod))
 }
 
 /// Refuses models the data path cannot represent: two endpoints sharing an address, an

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use strait_ebpf::{DropEvent, DropHook, abi::ip_protocol_name};
+use strait_ebpf::{DropEvent, DropHook, DropReason, abi::ip_protocol_name};
 
 use super::conn::peer;
 use super::tables::ProxyTables;
@@ -17,7 +17,14 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         DropHook::Connect4 | DropHook::Connect6 => tables
             .endpoint_by_cgroup(ev.cgroup_id)
             .or_else(|| tables.endpoint(*ev.src.ip())),
-        _ => tables.endpoint(*ev.src.ip()),
+        // Leaving a pod, the sender is the pod behind the interface, whatever source address
+        // it wrote (a forged one is the reason of a SOURCE_IP_INVALID drop).
+        DropHook::TcFromPod => match ev.pod_ip {
+            Some(ip) => tables.endpoint(ip),
+            None if ev.reason == DropReason::SourceIpInvalid => None,
+            None => tables.endpoint(*ev.src.ip()),
+        },
+        DropHook::TcToPod => tables.endpoint(*ev.src.ip()),
     };
     let mut source = match src_ep {
         Some(ep) => peer(
@@ -52,11 +59,20 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         ev.protocol,
         destination.port,
     );
-    let policies = if verdict.allowed() {
+    let policies = if verdict.allowed() || ev.reason == DropReason::SourceIpInvalid {
         Vec::new()
     } else {
         verdict.deciding_rules()
     };
+    // The flow names the real sender; the address it forged goes in the error.
+    let error = (ev.reason == DropReason::SourceIpInvalid).then(|| match ev.pod_ip {
+        Some(pod) => format!("source address {} is not the pod's ({pod})", ev.src.ip()),
+        None => format!(
+            "source address {} from an interface without a pod (ifindex {})",
+            ev.src.ip(),
+            ev.ifindex
+        ),
+    });
     FlowRecord {
         time: ev.time,
         node: tables.local_node.clone(),
@@ -72,7 +88,7 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         service,
         verdict: Verdict::Dropped,
         drop_reason: Some(ev.reason),
-        error: None,
+        error,
         tunnel_peer: None,
         bytes_sent: 0,
         bytes_received: 0,
@@ -81,5 +97,71 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
         policies,
         http: None,
         encrypted: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::proxy::conn::tests::{BACKEND, FRONTEND, OTHER, tables};
+
+    fn event(reason: DropReason, pod_ip: Option<Ipv4Addr>) -> DropEvent {
+        DropEvent {
+            time: SystemTime::now(),
+            ktime_ns: 1,
+            hook: DropHook::TcFromPod,
+            reason,
+            protocol: 17,
+            // `frontend`'s address, as written by whoever sent the packet.
+            src: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 40000),
+            dst: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080),
+            src_identity: OTHER,
+            dst_identity: BACKEND,
+            cgroup_id: 0,
+            ifindex: 7,
+            pod_ip,
+        }
+    }
+
+    #[test]
+    fn a_forged_source_is_reported_as_the_pod_that_sent_it() {
+        let tables = tables("frontend");
+        let other = Ipv4Addr::new(10, 0, 0, 6);
+        let rec = flow_from_drop(&event(DropReason::SourceIpInvalid, Some(other)), &tables);
+        assert_eq!(rec.verdict, Verdict::Dropped);
+        assert_eq!(rec.drop_reason, Some(DropReason::SourceIpInvalid));
+        assert_eq!(
+            (rec.source.pod.as_str(), rec.source.ip, rec.source.identity),
+            ("other", Some(other.into()), OTHER)
+        );
+        assert_eq!(rec.destination.pod, "backend");
+        assert!(rec.policies.is_empty(), "{:?}", rec.policies);
+        let error = rec.error.unwrap();
+        assert!(
+            error.contains("10.0.0.5") && error.contains("10.0.0.6"),
+            "{error}"
+        );
+        let json = serde_json::to_value(flow_from_drop(
+            &event(DropReason::SourceIpInvalid, Some(other)),
+            &tables,
+        ))
+        .unwrap();
+        assert_eq!(json["drop_reason"], "SOURCE_IP_INVALID");
+
+        // No pod behind the interface: nobody is named, least of all the forged address's.
+        let rec = flow_from_drop(&event(DropReason::SourceIpInvalid, None), &tables);
+        assert_eq!((rec.source.pod.as_str(), rec.source.identity), ("", OTHER));
+        assert!(rec.error.unwrap().contains("ifindex 7"));
+
+        // A policy drop names the same sender, with the rules that decided it.
+        let mut ev = event(DropReason::PolicyDenied, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        ev.src_identity = FRONTEND;
+        let rec = flow_from_drop(&ev, &tables);
+        assert_eq!((rec.source.pod.as_str(), rec.error), ("frontend", None));
     }
 }
