@@ -46,6 +46,24 @@ pub struct AgentConfig {
     /// kernel fast path lands, established connections are never cut by a policy change.
     #[serde(default)]
     pub rejudge_on_update: bool,
+    /// What the L7 proxy does with `%2F`, `%5C` and `\` in a request path (default: reject with
+    /// `400`), since backends disagree on whether they separate path segments.
+    #[serde(default)]
+    pub http_path_escaped_slashes: EscapedSlashes,
+}
+
+/// Treatment of encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in an
+/// HTTP request path, after Envoy's `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Answer `400 Bad Request`: the rule and the backend could read a different path.
+    #[default]
+    Reject,
+    /// Judge and forward them unchanged: safe only if no backend decodes them into separators.
+    Keep,
+    /// Decode them into `/` before dot segments are removed, so judge and backend agree.
+    Decode,
 }
 
 fn default_ring() -> usize {
