@@ -104,7 +104,13 @@ fn nginx_files(dir: &Path) -> std::path::PathBuf {
 
 /// curl (`--path-as-is`: sent as written) of each target, returning (status, body) each. One
 /// process for all HTTP/1.1 targets; one each over h2c, which curl 7.88 cannot reuse.
-fn curl_all(lab: &TestLab, pod: &str, base: &str, http2: bool, targets: &[&str]) -> Vec<(String, String)> {
+fn curl_all(
+    lab: &TestLab,
+    pod: &str,
+    base: &str,
+    http2: bool,
+    targets: &[&str],
+) -> Vec<(String, String)> {
     if http2 {
         return targets
             .iter()
@@ -114,8 +120,22 @@ fn curl_all(lab: &TestLab, pod: &str, base: &str, http2: bool, targets: &[&str])
     curl_some(lab, pod, base, false, targets)
 }
 
-fn curl_some(lab: &TestLab, pod: &str, base: &str, http2: bool, targets: &[&str]) -> Vec<(String, String)> {
-    let mut args = vec!["curl", "-sS", "--path-as-is", "--max-time", "5", "-w", "\n@@%{http_code}@@\n"];
+fn curl_some(
+    lab: &TestLab,
+    pod: &str,
+    base: &str,
+    http2: bool,
+    targets: &[&str],
+) -> Vec<(String, String)> {
+    let mut args = vec![
+        "curl",
+        "-sS",
+        "--path-as-is",
+        "--max-time",
+        "5",
+        "-w",
+        "\n@@%{http_code}@@\n",
+    ];
     if http2 {
         args.push("--http2-prior-knowledge");
     }
@@ -199,11 +219,19 @@ fn dot_segments_and_encodings_do_not_reach_private_paths_on_nginx() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let direct: Vec<&str> = ATTACKS.iter().filter(|a| a.1 == "403").map(|a| a.0).collect();
+    let direct: Vec<&str> = ATTACKS
+        .iter()
+        .filter(|a| a.1 == "403")
+        .map(|a| a.0)
+        .collect();
     for (http2, port) in [(false, 8080), (true, 8081)] {
         let base = format!("http://127.0.0.1:{port}");
         for (code, body) in curl_all(&lab, "c1/demo/nginx", &base, http2, &direct) {
-            assert_eq!((code.as_str(), body.as_str()), ("200", SECRET), "nginx asked directly");
+            assert_eq!(
+                (code.as_str(), body.as_str()),
+                ("200", SECRET),
+                "nginx asked directly"
+            );
         }
     }
 
@@ -218,7 +246,11 @@ fn dot_segments_and_encodings_do_not_reach_private_paths_on_nginx() {
             assert!(!body.contains(SECRET), "{protocol} {target} leaked: {body}");
         }
         for (code, body) in &got[ATTACKS.len()..] {
-            assert_eq!((code.as_str(), body.as_str()), ("200", PUBLIC_X), "{protocol}");
+            assert_eq!(
+                (code.as_str(), body.as_str()),
+                ("200", PUBLIC_X),
+                "{protocol}"
+            );
         }
         // Flows show the path as judged: denied ones name /private, invalid ones as sent.
         for (target, status, judged) in ATTACKS {
@@ -228,14 +260,19 @@ fn dot_segments_and_encodings_do_not_reach_private_paths_on_nginx() {
             } else {
                 DropReason::PolicyDenied
             };
-            assert_eq!((f.verdict, f.drop_reason), (Verdict::Dropped, Some(reason)), "{protocol} {target}");
+            assert_eq!(
+                (f.verdict, f.drop_reason),
+                (Verdict::Dropped, Some(reason)),
+                "{protocol} {target}"
+            );
         }
         let ok = wait_http_flow(&lab, port, protocol, "/public/x", 200);
         assert_eq!(ok.verdict, Verdict::Forwarded);
         assert!(
             http_flows(&lab, port, protocol)
                 .iter()
-                .all(|f| f.verdict == Verdict::Dropped || f.http.as_ref().unwrap().path == "/public/x"),
+                .all(|f| f.verdict == Verdict::Dropped
+                    || f.http.as_ref().unwrap().path == "/public/x"),
             "only /public/x was forwarded over {protocol}"
         );
     }
@@ -251,7 +288,11 @@ const ECHO_CASES: &[(&str, &str, &str)] = &[
     ("/../../public/x", "200", "/public/x"),
     ("/public/%41%7e", "200", "/public/A~"),
     ("/public/a%3fb", "200", "/public/a%3Fb"),
-    ("/public/x?q=/../private&r=%2f", "200", "/public/x?q=/../private&r=%2f"),
+    (
+        "/public/x?q=/../private&r=%2f",
+        "200",
+        "/public/x?q=/../private&r=%2f",
+    ),
     ("/public/../private", "403", ""),
     ("/public/%2e%2e/private", "403", ""),
     ("/public/..%2fprivate", "400", ""),
@@ -276,7 +317,10 @@ fn the_echo_backend_receives_the_path_as_judged_over_http1_and_http2() {
             if *status == "200" {
                 let v: serde_json::Value = serde_json::from_str(body).unwrap();
                 assert_eq!(
-                    (v["request"]["path"].as_str(), v["request"]["version"].as_str()),
+                    (
+                        v["request"]["path"].as_str(),
+                        v["request"]["version"].as_str()
+                    ),
                     (Some(*path), Some(version)),
                     "{version} {target}"
                 );

@@ -103,3 +103,35 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<AgentConfig, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"cluster": "c1", "node": "n1", "state_file": "/s", "cgroup": "/c",
+                "bpf_pin_dir": "/b", "outbound": "10.0.0.1:15001", "tunnel": "10.0.0.1:15008",
+                "admin_socket": "/a"{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn escaped_slashes_default_to_reject_and_parse_by_name() {
+        let cfg = parse("").expect("minimal config");
+        assert_eq!(cfg.http_path_escaped_slashes, EscapedSlashes::Reject);
+        for (name, want) in [
+            ("reject", EscapedSlashes::Reject),
+            ("keep", EscapedSlashes::Keep),
+            ("decode", EscapedSlashes::Decode),
+        ] {
+            let cfg = parse(&format!(r#", "http_path_escaped_slashes": "{name}""#)).expect(name);
+            assert_eq!(cfg.http_path_escaped_slashes, want);
+        }
+        let err = parse(r#", "http_path_escaped_slashes": "unescape""#).expect_err("unknown");
+        assert!(
+            err.to_string().contains("unknown variant `unescape`"),
+            "{err}"
+        );
+    }
+}

@@ -124,11 +124,22 @@ async fn public_access_serves_health_and_metrics_only() {
         }
     }
     // Unknown paths too: a route added later is closed to the public until listed.
-    for path in ["/flows", "/flows?last=1", "/status", "/nope", "/", "/metrics/", "//flows"] {
+    for path in [
+        "/flows",
+        "/flows?last=1",
+        "/status",
+        "/nope",
+        "/",
+        "/metrics/",
+        "//flows",
+    ] {
         let rsp = routes::route(&get(path), &st, Access::Public);
         assert_eq!(rsp.status(), StatusCode::FORBIDDEN, "{path}");
         let body = body_text(rsp).await;
-        assert!(body.contains("Unix socket or a client certificate"), "{path}: {body}");
+        assert!(
+            body.contains("Unix socket or a client certificate"),
+            "{path}: {body}"
+        );
     }
 }
 

@@ -167,7 +167,10 @@ fn denied() -> Response<ProxyBody> {
 
 /// Normalises the request target in place; returns it as judged. A target without a path
 /// (authority form, as in `CONNECT`) is judged as `/` and forwarded unchanged.
-fn normalize_target(req: &mut Request<Incoming>, options: PathOptions) -> Result<String, PathError> {
+fn normalize_target(
+    req: &mut Request<Incoming>,
+    options: PathOptions,
+) -> Result<String, PathError> {
     let Some(raw) = req.uri().path_and_query() else {
         return Ok("/".to_string());
     };
@@ -175,11 +178,7 @@ fn normalize_target(req: &mut Request<Incoming>, options: PathOptions) -> Result
     if normalized != raw.as_str() {
         // Never forward anything but the judged path: if it cannot be written, refuse.
         let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(
-            normalized
-                .parse()
-                .map_err(|_| PathError::Unforwardable)?,
-        );
+        parts.path_and_query = Some(normalized.parse().map_err(|_| PathError::Unforwardable)?);
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::Unforwardable)?;
     }
     Ok(normalized)
@@ -240,11 +239,15 @@ pub async fn serve(
             };
             flow.decided_by = Some(DecidedBy::Proxy);
             let judged = normalize_target(&mut req, paths);
-            let info = match &judged {
-                Ok(path) => request_info(&req, path.clone()),
-                // Not judged: the flow shows the path as sent.
-                Err(_) => request_info(&req, req.uri().path_and_query().map_or_else(String::new, |p| p.to_string())),
+            // A path that cannot be judged is shown as sent.
+            let path = match &judged {
+                Ok(path) => path.clone(),
+                Err(_) => req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(String::new, |p| p.to_string()),
             };
+            let info = request_info(&req, path);
             let mut http_flow = HttpFlow {
                 method: info.method.clone(),
                 path: info.path.clone(),
@@ -254,13 +257,16 @@ pub async fn serve(
             };
             let verdict = match &judged {
                 Ok(_) => judge.judge(&info),
-                Err(_) => Judgement { allowed: false, rules: Vec::new() },
+                Err(_) => Judgement {
+                    allowed: false,
+                    rules: Vec::new(),
+                },
             };
             flow.policies = verdict.rules.clone();
             let response = if let Err(e) = &judged {
+                debug!(error = %e, path = %info.path, "request path refused");
                 flow.verdict = Verdict::Dropped;
                 flow.drop_reason = Some(DropReason::HttpPathInvalid);
-                flow.error = Some(e.to_string());
                 bad_request(e)
             } else if !verdict.allowed {
                 flow.verdict = Verdict::Dropped;

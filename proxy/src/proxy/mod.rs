@@ -63,7 +63,10 @@ impl Proxy {
 
     /// The same proxy, treating escaped slashes in L7 request paths as `escaped_slashes` says.
     #[must_use]
-    pub fn http_path_escaped_slashes(mut self, escaped_slashes: crate::config::EscapedSlashes) -> Self {
+    pub fn http_path_escaped_slashes(
+        mut self,
+        escaped_slashes: crate::config::EscapedSlashes,
+    ) -> Self {
         self.http_paths.escaped_slashes = escaped_slashes;
         self
     }

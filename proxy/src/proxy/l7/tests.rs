@@ -55,8 +55,7 @@ async fn setup_with(sink: Arc<Sink>, paths: PathOptions) -> SocketAddr {
         loop {
             let (client, _) = listener.accept().await.unwrap();
             let template =
-                ConnRecord::start("node-1", "c1", Direction::Egress, FlowPeer::default())
-                    .finish();
+                ConnRecord::start("node-1", "c1", Direction::Egress, FlowPeer::default()).finish();
             let connect: Connector = Box::new(move || {
                 Box::pin(async move {
                     TcpStream::connect(backend)
@@ -193,7 +192,11 @@ const PATH_CASES: &[(&str, u16, &str)] = &[
     ("/public/x", 200, "/public/x"),
     ("/public/./x", 200, "/public/x"),
     ("/x/../public/y", 200, "/public/y"),
-    ("//public//a%41%3f?q=/../x&r=%2f", 200, "/public/aA%3F?q=/../x&r=%2f"),
+    (
+        "//public//a%41%3f?q=/../x&r=%2f",
+        200,
+        "/public/aA%3F?q=/../x&r=%2f",
+    ),
     ("/public/../private", 403, "/private"),
     ("/public/%2e%2e/private", 403, "/private"),
     ("/public/%2E%2e/private", 403, "/private"),
@@ -207,12 +210,19 @@ const PATH_CASES: &[(&str, u16, &str)] = &[
 
 /// The path the echo backend saw, for allowed cases.
 fn forwarded(status: u16, judged: &str) -> String {
-    if status == 200 { judged.to_string() } else { String::new() }
+    if status == 200 {
+        judged.to_string()
+    } else {
+        String::new()
+    }
 }
 
 fn echoed_path(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    v["request"]["path"].as_str().unwrap_or_default().to_string()
+    v["request"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn h1_get(addr: SocketAddr, target: &str) -> (u16, String) {
@@ -322,4 +332,3 @@ async fn escaped_slashes_can_be_decoded_or_kept() {
         (200, "/public/..%2Fprivate".to_string())
     );
 }
-
