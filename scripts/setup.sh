@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Strait needs on a fresh Debian/Ubuntu machine (root): clang for the eBPF programs,
 # iproute2 for the lab, curl and python3 used by the demo and tests, Prometheus (server and
-# promtool) and Chromium for the observability tests. Idempotent and quiet.
+# promtool) and Chromium for the observability tests, nginx as the backend of the L7 path tests.
+# Idempotent and quiet.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -20,6 +21,7 @@ command -v ps >/dev/null || need+=(procps)
 [ -e /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use strait::config::ADMIN_PORT;
 use strait::flows::{DecidedBy, Direction, DropReason, FlowRecord, Verdict};
 use support::*;
 
@@ -158,4 +159,67 @@ fn observe_returns_exactly_the_drops_with_every_field() {
         assert!(http.latency_us > 0);
         assert_eq!(f.decided_by, Some(DecidedBy::Proxy));
     }
+}
+
+#[test]
+fn pods_get_health_and_metrics_but_no_flows_or_status_from_the_admin_port() {
+    let lab = TestLab::up("observe_admin_tcp", ONE_CLUSTER);
+    lab.apply_ok("c1", L7_APP);
+    // A flow worth stealing: the frontend's request, with pod names and path.
+    let out = lab.curl(
+        "c1/demo/deploy/frontend",
+        "http://backend/public/secret-token",
+    );
+    assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+    let st = lab.status();
+    let nodes = st["topology"]["clusters"][0]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for node in nodes {
+        let ip = node["underlay_ip"].as_str().unwrap();
+        for path in [
+            "/flows",
+            "/flows?follow=true",
+            "/status",
+            "/",
+            "/anything-added-later",
+        ] {
+            let out = lab.curl("c1/demo/other", &format!("http://{ip}:{ADMIN_PORT}{path}"));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.trim_end().ends_with("\n403"),
+                "{ip}{path}: {}",
+                text(&out)
+            );
+            for leak in ["secret-token", "frontend", "\"node\""] {
+                assert!(!stdout.contains(leak), "{ip}{path} leaks {leak}: {stdout}");
+            }
+        }
+        let out = lab.curl(
+            "c1/demo/other",
+            &format!("http://{ip}:{ADMIN_PORT}/metrics"),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.trim_end().ends_with("\n200"),
+            "{ip}/metrics: {}",
+            text(&out)
+        );
+        assert!(stdout.contains("strait_"), "{stdout}");
+        let out = lab.curl(
+            "c1/demo/other",
+            &format!("http://{ip}:{ADMIN_PORT}/healthz"),
+        );
+        assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+    }
+    // The Unix socket still serves everything: `strait observe` and `lab status`.
+    let flows = observe_json(&lab, &["--namespace", "demo", "--verdict", "FORWARDED"]);
+    assert!(
+        flows.iter().any(|f| f
+            .http
+            .as_ref()
+            .is_some_and(|h| h.path == "/public/secret-token")),
+        "{flows:#?}"
+    );
+    let agents = lab.status()["agents"].as_array().unwrap().clone();
+    assert_eq!(agents.len(), 2);
 }

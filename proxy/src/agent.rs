@@ -102,7 +102,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             flows.clone(),
             Arc::new(KernelOriginalDst(datapath.clone())),
         )
-        .rejudge_on_update(cfg.rejudge_on_update),
+        .rejudge_on_update(cfg.rejudge_on_update)
+        .http_path_escaped_slashes(cfg.http_path_escaped_slashes),
     );
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
     let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));

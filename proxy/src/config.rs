@@ -46,6 +46,24 @@ pub struct AgentConfig {
     /// kernel fast path lands, established connections are never cut by a policy change.
     #[serde(default)]
     pub rejudge_on_update: bool,
+    /// What the L7 proxy does with `%2F`, `%5C` and `\` in a request path (default: reject with
+    /// `400`), since backends disagree on whether they separate path segments.
+    #[serde(default)]
+    pub http_path_escaped_slashes: EscapedSlashes,
+}
+
+/// Treatment of encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in an
+/// HTTP request path, after Envoy's `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// Answer `400 Bad Request`: the rule and the backend could read a different path.
+    #[default]
+    Reject,
+    /// Judge and forward them unchanged: safe only if no backend decodes them into separators.
+    Keep,
+    /// Decode them into `/` before dot segments are removed, so judge and backend agree.
+    Decode,
 }
 
 fn default_ring() -> usize {
@@ -83,5 +101,37 @@ impl AgentConfig {
             path: e.path().to_string(),
             message: e.into_inner().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<AgentConfig, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"cluster": "c1", "node": "n1", "state_file": "/s", "cgroup": "/c",
+                "bpf_pin_dir": "/b", "outbound": "10.0.0.1:15001", "tunnel": "10.0.0.1:15008",
+                "admin_socket": "/a"{extra}}}"#
+        ))
+    }
+
+    #[test]
+    fn escaped_slashes_default_to_reject_and_parse_by_name() {
+        let cfg = parse("").expect("minimal config");
+        assert_eq!(cfg.http_path_escaped_slashes, EscapedSlashes::Reject);
+        for (name, want) in [
+            ("reject", EscapedSlashes::Reject),
+            ("keep", EscapedSlashes::Keep),
+            ("decode", EscapedSlashes::Decode),
+        ] {
+            let cfg = parse(&format!(r#", "http_path_escaped_slashes": "{name}""#)).expect(name);
+            assert_eq!(cfg.http_path_escaped_slashes, want);
+        }
+        let err = parse(r#", "http_path_escaped_slashes": "unescape""#).expect_err("unknown");
+        assert!(
+            err.to_string().contains("unknown variant `unescape`"),
+            "{err}"
+        );
     }
 }

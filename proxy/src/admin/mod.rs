@@ -1,6 +1,11 @@
 //! The agent's admin HTTP server: health, status and flows, on a Unix socket and optionally TCP.
 //! [`client`] is the other side, used by `strait observe`, `strait ui` and `strait lab status`.
 //!
+//! What a request may see depends on the listener it came in on ([`Access`]): the Unix socket
+//! (reachable only from the node's file system) serves every route; plain TCP on the node
+//! address, which every pod can reach, serves only `/healthz` and `/metrics` and answers `403`
+//! to everything else, as Hubble's peer service keeps flows behind TLS.
+//!
 //! The Unix socket is how `strait observe` reaches agents living in other network namespaces.
 //! Listeners are bound by [`Admin::bind`] before anything is served, so a bad path or a busy port
 //! fails startup instead of the first request (as linkerd and ztunnel do).
@@ -82,6 +87,17 @@ impl fmt::Debug for AdminState {
             .field("flows", &self.flows.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// Who is asking, as far as the listener a request came in on tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The Unix socket: a process on the node with access to the agent's state directory.
+    Local,
+    /// A TLS connection whose client certificate chains to the cluster CA.
+    Authenticated,
+    /// Plain TCP on the node address: any pod; health and metrics only.
+    Public,
 }
 
 /// Entry point for binding the admin listeners.
@@ -203,11 +219,11 @@ impl BoundAdmin {
         loop {
             tokio::select! {
                 r = unix.accept() => match r {
-                    Ok((io, _)) => spawn_connection(io, state.clone()),
+                    Ok((io, _)) => spawn_connection(io, state.clone(), Access::Local),
                     Err(e) => accept_failed("unix", e).await,
                 },
                 r = accept_tcp(tcp.as_ref()) => match r {
-                    Ok((io, _)) => spawn_connection(io, state.clone()),
+                    Ok((io, _)) => spawn_connection(io, state.clone(), Access::Public),
                     Err(e) => accept_failed("tcp", e).await,
                 },
             }
@@ -235,13 +251,15 @@ async fn accept_failed(listener: &'static str, error: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_connection<I>(io: I, state: AdminState)
+/// Serves one admin connection whose caller has `access` (a TLS listener passes its
+/// authenticated streams here with [`Access::Authenticated`]).
+pub(crate) fn spawn_connection<I>(io: I, state: AdminState, access: Access)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let svc = service_fn(move |req| {
-            let rsp = routes::route(&req, &state);
+            let rsp = routes::route(&req, &state, access);
             async move { Ok::<_, std::convert::Infallible>(rsp) }
         });
         if let Err(error) = http1::Builder::new()

@@ -16,7 +16,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 
-use super::{AdminState, FlowsQuery};
+use super::{Access, AdminState, FlowsQuery};
 use crate::flows::{FlowEvent, FlowFilter, FlowRecord, FlowSubscription};
 
 /// Response body of every admin route.
@@ -25,9 +25,20 @@ pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Media type of `/flows` responses.
 pub(crate) const NDJSON: &str = "application/x-ndjson";
 
-/// Answers one admin request.
-pub(super) fn route<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
+/// Paths served to anyone who reaches the TCP listener: health checks and Prometheus. Every
+/// other path, including routes added later, needs [`Access::Authenticated`] at least.
+const PUBLIC: &[&str] = &["/healthz", "/metrics"];
+
+/// Answers one admin request that came in with `access`.
+pub(super) fn route<B>(req: &Request<B>, state: &AdminState, access: Access) -> Response<Body> {
     let path = req.uri().path();
+    // Checked before the route exists, so an unauthenticated caller learns nothing of the others.
+    if access == Access::Public && !PUBLIC.contains(&path) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("{path} needs the agent's Unix socket or a client certificate\n"),
+        );
+    }
     if !matches!(path, "/healthz" | "/status" | "/flows" | "/metrics") {
         return text(StatusCode::NOT_FOUND, format!("no route for {path}\n"));
     }

@@ -76,11 +76,11 @@ fn ports(events: &[FlowEvent]) -> Vec<u16> {
 async fn routes_answer_without_io() {
     let ring = Arc::new(FlowRing::new(10));
     let st = state(&ring);
-    let rsp = routes::route(&get("/healthz"), &st);
+    let rsp = routes::route(&get("/healthz"), &st, Access::Local);
     assert_eq!(rsp.status(), StatusCode::OK);
     assert_eq!(body_text(rsp).await, "ok");
 
-    let rsp = routes::route(&get("/status"), &st);
+    let rsp = routes::route(&get("/status"), &st, Access::Local);
     assert_eq!(
         rsp.headers()[http::header::CONTENT_TYPE],
         "application/json"
@@ -88,7 +88,7 @@ async fn routes_answer_without_io() {
     let v: serde_json::Value = serde_json::from_str(&body_text(rsp).await).expect("json");
     assert_eq!(v["node"], "node-1");
 
-    let rsp = routes::route(&get("/nope"), &st);
+    let rsp = routes::route(&get("/nope"), &st, Access::Local);
     assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
 
     let post = Request::builder()
@@ -96,13 +96,51 @@ async fn routes_answer_without_io() {
         .uri("/flows")
         .body(())
         .expect("request");
-    let rsp = routes::route(&post, &st);
+    let rsp = routes::route(&post, &st, Access::Local);
     assert_eq!(rsp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(rsp.headers()[http::header::ALLOW], "GET");
 
-    let rsp = routes::route(&get("/flows?last=many"), &st);
+    let rsp = routes::route(&get("/flows?last=many"), &st, Access::Local);
     assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(body_text(rsp).await, "`last=many` is not a number\n");
+}
+
+#[tokio::test]
+async fn public_access_serves_health_and_metrics_only() {
+    let ring = Arc::new(FlowRing::new(10));
+    ring.record(flow(1, 1));
+    let st = state(&ring);
+    for access in [Access::Local, Access::Authenticated, Access::Public] {
+        let rsp = routes::route(&get("/healthz"), &st, access);
+        assert_eq!(rsp.status(), StatusCode::OK, "{access:?}");
+        let rsp = routes::route(&get("/metrics"), &st, access);
+        assert_eq!(rsp.status(), StatusCode::OK, "{access:?}");
+        assert!(body_text(rsp).await.contains("strait_build_info"));
+    }
+    for access in [Access::Local, Access::Authenticated] {
+        for path in ["/flows", "/status"] {
+            let rsp = routes::route(&get(path), &st, access);
+            assert_eq!(rsp.status(), StatusCode::OK, "{access:?} {path}");
+        }
+    }
+    // Unknown paths too: a route added later is closed to the public until listed.
+    for path in [
+        "/flows",
+        "/flows?last=1",
+        "/status",
+        "/nope",
+        "/",
+        "/metrics/",
+        "//flows",
+    ] {
+        let rsp = routes::route(&get(path), &st, Access::Public);
+        assert_eq!(rsp.status(), StatusCode::FORBIDDEN, "{path}");
+        let body = body_text(rsp).await;
+        assert!(
+            body.contains("Unix socket or a client certificate"),
+            "{path}: {body}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -113,7 +151,7 @@ async fn flows_filters_before_taking_the_last() {
     ring.record(dropped(3, 3));
     ring.record(flow(4, 4));
     let st = state(&ring);
-    let rsp = routes::route(&get("/flows?verdict=DROPPED&last=5"), &st);
+    let rsp = routes::route(&get("/flows?verdict=DROPPED&last=5"), &st, Access::Local);
     assert_eq!(rsp.headers()[http::header::CONTENT_TYPE], routes::NDJSON);
     let body = body_text(rsp).await;
     let events: Vec<FlowEvent> = body
@@ -122,9 +160,9 @@ async fn flows_filters_before_taking_the_last() {
         .collect();
     assert_eq!(ports(&events), [1, 3]);
 
-    let body = body_text(routes::route(&get("/flows?last=3"), &st)).await;
+    let body = body_text(routes::route(&get("/flows?last=3"), &st, Access::Local)).await;
     assert_eq!(body.lines().count(), 3);
-    let body = body_text(routes::route(&get("/flows"), &st)).await;
+    let body = body_text(routes::route(&get("/flows"), &st, Access::Local)).await;
     assert_eq!(body.lines().count(), 4);
 }
 
@@ -162,7 +200,7 @@ async fn next_within(s: &mut client::FlowStream) -> Option<Result<FlowEvent, Cli
 }
 
 #[tokio::test]
-async fn serves_flows_status_and_health_over_unix_and_tcp() {
+async fn serves_everything_on_unix_and_health_and_metrics_on_tcp() {
     let dir = TempDir::new("serve");
     let ring = Arc::new(FlowRing::new(100));
     ring.record(flow(1, 1));
@@ -239,11 +277,22 @@ async fn serves_flows_status_and_health_over_unix_and_tcp() {
         raw_get(uds, "/healthz").await,
         (StatusCode::OK, "ok".into())
     );
-    let tcp = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
+    let conn = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
     assert_eq!(
-        raw_get(tcp, "/healthz").await,
+        raw_get(conn, "/healthz").await,
         (StatusCode::OK, "ok".into())
     );
+    // Plain TCP is public: metrics yes, flows and status no.
+    let conn = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
+    let (code, body) = raw_get(conn, "/metrics").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("strait_build_info"), "{body}");
+    for path in ["/flows", "/flows?follow=true", "/status"] {
+        let conn = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
+        let (code, body) = raw_get(conn, path).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}");
+        assert!(!body.contains("node-1"), "{path}: {body}");
+    }
 
     server.abort();
     let _ = server.await;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use super::paths::LabPaths;
 use super::process;
 use super::topology::{ClusterSpec, NodeSpec};
-use crate::config::{ADMIN_PORT, AgentConfig, DEFAULT_FLOW_RING, OUTBOUND_PORT, TUNNEL_PORT};
+use crate::config::{
+    ADMIN_PORT, AgentConfig, DEFAULT_FLOW_RING, EscapedSlashes, OUTBOUND_PORT, TUNNEL_PORT,
+};
 
 /// An agent that did not come up.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,7 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         flow_ring_capacity: DEFAULT_FLOW_RING,
         metrics_pod_labels: false,
         rejudge_on_update: false,
+        http_path_escaped_slashes: EscapedSlashes::default(),
     }
 }
 

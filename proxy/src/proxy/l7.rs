@@ -3,6 +3,11 @@
 //!
 //! The client side speaks HTTP/1.1 (keep-alive, pipelining) or HTTP/2 (prior knowledge); the
 //! upstream connection, opened on the first allowed request, speaks the same version.
+//!
+//! Each request path is normalised ([`path`]) before it is judged, and the normalised path is
+//! what goes upstream; a path that cannot be normalised gets `400 Bad Request`.
+
+pub mod path;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +24,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::flows::{DecidedBy, DropReason, FlowRecord, HttpFlow, Verdict};
+use path::{PathError, PathOptions};
 
 /// Body Cilium's proxy sends with a policy denial.
 pub const ACCESS_DENIED: &str = "Access denied\r\n";
@@ -125,7 +131,8 @@ async fn close_gracefully(mut io: BoxIo) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
-fn request_info(req: &Request<Incoming>) -> RequestInfo {
+/// The request as rules see it, with `path` (and query) already normalised.
+fn request_info(req: &Request<Incoming>, path: String) -> RequestInfo {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -134,10 +141,7 @@ fn request_info(req: &Request<Incoming>) -> RequestInfo {
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
     RequestInfo {
         method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.to_string()),
+        path,
         host,
         headers: req
             .headers()
@@ -161,6 +165,39 @@ fn denied() -> Response<ProxyBody> {
     r
 }
 
+/// Normalises the request target in place; returns it as judged. A target without a path
+/// (authority form, as in `CONNECT`) is judged as `/` and forwarded unchanged.
+fn normalize_target(
+    req: &mut Request<Incoming>,
+    options: PathOptions,
+) -> Result<String, PathError> {
+    let Some(raw) = req.uri().path_and_query() else {
+        return Ok("/".to_string());
+    };
+    let normalized = path::normalize_path(raw.as_str(), options)?;
+    if normalized != raw.as_str() {
+        // Never forward anything but the judged path: if it cannot be written, refuse.
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(normalized.parse().map_err(|_| PathError::Unforwardable)?);
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::Unforwardable)?;
+    }
+    Ok(normalized)
+}
+
+fn bad_request(error: &PathError) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("Bad Request: {error}\r\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
 fn bad_gateway() -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(b"upstream connect error\r\n"))
@@ -171,14 +208,16 @@ fn bad_gateway() -> Response<ProxyBody> {
     r
 }
 
-/// Serves HTTP on `client` until it closes, judging each request. `template` is the connection's
-/// flow record; each request gets a copy with its HTTP details.
+/// Serves HTTP on `client` until it closes, judging each request with its path normalised by
+/// `paths`. `template` is the connection's flow record; each request gets a copy with its HTTP
+/// details.
 pub async fn serve(
     client: TcpStream,
     connect: Connector,
     judge: Arc<dyn HttpJudge>,
     sink: Arc<dyn FlowSink>,
     template: FlowRecord,
+    paths: PathOptions,
 ) -> Result<(), String> {
     let upstream = Arc::new(Upstream {
         connect,
@@ -192,8 +231,6 @@ pub async fn serve(
         let template = template.clone();
         async move {
             let started = Instant::now();
-            let info = request_info(&req);
-            let verdict = judge.judge(&info);
             let mut flow = (*template).clone();
             flow.time = std::time::SystemTime::now();
             flow.protocol = match req.version() {
@@ -201,7 +238,16 @@ pub async fn serve(
                 _ => "HTTP/1.1".into(),
             };
             flow.decided_by = Some(DecidedBy::Proxy);
-            flow.policies = verdict.rules.clone();
+            let judged = normalize_target(&mut req, paths);
+            // A path that cannot be judged is shown as sent.
+            let path = match &judged {
+                Ok(path) => path.clone(),
+                Err(_) => req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(String::new, |p| p.to_string()),
+            };
+            let info = request_info(&req, path);
             let mut http_flow = HttpFlow {
                 method: info.method.clone(),
                 path: info.path.clone(),
@@ -209,7 +255,20 @@ pub async fn serve(
                 status: None,
                 latency_us: 0,
             };
-            let response = if !verdict.allowed {
+            let verdict = match &judged {
+                Ok(_) => judge.judge(&info),
+                Err(_) => Judgement {
+                    allowed: false,
+                    rules: Vec::new(),
+                },
+            };
+            flow.policies = verdict.rules.clone();
+            let response = if let Err(e) = &judged {
+                debug!(error = %e, path = %info.path, "request path refused");
+                flow.verdict = Verdict::Dropped;
+                flow.drop_reason = Some(DropReason::HttpPathInvalid);
+                bad_request(e)
+            } else if !verdict.allowed {
                 flow.verdict = Verdict::Dropped;
                 flow.drop_reason = Some(DropReason::PolicyDenied);
                 denied()
@@ -310,186 +369,4 @@ impl AsyncWrite for Counted {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
-
-    use parking_lot::Mutex;
-    use tokio::net::TcpListener;
-
-    use super::*;
-    use crate::flows::{Direction, FlowPeer};
-    use crate::lab::workload::{EchoConfig, bind_echo};
-    use crate::proxy::conn::ConnRecord;
-
-    struct PublicOnly;
-    impl HttpJudge for PublicOnly {
-        fn judge(&self, req: &RequestInfo) -> Judgement {
-            Judgement {
-                allowed: req.method == "GET" && req.path.starts_with("/public"),
-                rules: vec!["demo/l7: spec.ingress[0].toPorts[0].rules.http[0]".into()],
-            }
-        }
-    }
-
-    #[derive(Default)]
-    struct Sink(Mutex<Vec<FlowRecord>>);
-    impl FlowSink for Sink {
-        fn record(&self, flow: FlowRecord) {
-            self.0.lock().push(flow);
-        }
-    }
-
-    /// An echo backend and an L7 proxy in front of it; returns the proxy's address.
-    async fn setup(sink: Arc<Sink>) -> SocketAddr {
-        let echo = bind_echo(EchoConfig {
-            cluster: "c1".into(),
-            namespace: "demo".into(),
-            pod: "backend".into(),
-            node: "node-1".into(),
-            ip: Ipv4Addr::LOCALHOST,
-            ports: vec![0],
-        })
-        .await
-        .unwrap();
-        let backend = echo
-            .local_addrs()
-            .into_iter()
-            .find(|a| a.is_ipv4())
-            .unwrap();
-        let backend = SocketAddr::from((Ipv4Addr::LOCALHOST, backend.port()));
-        tokio::spawn(echo.serve());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (client, _) = listener.accept().await.unwrap();
-                let template =
-                    ConnRecord::start("node-1", "c1", Direction::Egress, FlowPeer::default())
-                        .finish();
-                let connect: Connector = Box::new(move || {
-                    Box::pin(async move {
-                        TcpStream::connect(backend)
-                            .await
-                            .map(|s| Box::new(s) as BoxIo)
-                            .map_err(|e| e.to_string())
-                    })
-                });
-                tokio::spawn(serve(
-                    client,
-                    connect,
-                    Arc::new(PublicOnly),
-                    sink.clone(),
-                    template,
-                ));
-            }
-        });
-        addr
-    }
-
-    async fn curl(args: Vec<String>) -> String {
-        let out = tokio::process::Command::new("curl")
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    #[tokio::test]
-    async fn denied_requests_get_403_and_the_connection_stays_usable_http1() {
-        let sink = Arc::new(Sink::default());
-        let addr = setup(sink.clone()).await;
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "-w".into(),
-            "\n[%{url_effective} %{http_code} conns=%{num_connects}]\n".into(),
-        ];
-        for path in ["/public/x", "/private", "/public/y"] {
-            args.push(format!("http://{addr}{path}"));
-        }
-        let out = curl(args).await;
-        assert!(
-            out.contains(&format!("[http://{addr}/public/x 200 conns=1]")),
-            "{out}"
-        );
-        assert!(
-            out.contains(&format!(
-                "Access denied\r\n\n[http://{addr}/private 403 conns=0]"
-            )),
-            "{out}"
-        );
-        assert!(
-            out.contains(&format!("[http://{addr}/public/y 200 conns=0]")),
-            "same connection: {out}"
-        );
-        assert!(out.contains("\"pod\":\"backend\""), "{out}");
-        let flows = sink.0.lock().clone();
-        assert_eq!(flows.len(), 3);
-        let denied: Vec<_> = flows
-            .iter()
-            .filter(|f| f.verdict == Verdict::Dropped)
-            .collect();
-        assert_eq!(denied.len(), 1);
-        let http = denied[0].http.as_ref().unwrap();
-        assert_eq!(
-            (http.method.as_str(), http.path.as_str(), http.status),
-            ("GET", "/private", Some(403))
-        );
-        assert_eq!(denied[0].drop_reason, Some(DropReason::PolicyDenied));
-        assert_eq!(denied[0].decided_by, Some(DecidedBy::Proxy));
-        assert_eq!(denied[0].policies.len(), 1);
-        assert!(flows.iter().all(|f| f.protocol == "HTTP/1.1"));
-    }
-
-    // curl 7.88 cannot reuse an h2c prior-knowledge connection, so HTTP/2 uses hyper's client.
-    #[tokio::test]
-    async fn denied_requests_get_403_on_one_http2_connection() {
-        let sink = Arc::new(Sink::default());
-        let addr = setup(sink.clone()).await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        for (path, want) in [("/public/x", 200), ("/private", 403), ("/public/y", 200)] {
-            let req = Request::get(format!("http://backend{path}"))
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            assert_eq!(resp.status().as_u16(), want, "{path}");
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            if want == 403 {
-                assert_eq!(&body[..], ACCESS_DENIED.as_bytes());
-            } else {
-                assert!(String::from_utf8_lossy(&body).contains("\"version\":\"HTTP/2.0\""));
-            }
-        }
-        let flows = sink.0.lock().clone();
-        assert_eq!(flows.len(), 3);
-        assert!(flows.iter().all(|f| f.protocol == "HTTP/2"));
-        assert_eq!(
-            flows
-                .iter()
-                .filter(|f| f.verdict == Verdict::Dropped)
-                .count(),
-            1
-        );
-    }
-
-    #[tokio::test]
-    async fn pipelined_requests_are_judged_one_by_one() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = setup(Arc::new(Sink::default())).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /private HTTP/1.1\r\nHost: b\r\n\r\nGET /public/1 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let first = buf.find("403 Forbidden").unwrap();
-        let second = buf.find("200 OK").unwrap();
-        assert!(first < second, "{buf}");
-    }
-}
+mod tests;

@@ -37,6 +37,8 @@ pub struct Proxy {
     /// Whether new tables re-judge live connections (off: the README promises established
     /// connections survive policy changes until the kernel fast path lands).
     rejudge_on_update: bool,
+    /// How L7 request paths are normalised before they are judged and forwarded.
+    http_paths: l7::path::PathOptions,
 }
 
 impl Proxy {
@@ -55,7 +57,18 @@ impl Proxy {
             original_dst,
             conns: Arc::default(),
             rejudge_on_update: false,
+            http_paths: l7::path::PathOptions::default(),
         }
+    }
+
+    /// The same proxy, treating escaped slashes in L7 request paths as `escaped_slashes` says.
+    #[must_use]
+    pub fn http_path_escaped_slashes(
+        mut self,
+        escaped_slashes: crate::config::EscapedSlashes,
+    ) -> Self {
+        self.http_paths.escaped_slashes = escaped_slashes;
+        self
     }
 
     /// The same proxy, closing live connections that new tables no longer allow when `on`.

@@ -205,7 +205,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         let sink = Arc::new(RingSink(proxy.flows().clone()));
         let template = rec.per_request();
         tokio::select! {
-            result = l7::serve(client, connect, judge, sink, template) => {
+            result = l7::serve(client, connect, judge, sink, template, proxy.http_paths) => {
                 if let Err(e) = result {
                     debug!(error = %e, "HTTP connection ended");
                 }
