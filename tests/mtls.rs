@@ -92,7 +92,12 @@ fn state_dir(lab: &TestLab) -> PathBuf {
 fn metrics(lab: &TestLab, node: &str) -> String {
     let sock = state_dir(lab).join(format!("nodes/c1-{node}/admin.sock"));
     let out = Command::new("curl")
-        .args(["-sS", "--unix-socket", sock.to_str().unwrap(), "http://agent/metrics"])
+        .args([
+            "-sS",
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "http://agent/metrics",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "scrape: {}", text(&out));
@@ -116,7 +121,11 @@ fn a_pod_cannot_forge_a_tunnel_and_lab_down_leaves_no_keys() {
         f.node == "node-1" && f.direction == Direction::Ingress && f.source.pod == "client-remote"
     });
     assert_eq!(legit.verdict, Verdict::Forwarded);
-    assert_eq!(legit.tunnel_peer.as_deref(), Some("node-2"), "the authenticated peer");
+    assert_eq!(
+        legit.tunnel_peer.as_deref(),
+        Some("node-2"),
+        "the authenticated peer"
+    );
     let frontend_identity = legit.source.identity;
 
     // The intruder speaks plain HTTP/2 to node-1's tunnel port claiming to be the frontend.
@@ -149,7 +158,10 @@ fn a_pod_cannot_forge_a_tunnel_and_lab_down_leaves_no_keys() {
     let scraped = metrics(&lab, "node-1");
     let failures: f64 = scraped
         .lines()
-        .filter(|l| l.starts_with("strait_tunnel_handshake_failures_total{") && l.contains("role=\"server\""))
+        .filter(|l| {
+            l.starts_with("strait_tunnel_handshake_failures_total{")
+                && l.contains("role=\"server\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(failures >= 3.0, "handshake failures counted: {scraped}");
@@ -177,7 +189,10 @@ fn a_pod_cannot_forge_a_tunnel_and_lab_down_leaves_no_keys() {
     }
     for node in ["node-1", "node-2"] {
         let log = std::fs::read_to_string(dir.join(format!("nodes/c1-{node}/agent.log"))).unwrap();
-        assert!(!log.contains("PRIVATE KEY"), "no key material in {node}'s log");
+        assert!(
+            !log.contains("PRIVATE KEY"),
+            "no key material in {node}'s log"
+        );
     }
     let out = lab.strait(&["lab", "down"]);
     assert!(out.status.success(), "lab down: {}", text(&out));

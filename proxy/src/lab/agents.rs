@@ -80,7 +80,10 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
 /// Creates the cluster's CA in the lab's state directory unless it is there already (agents
 /// of a running cluster keep trusting the CA they started with).
 pub fn ensure_ca(paths: &LabPaths, cluster: &str) -> Result<(), AgentError> {
-    let (cert, key) = (paths.cluster_ca_cert(cluster), paths.cluster_ca_key(cluster));
+    let (cert, key) = (
+        paths.cluster_ca_cert(cluster),
+        paths.cluster_ca_key(cluster),
+    );
     if cert.exists() && key.exists() {
         return Ok(());
     }

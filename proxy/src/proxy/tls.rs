@@ -194,15 +194,17 @@ fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError
         });
     }
     // Errors from here on never include key bytes.
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::Pem {
-        what: "node key".into(),
-        source,
-    })?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| TlsError::Rustls {
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::Pem {
             what: "node key".into(),
             source,
         })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+        TlsError::Rustls {
+            what: "node key".into(),
+            source,
+        }
+    })?;
     let ck = CertifiedKey::new(certs, signer);
     ck.keys_match().map_err(|source| TlsError::Rustls {
         what: "node key does not match its certificate".into(),
@@ -232,11 +234,10 @@ impl NodeTls {
                     source,
                 }
             })?;
-            let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|_| {
-                TlsError::CaParse {
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(&der).map_err(|_| TlsError::CaParse {
                     cluster: ca.cluster.clone(),
-                }
-            })?;
+                })?;
             issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
             roots.add(der).map_err(|source| TlsError::Rustls {
                 what: what(),
@@ -275,7 +276,9 @@ impl NodeTls {
 
     /// Presents this certificate (a renewal) in every handshake from now on.
     pub fn set_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-        self.certs.0.store(Arc::new(certified_key(cert_pem, key_pem)?));
+        self.certs
+            .0
+            .store(Arc::new(certified_key(cert_pem, key_pem)?));
         Ok(())
     }
 
@@ -302,7 +305,10 @@ impl NodeTls {
 
     /// The node a verified peer certificate chain names, if the CA trusted for that node's
     /// cluster issued it.
-    pub fn peer_node(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<NodeIdentity, HandshakeFailure> {
+    pub fn peer_node(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+    ) -> Result<NodeIdentity, HandshakeFailure> {
         let leaf = chain
             .and_then(|c| c.first())
             .ok_or(HandshakeFailure::NoCertificate)?;

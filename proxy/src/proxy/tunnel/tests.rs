@@ -192,7 +192,11 @@ async fn a_node_speaks_only_for_its_own_pods() {
         last_flow(&proxy).await.drop_reason,
         Some(DropReason::IdentityMismatch)
     );
-    assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing reached the pod");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the pod"
+    );
 
     // The same node, telling the truth, gets through.
     let mut ok = node2
@@ -237,7 +241,11 @@ async fn a_peer_without_a_certificate_of_the_cluster_ca_gets_no_tunnel() {
     assert!(matches!(err, TunnelError::Http { .. }), "{err:?}");
 
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing reached the pod");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the pod"
+    );
     assert!(proxy.flows().recent(None).is_empty(), "no stream was seen");
 
     // A client that does not trust the server's CA refuses the server.
