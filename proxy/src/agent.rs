@@ -4,6 +4,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -15,6 +16,7 @@ use crate::dns::{DnsServer, DnsTable};
 use crate::flows::FlowRing;
 use crate::model::{ClusterInfo, Store};
 use crate::proxy::tables::ProxyTables;
+use crate::proxy::tls::{NodeIdentity, NodeIssuer, NodeTls, TrustedCa};
 use crate::proxy::{OriginalDst, Proxy};
 use crate::{admin, proxy, sources};
 
@@ -36,6 +38,10 @@ pub enum AgentError {
     Dns(#[from] crate::dns::DnsError),
     #[error("metrics")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("node certificate")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("tunnel TLS")]
+    Tls(#[from] crate::proxy::tls::IssueError),
 }
 
 /// The eBPF maps as the proxy's source of original destinations.
@@ -87,6 +93,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         None => None,
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
+    let (node_tls, issuer) = start_tls(&cfg)?;
 
     let flows =
         Arc::new(FlowRing::new(cfg.flow_ring_capacity).observed_by(crate::metrics::FlowMetrics));
@@ -103,8 +110,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             Arc::new(KernelOriginalDst(datapath.clone())),
         )
         .rejudge_on_update(cfg.rejudge_on_update)
-        .http_path_escaped_slashes(cfg.http_path_escaped_slashes),
+        .http_path_escaped_slashes(cfg.http_path_escaped_slashes)
+        .tunnel_transport(proxy::tunnel::Transport::Mtls(node_tls.clone())),
     );
+    tokio::spawn(issuer.renew(node_tls));
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
     let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));
     let store = Arc::new(Store::new());
@@ -247,6 +256,38 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         })
         .await?;
     Ok(())
+}
+
+/// Loads (or creates, 0600) the node key, issues a fresh certificate with the configured CA and
+/// builds the tunnel's TLS around it.
+fn start_tls(cfg: &AgentConfig) -> Result<(Arc<NodeTls>, NodeIssuer), AgentError> {
+    let t = &cfg.tls;
+    let local = NodeIdentity {
+        cluster: cfg.cluster.clone(),
+        node: cfg.node.clone(),
+    };
+    let issuer = NodeIssuer::new(
+        local.clone(),
+        crate::pki::ClusterCa::load(&t.issuer.ca_cert, &t.issuer.ca_key)?,
+        crate::pki::load_or_create_key(&t.node_key)?,
+        t.node_cert.clone(),
+        Duration::from_secs(t.cert_validity_secs.max(3)),
+    );
+    let mut trust = Vec::new();
+    for ca in &t.trust {
+        let cert_pem =
+            std::fs::read_to_string(&ca.ca_cert).map_err(|source| crate::pki::PkiError::Io {
+                path: ca.ca_cert.clone(),
+                what: "read trusted CA",
+                source,
+            })?;
+        trust.push(TrustedCa {
+            cluster: ca.cluster.clone(),
+            cert_pem,
+        });
+    }
+    let tls = issuer.node_tls(&trust)?;
+    Ok((tls, issuer))
 }
 
 /// Mirrors kernel state into gauges (and the kernel's drop counters into counters) before a

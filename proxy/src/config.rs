@@ -50,6 +50,8 @@ pub struct AgentConfig {
     /// `400`), since backends disagree on whether they separate path segments.
     #[serde(default)]
     pub http_path_escaped_slashes: EscapedSlashes,
+    /// Mutual TLS of the tunnel between node proxies.
+    pub tls: TlsConfig,
 }
 
 /// Treatment of encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in an
@@ -64,6 +66,48 @@ pub enum EscapedSlashes {
     Keep,
     /// Decode them into `/` before dot segments are removed, so judge and backend agree.
     Decode,
+}
+
+/// Default validity of node certificates: a day, renewed at two thirds.
+pub const DEFAULT_CERT_VALIDITY_SECS: u64 = 24 * 3600;
+
+/// The node's certificate, key and trust for tunnels between node proxies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificates whose node certificates are believed, each for one cluster (this
+    /// cluster's; the cluster mesh adds its peers').
+    pub trust: Vec<TrustedCaFile>,
+    /// This node's private key (PEM); created with mode 0600 on first start, reused after.
+    pub node_key: PathBuf,
+    /// Where the agent writes its current certificate (PEM).
+    pub node_cert: PathBuf,
+    /// The CA the agent issues its own certificate with. The lab's stand-in for a CSR service:
+    /// a real deployment keeps the CA key off the nodes and has the agent request a certificate.
+    pub issuer: IssuerFiles,
+    /// Validity of the node certificate in seconds; it is renewed at two thirds of that.
+    #[serde(default = "default_cert_validity")]
+    pub cert_validity_secs: u64,
+}
+
+/// A CA certificate trusted for one cluster's nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedCaFile {
+    pub cluster: String,
+    pub ca_cert: PathBuf,
+}
+
+/// A CA certificate and its key (PEM files; the key 0600).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFiles {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+}
+
+fn default_cert_validity() -> u64 {
+    DEFAULT_CERT_VALIDITY_SECS
 }
 
 fn default_ring() -> usize {

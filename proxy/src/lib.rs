@@ -13,6 +13,7 @@ pub mod identity;
 pub mod lab;
 pub mod metrics;
 pub mod model;
+pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod sources;

@@ -27,6 +27,7 @@ pub mod names {
     pub const BYTES: &str = "strait_proxy_bytes_total";
     pub const TUNNEL_CONNECTIONS: &str = "strait_tunnel_connections_total";
     pub const TUNNEL_STREAMS: &str = "strait_tunnel_streams_total";
+    pub const TUNNEL_HANDSHAKE_FAILURES: &str = "strait_tunnel_handshake_failures_total";
     pub const POLICY_REVISION: &str = "strait_policy_revision";
     pub const POLICIES: &str = "strait_policies";
     pub const POLICY_KERNEL_RULES: &str = "strait_policy_kernel_rules";
@@ -50,6 +51,7 @@ pub mod names {
         BYTES,
         TUNNEL_CONNECTIONS,
         TUNNEL_STREAMS,
+        TUNNEL_HANDSHAKE_FAILURES,
         POLICY_REVISION,
         POLICIES,
         POLICY_KERNEL_RULES,
@@ -147,6 +149,10 @@ pub fn describe() {
     describe_counter!(
         TUNNEL_STREAMS,
         "Connections carried as tunnel streams, by role"
+    );
+    describe_counter!(
+        TUNNEL_HANDSHAKE_FAILURES,
+        "Tunnel TLS handshakes refused, by role and reason (no or untrusted certificate, not TLS...)"
     );
     describe_gauge!(
         POLICY_REVISION,

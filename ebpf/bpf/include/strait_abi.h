@@ -301,6 +301,7 @@ _Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout
 	X(V4_MAPPED_V6, 191, 1)	/* An IPv4-mapped IPv6 connect that would have bypassed the proxy. */ \
 	X(ORIG_DST_UNRECORDED, 192, 1)	/* The original destination could not be recorded, so it was not redirected. */ \
 	X(NOT_LOCAL_ENDPOINT, 193, 0)	/* A tunnel stream for an address that is not a pod of this node. */ \
+	X(IDENTITY_MISMATCH, 195, 0)	/* A tunnel stream whose source is not a pod of the authenticated peer node. */ \
 	X(HTTP_PATH_INVALID, 200, 0)	/* An HTTP request path the proxy cannot normalise unambiguously: 400. */
 
 enum strait_drop_reason {

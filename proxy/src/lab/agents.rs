@@ -7,7 +7,8 @@ use super::paths::LabPaths;
 use super::process;
 use super::topology::{ClusterSpec, NodeSpec};
 use crate::config::{
-    ADMIN_PORT, AgentConfig, DEFAULT_FLOW_RING, EscapedSlashes, OUTBOUND_PORT, TUNNEL_PORT,
+    ADMIN_PORT, AgentConfig, DEFAULT_CERT_VALIDITY_SECS, DEFAULT_FLOW_RING, EscapedSlashes, IssuerFiles,
+    OUTBOUND_PORT, TUNNEL_PORT, TlsConfig, TrustedCaFile,
 };
 
 /// An agent that did not come up.
@@ -25,6 +26,12 @@ pub enum AgentError {
     NotReady(Box<NotReady>),
     #[error(transparent)]
     Spawn(#[from] process::SpawnError),
+    #[error("CA of cluster {cluster}")]
+    Pki {
+        cluster: String,
+        #[source]
+        source: crate::pki::PkiError,
+    },
 }
 
 /// An agent that did not become ready in time, with the end of its log.
@@ -55,7 +62,52 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         metrics_pod_labels: false,
         rejudge_on_update: false,
         http_path_escaped_slashes: EscapedSlashes::default(),
+        tls: TlsConfig {
+            trust: vec![TrustedCaFile {
+                cluster: c.name.clone(),
+                ca_cert: paths.cluster_ca_cert(&c.name),
+            }],
+            node_key: paths.node_key(&c.name, &n.name),
+            node_cert: paths.node_cert(&c.name, &n.name),
+            issuer: IssuerFiles {
+                ca_cert: paths.cluster_ca_cert(&c.name),
+                ca_key: paths.cluster_ca_key(&c.name),
+            },
+            cert_validity_secs: DEFAULT_CERT_VALIDITY_SECS,
+        },
     }
+}
+
+/// Creates the cluster's CA in the lab's state directory unless it is there already (agents
+/// of a running cluster keep trusting the CA they started with).
+pub fn ensure_ca(paths: &LabPaths, cluster: &str) -> Result<(), AgentError> {
+    let (cert, key) = (
+        paths.cluster_ca_cert(cluster),
+        paths.cluster_ca_key(cluster),
+    );
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let pki = |source| AgentError::Pki {
+        cluster: cluster.to_string(),
+        source,
+    };
+    if let Some(dir) = key.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| AgentError::Io {
+                cluster: cluster.to_string(),
+                node: String::new(),
+                what: "create PKI directory",
+                source,
+            })?;
+    }
+    crate::pki::ClusterCa::create(cluster)
+        .and_then(|ca| ca.save(&cert, &key))
+        .map_err(pki)
 }
 
 /// Writes the node's agent config and starts the agent in the node's namespace. Returns its PID.
@@ -66,6 +118,7 @@ pub fn start(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> Result<i32, Age
         what,
         source,
     };
+    ensure_ca(paths, &c.name)?;
     let dir = paths.node_dir(&c.name, &n.name);
     std::fs::create_dir_all(&dir).map_err(|e| io("create state directory", e))?;
     let cfg = config_for(paths, c, n);

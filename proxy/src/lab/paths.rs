@@ -64,6 +64,26 @@ impl LabPaths {
             .join(format!("{cluster}-{node}"))
     }
 
+    /// A cluster's CA certificate (PEM).
+    pub fn cluster_ca_cert(&self, cluster: &str) -> PathBuf {
+        self.state_dir().join("pki").join(cluster).join("ca.crt")
+    }
+
+    /// A cluster's CA key (PEM, mode 0600).
+    pub fn cluster_ca_key(&self, cluster: &str) -> PathBuf {
+        self.state_dir().join("pki").join(cluster).join("ca.key")
+    }
+
+    /// A node agent's private key (PEM, mode 0600; kept across agent restarts).
+    pub fn node_key(&self, cluster: &str, node: &str) -> PathBuf {
+        self.node_dir(cluster, node).join("node.key")
+    }
+
+    /// A node agent's current certificate (PEM).
+    pub fn node_cert(&self, cluster: &str, node: &str) -> PathBuf {
+        self.node_dir(cluster, node).join("node.crt")
+    }
+
     /// The agent's admin Unix socket; reachable from any network namespace.
     pub fn admin_socket(&self, cluster: &str, node: &str) -> PathBuf {
         self.node_dir(cluster, node).join("admin.sock")

@@ -6,6 +6,7 @@ pub mod drops;
 pub mod l7;
 pub mod outbound;
 pub mod tables;
+pub mod tls;
 pub mod tunnel;
 
 use std::net::SocketAddrV4;
@@ -16,7 +17,7 @@ use arc_swap::ArcSwap;
 use crate::flows::{Direction, FlowPeer, FlowRing};
 use conn::{ConnGuard, ConnRecord, ConnRegistry};
 use tables::ProxyTables;
-use tunnel::TunnelPool;
+use tunnel::{Transport, TunnelPool};
 
 /// Where the proxy learns a redirected connection's original destination (the eBPF maps in the
 /// agent; a fixed table in tests).
@@ -53,7 +54,7 @@ impl Proxy {
             cluster: tables.cluster.name.clone(),
             tables: ArcSwap::from_pointee(tables),
             flows,
-            pool: TunnelPool::default(),
+            pool: TunnelPool::new(Transport::InsecurePlaintext),
             original_dst,
             conns: Arc::default(),
             rejudge_on_update: false,
@@ -75,6 +76,14 @@ impl Proxy {
     #[must_use]
     pub fn rejudge_on_update(mut self, on: bool) -> Self {
         self.rejudge_on_update = on;
+        self
+    }
+
+    /// The same proxy carrying tunnels over `transport` (the agent always passes mTLS; a new
+    /// proxy starts on plaintext, which only benchmarks and tests keep).
+    #[must_use]
+    pub fn tunnel_transport(mut self, transport: Transport) -> Self {
+        self.pool = TunnelPool::new(transport);
         self
     }
 

@@ -14,7 +14,8 @@ use super::Proxy;
 use super::conn::{Admission, peer};
 use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::tables::{Judged, Route};
-use super::tunnel::TunnelSource;
+use super::tls::NodeIdentity;
+use super::tunnel::{TunnelPeer, TunnelSource};
 use crate::flows::{Direction, DropReason, FlowRecord, FlowRing};
 
 /// Judges each request against the policy in force when it arrives.
@@ -62,7 +63,7 @@ impl FlowSink for RingSink {
 fn upstream_connector(
     proxy: Arc<Proxy>,
     target: SocketAddrV4,
-    via: Option<(String, SocketAddr)>,
+    via: Option<TunnelPeer>,
     source: TunnelSource,
 ) -> Connector {
     let source = Arc::new(source);
@@ -79,9 +80,9 @@ fn upstream_connector(
                     let _ = s.set_nodelay(true);
                     Ok(Box::new(s) as BoxIo)
                 }
-                Some((_, tunnel)) => proxy
+                Some(tunnel) => proxy
                     .pool
-                    .open(tunnel, target, &source)
+                    .open(&tunnel, target, &source)
                     .await
                     .map(|s| Box::new(s) as BoxIo)
                     .map_err(|e| crate::errors::chain(&e)),
@@ -146,7 +147,17 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
             endpoint,
             node,
             tunnel,
-        } => (*target, endpoint.clone(), Some((node.clone(), *tunnel))),
+        } => (
+            *target,
+            endpoint.clone(),
+            Some(TunnelPeer {
+                node: NodeIdentity {
+                    cluster: proxy.cluster.clone(),
+                    node: node.clone(),
+                },
+                addr: *tunnel,
+            }),
+        ),
         Route::External { target } => (*target, None, None),
         Route::NoBackend => {
             rec.destination(
@@ -192,8 +203,8 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
             cluster: proxy.cluster.clone(),
             original_dst: original.to_string(),
         };
-        if let Some((node, _)) = &via {
-            rec.record.tunnel_peer = Some(node.clone());
+        if let Some(peer) = &via {
+            rec.record.tunnel_peer = Some(peer.node.node.clone());
         }
         let connect = upstream_connector(proxy.clone(), target, via, source);
         let judge = Arc::new(PolicyJudge {
@@ -215,20 +226,20 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         }
         return;
     }
-    if let Some((node, _)) = &via {
-        rec.record.tunnel_peer = Some(node.clone());
+    if let Some(peer) = &via {
+        rec.record.tunnel_peer = Some(peer.node.node.clone());
     }
     let relay = async {
         match via {
             None => forward_direct(&mut client, target).await,
-            Some((_, tunnel)) => {
+            Some(tunnel) => {
                 let source = TunnelSource {
                     identity: src_identity,
                     addr: client_addr,
                     cluster: proxy.cluster.clone(),
                     original_dst: original.to_string(),
                 };
-                match proxy.pool.open(tunnel, target, &source).await {
+                match proxy.pool.open(&tunnel, target, &source).await {
                     Ok(mut upstream) => copy(&mut client, &mut upstream).await,
                     Err(e) => Err(crate::errors::chain(&e)),
                 }

@@ -1,8 +1,9 @@
-//! HTTP/2 CONNECT tunnels between node proxies.
+//! HTTP/2 CONNECT tunnels between node proxies, inside mutual TLS (as ztunnel's HBONE).
 //!
-//! One HTTP/2 connection per peer node carries many connections as CONNECT streams. Each stream
-//! names its target pod in `:authority` and carries the source's identity and address in headers,
-//! so the receiving node knows who is calling without trusting the packet's source address.
+//! One TLS session per peer node carries one HTTP/2 connection and, in it, many connections as
+//! CONNECT streams: no handshake per connection. Each stream names its target pod in
+//! `:authority` and carries the source's identity and address in headers; the receiving proxy
+//! believes them only for pods of the node the peer's certificate names (`check_source`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -20,6 +21,9 @@ use tracing::{debug, warn};
 
 use super::Proxy;
 use super::conn::{Admission, peer};
+use super::l7::BoxIo;
+use super::tables::ProxyTables;
+use super::tls::{ALPN_H2, HandshakeFailure, NodeIdentity, NodeTls};
 use crate::flows::{Direction, DropReason, FlowPeer};
 
 /// Header carrying the source's numeric identity.
@@ -34,6 +38,25 @@ pub const ORIGINAL_DST: &str = "strait-original-destination";
 /// HTTP/2 windows large enough that one stream is not throttled by flow control on a LAN.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// A peer that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How tunnels between node proxies are carried.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// Mutual TLS with node certificates (what the agent runs).
+    Mtls(Arc<NodeTls>),
+    /// Plain TCP, no peer authentication: identity headers are believed as sent. Only for
+    /// benchmarks measuring the cost of TLS and for tests; the agent never builds it.
+    InsecurePlaintext,
+}
+
+/// The node at the other end of a tunnel and where its tunnel listener is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelPeer {
+    pub node: NodeIdentity,
+    pub addr: SocketAddr,
+}
 
 /// A tunnel that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +66,11 @@ pub enum TunnelError {
         peer: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("TLS with peer proxy {peer}: {}", reason.as_str())]
+    Handshake {
+        peer: SocketAddr,
+        reason: HandshakeFailure,
     },
     #[error("HTTP/2 with peer proxy {peer}")]
     Http {
@@ -69,53 +97,98 @@ pub struct TunnelSource {
     pub original_dst: String,
 }
 
-/// One shared HTTP/2 connection per peer node, opened on first use and replaced when it breaks.
-#[derive(Default)]
+/// One shared HTTP/2 connection (in one TLS session) per peer node, opened on first use and
+/// replaced when it breaks.
 pub struct TunnelPool {
-    conns: Mutex<HashMap<SocketAddr, SendRequest<Empty<Bytes>>>>,
+    transport: Transport,
+    conns: Mutex<HashMap<TunnelPeer, SendRequest<Empty<Bytes>>>>,
 }
 
 impl TunnelPool {
-    async fn sender(&self, peer: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, TunnelError> {
+    /// A pool dialing over `transport`.
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            conns: Mutex::default(),
+        }
+    }
+
+    /// How this pool's tunnels are carried (the listener uses the same).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// A TLS session to `peer`, checked to be that node.
+    async fn dial(&self, peer: &TunnelPeer) -> Result<BoxIo, TunnelError> {
+        let addr = peer.addr;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| TunnelError::Connect { peer: addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = match &self.transport {
+            Transport::InsecurePlaintext => return Ok(Box::new(tcp)),
+            Transport::Mtls(tls) => tls,
+        };
+        let failed = |reason| {
+            tls.handshake_failed(addr.ip(), "client", reason);
+            TunnelError::Handshake { peer: addr, reason }
+        };
+        let name = NodeTls::server_name(&peer.node).map_err(failed)?;
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector().connect(name, tcp))
+            .await
+            .map_err(|_| failed(HandshakeFailure::Timeout))?
+            .map_err(|e| failed(HandshakeFailure::classify(&e)))?;
+        let (_, session) = stream.get_ref();
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            return Err(failed(HandshakeFailure::Alpn));
+        }
+        // The server name proved the node; the issuer check proves its cluster's CA said so.
+        match tls.peer_node(session.peer_certificates()) {
+            Ok(node) if node == peer.node => Ok(Box::new(stream)),
+            Ok(_) => Err(failed(HandshakeFailure::BadCertificate)),
+            Err(reason) => Err(failed(reason)),
+        }
+    }
+
+    async fn sender(&self, peer: &TunnelPeer) -> Result<SendRequest<Empty<Bytes>>, TunnelError> {
         let mut conns = self.conns.lock().await;
-        if let Some(s) = conns.get(&peer)
+        if let Some(s) = conns.get(peer)
             && !s.is_closed()
         {
             return Ok(s.clone());
         }
-        let tcp = TcpStream::connect(peer)
-            .await
-            .map_err(|source| TunnelError::Connect { peer, source })?;
-        let _ = tcp.set_nodelay(true);
+        let io = self.dial(peer).await?;
+        let addr = peer.addr;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
-            .map_err(|source| TunnelError::Http { peer, source })?;
+            .map_err(|source| TunnelError::Http { peer: addr, source })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "tunnel connection closed");
+                debug!(peer = %addr, error = %e, "tunnel connection closed");
             }
         });
         metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "client")
             .increment(1);
-        conns.insert(peer, sender.clone());
+        conns.insert(peer.clone(), sender.clone());
         Ok(sender)
     }
 
     /// Opens a tunnelled stream to `target` through the proxy at `peer`.
     pub async fn open(
         &self,
-        peer: SocketAddr,
+        tunnel: &TunnelPeer,
         target: SocketAddrV4,
         source: &TunnelSource,
     ) -> Result<TokioIo<Upgraded>, TunnelError> {
+        let peer = tunnel.addr;
         // A pooled connection can die between check and use; one retry on a fresh one covers it.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut sender = self.sender(peer).await?;
+            let mut sender = self.sender(tunnel).await?;
             let req = Request::builder()
                 .method(Method::CONNECT)
                 .uri(target.to_string())
@@ -128,7 +201,7 @@ impl TunnelPool {
                 Ok(r) => r,
                 Err(e) if attempt == 1 => {
                     debug!(%peer, error = %e, "pooled tunnel failed, reconnecting");
-                    self.conns.lock().await.remove(&peer);
+                    self.conns.lock().await.remove(tunnel);
                     continue;
                 }
                 Err(source) => return Err(TunnelError::Http { peer, source }),
@@ -150,6 +223,15 @@ impl TunnelPool {
     }
 }
 
+/// Who the peer of an accepted tunnel is.
+#[derive(Debug, Clone)]
+enum PeerAuth {
+    /// Authenticated by its certificate.
+    Node(NodeIdentity),
+    /// Plaintext transport: nothing is known (benchmarks only).
+    Unauthenticated,
+}
+
 /// Serves tunnels from other nodes' proxies until the listener fails.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
@@ -157,27 +239,86 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "tunnel accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server")
-            .increment(1);
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let (io, auth) = match proxy.pool.transport().clone() {
+                Transport::InsecurePlaintext => (Box::new(tcp) as BoxIo, PeerAuth::Unauthenticated),
+                Transport::Mtls(tls) => match accept_tls(&tls, tcp).await {
+                    Ok((io, node)) => (io, PeerAuth::Node(node)),
+                    Err(reason) => {
+                        // Nothing of this connection reaches a pod: it ends here.
+                        tls.handshake_failed(from.ip(), "server", reason);
+                        return;
+                    }
+                },
+            };
+            metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server")
+                .increment(1);
+            let auth = Arc::new(auth);
             let svc = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(proxy, from, req).await) }
+                let auth = auth.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(proxy, from, &auth, req).await) }
             });
             let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONN_WINDOW)
-                .serve_connection(TokioIo::new(tcp), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .await;
             if let Err(e) = result {
                 debug!(%from, error = %e, "tunnel connection ended");
             }
         });
+    }
+}
+
+/// The TLS handshake of an accepted tunnel and the node its certificate names.
+async fn accept_tls(
+    tls: &NodeTls,
+    tcp: TcpStream,
+) -> Result<(BoxIo, NodeIdentity), HandshakeFailure> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp))
+        .await
+        .map_err(|_| HandshakeFailure::Timeout)?
+        .map_err(|e| HandshakeFailure::classify(&e))?;
+    let (_, session) = stream.get_ref();
+    if session.alpn_protocol() != Some(ALPN_H2) {
+        return Err(HandshakeFailure::Alpn);
+    }
+    let node = tls.peer_node(session.peer_certificates())?;
+    Ok((Box::new(stream), node))
+}
+
+/// Whether the authenticated `peer` node may speak for a stream from `addr` with `identity` of
+/// `cluster`: only for a pod of its own (by endpoint; by pod CIDR when the pod is not known yet,
+/// and then only with the identity this node would give that address itself).
+pub fn check_source(
+    tables: &ProxyTables,
+    peer: &NodeIdentity,
+    cluster: &str,
+    addr: SocketAddr,
+    identity: u32,
+) -> bool {
+    let SocketAddr::V4(v4) = addr else {
+        return false;
+    };
+    if peer.cluster != tables.cluster.name || cluster != peer.cluster {
+        return false;
+    }
+    match tables.endpoint(*v4.ip()) {
+        Some(ep) => ep.node == peer.node && ep.identity == identity,
+        None => {
+            tables
+                .nodes
+                .iter()
+                .any(|n| n.name == peer.node && n.pod_cidr.contains(v4.ip()))
+                && tables.identity_of(*v4.ip()) == identity
+        }
     }
 }
 
@@ -194,6 +335,7 @@ fn header<'a>(req: &'a Request<hyper::body::Incoming>, name: &str) -> Option<&'a
 async fn handle(
     proxy: Arc<Proxy>,
     from: SocketAddr,
+    auth: &PeerAuth,
     mut req: Request<hyper::body::Incoming>,
 ) -> Response<Empty<Bytes>> {
     if req.method() != Method::CONNECT {
@@ -214,6 +356,7 @@ async fn handle(
         .and_then(|s| s.parse().ok())
         .unwrap_or(crate::identity::reserved::WORLD);
     let src_cluster = header(&req, SOURCE_CLUSTER).unwrap_or_default().to_string();
+    let src_cluster_checked = src_cluster.clone();
     let original = header(&req, ORIGINAL_DST).unwrap_or_default().to_string();
     let source = match src_addr {
         SocketAddr::V4(v4) if src_cluster == tables.cluster.name => peer(
@@ -232,13 +375,25 @@ async fn handle(
     // Records the stream's one flow however it ends.
     let mut rec = proxy.accept(Direction::Ingress, source);
     rec.record.source.identity = src_identity;
-    rec.record.tunnel_peer = Some(from.ip().to_string());
+    rec.record.tunnel_peer = Some(match auth {
+        PeerAuth::Node(n) => n.node.clone(),
+        PeerAuth::Unauthenticated => from.ip().to_string(),
+    });
     let dst_peer = peer(
         &tables.cluster.name,
         tables.endpoint(*target.ip()).map(|e| &**e),
         target.into(),
     );
     rec.destination(original, None, dst_peer);
+    // A node speaks only for its own pods: a forged or foreign source never reaches policy.
+    if let PeerAuth::Node(node) = auth
+        && !check_source(&tables, node, &src_cluster_checked, src_addr, src_identity)
+    {
+        debug!(peer = %node.node, source = %src_addr, identity = src_identity,
+            "tunnel stream refused: source is not a pod of the peer node");
+        rec.dropped(DropReason::IdentityMismatch);
+        return reply(StatusCode::FORBIDDEN);
+    }
     // Only this node's pods: a tunnel endpoint must not become an open relay.
     if !tables.is_local_pod(*target.ip()) {
         rec.dropped(DropReason::NotLocalEndpoint);
@@ -294,136 +449,4 @@ async fn handle(
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-    use crate::flows::Verdict;
-
-    use crate::proxy::conn::tests::{FRONTEND, ONLY_FRONTEND, ONLY_OTHER, proxy, tables};
-
-    fn source(identity: u32, ip: [u8; 4]) -> TunnelSource {
-        TunnelSource {
-            identity,
-            addr: SocketAddr::from((ip, 40000)),
-            cluster: "c1".into(),
-            original_dst: String::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn ingress_policy_is_judged_with_the_identity_the_tunnel_carries() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let proxy = proxy(ONLY_FRONTEND, false);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, proxy.clone()));
-        let pool = TunnelPool::default();
-
-        let err = pool
-            .open(peer, target, &source(65794, [10, 0, 0, 6]))
-            .await
-            .expect_err("other is denied");
-        assert!(
-            matches!(err, TunnelError::Refused { status, .. } if status == StatusCode::FORBIDDEN),
-            "{err:?}"
-        );
-        let mut ok = pool
-            .open(peer, target, &source(65793, [10, 0, 0, 5]))
-            .await
-            .expect("frontend is allowed");
-        ok.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        ok.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
-
-        let flows = proxy.flows().recent(None);
-        let denied = flows
-            .iter()
-            .find(|f| f.verdict == Verdict::Dropped)
-            .expect("a drop flow");
-        assert_eq!(denied.source.identity, 65794);
-        assert_eq!(denied.drop_reason, Some(DropReason::PolicyDenied));
-        assert_eq!(denied.decided_by, Some(crate::flows::DecidedBy::Proxy));
-        assert!(
-            denied.policies[0].contains("default deny (ingress)"),
-            "{denied:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_stream_policy_revokes_is_closed_when_rejudging_is_on() {
-        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let proxy = proxy(ONLY_FRONTEND, true);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, proxy.clone()));
-        let pool = TunnelPool::default();
-        let mut frontend = pool
-            .open(peer, target, &source(FRONTEND, [10, 0, 0, 5]))
-            .await
-            .expect("frontend is allowed");
-        frontend.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        frontend.read_exact(&mut buf).await.unwrap();
-
-        // `other` becomes the only allowed client: the live frontend stream must end.
-        proxy.swap_tables(Arc::new(tables(ONLY_OTHER)));
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            frontend.read_to_end(&mut rest),
-        )
-        .await
-        .expect("the revoked stream is closed");
-        assert!(
-            read.map_or(true, |n| n == 0),
-            "no more data after the close"
-        );
-        // The flow is written by the stream's task as it ends.
-        let mut flow = None;
-        for _ in 0..100 {
-            flow = proxy.flows().recent(None).last().cloned();
-            if flow.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let flow = flow.expect("a flow for the closed stream");
-        assert_eq!(flow.source.identity, FRONTEND);
-        assert_eq!(flow.verdict, Verdict::Dropped);
-        assert_eq!(flow.drop_reason, Some(DropReason::PolicyDenied));
-        assert!(!flow.policies.is_empty(), "{flow:?}");
-        assert_eq!(proxy.live_connections(), 0);
-    }
-}
+mod tests;

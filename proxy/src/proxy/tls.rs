@@ -1,0 +1,448 @@
+//! Mutual TLS between node proxies: rustls configs, swappable node certificates, and the peer's
+//! node identity read from its verified certificate.
+//!
+//! Both ends present a certificate of their cluster's CA. The dialing side checks the server is
+//! the node it meant to reach (DNS SAN `<node>.<cluster>.strait`); the accepting side takes the
+//! peer node from the URI SAN `spiffe://<cluster>/node/<node>`. A SAN is believed only if the
+//! certificate was issued by the CA trusted for the cluster it names, so trusting another
+//! cluster's CA (the cluster mesh) never lets that cluster speak for this one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// ALPN of the tunnel: HTTP/2 inside TLS.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A node as its certificate names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeIdentity {
+    pub cluster: String,
+    pub node: String,
+}
+
+/// A CA whose certificates are believed for one cluster's nodes.
+#[derive(Debug, Clone)]
+pub struct TrustedCa {
+    pub cluster: String,
+    pub cert_pem: String,
+}
+
+/// TLS material that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: no PEM certificate")]
+    NoCertificate { what: String },
+    #[error("{what}: PEM")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what}")]
+    Rustls {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("trusted CA of cluster {cluster}: cannot parse the certificate")]
+    CaParse { cluster: String },
+    #[error("client certificate verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Why a peer got no tunnel; the bounded `reason` label of the handshake failure metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The peer presented no certificate.
+    NoCertificate,
+    /// The certificate was not issued by a trusted CA.
+    UnknownCa,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// Any other certificate problem (usage, signature, name).
+    BadCertificate,
+    /// The certificate names no node of a cluster whose CA issued it.
+    NoNodeIdentity,
+    /// The peer did not speak TLS (e.g. plain HTTP/2) or broke the protocol.
+    Protocol,
+    /// The peer did not offer the tunnel's ALPN.
+    Alpn,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// The connection failed underneath TLS.
+    Io,
+}
+
+impl HandshakeFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::BadCertificate => "bad_certificate",
+            Self::NoNodeIdentity => "no_node_identity",
+            Self::Protocol => "protocol",
+            Self::Alpn => "alpn",
+            Self::Timeout => "timeout",
+            Self::Io => "io",
+        }
+    }
+
+    /// Classifies an error from a TLS handshake.
+    pub fn classify(e: &std::io::Error) -> Self {
+        use rustls::{CertificateError as C, Error as E};
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+            return if e.kind() == std::io::ErrorKind::InvalidData {
+                Self::Protocol
+            } else {
+                Self::Io
+            };
+        };
+        match tls {
+            E::NoCertificatesPresented => Self::NoCertificate,
+            E::InvalidCertificate(C::UnknownIssuer) => Self::UnknownCa,
+            E::InvalidCertificate(C::Expired | C::NotValidYet)
+            | E::InvalidCertificate(C::ExpiredContext { .. } | C::NotValidYetContext { .. }) => {
+                Self::Expired
+            }
+            E::InvalidCertificate(_) => Self::BadCertificate,
+            E::NoApplicationProtocol => Self::Alpn,
+            E::AlertReceived(rustls::AlertDescription::UnknownCA) => Self::UnknownCa,
+            E::AlertReceived(rustls::AlertDescription::CertificateExpired) => Self::Expired,
+            E::AlertReceived(rustls::AlertDescription::CertificateRequired) => Self::NoCertificate,
+            E::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::DecryptError
+                | rustls::AlertDescription::CertificateUnknown,
+            ) => Self::BadCertificate,
+            _ => Self::Protocol,
+        }
+    }
+}
+
+// === impl CertSwap ===
+
+/// The node's current certificate, replaced on renewal. Sessions already established keep the
+/// certificate they were made with; new handshakes get the new one.
+#[derive(Debug)]
+struct CertSwap(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CertSwap {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl ResolvesClientCert for CertSwap {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+// === impl NodeTls ===
+
+/// A node's TLS identity and the configs its tunnel listener and pool use.
+pub struct NodeTls {
+    /// This node.
+    pub local: NodeIdentity,
+    certs: Arc<CertSwap>,
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    /// Raw subject DN of the CA trusted for each cluster: a SAN naming that cluster must come
+    /// from a certificate this CA issued.
+    issuers: HashMap<String, Vec<u8>>,
+    logged: parking_lot::Mutex<HashSet<IpAddr>>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            what: "node certificate".into(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what: "node certificate".into(),
+        });
+    }
+    // Errors from here on never include key bytes.
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::Pem {
+            what: "node key".into(),
+            source,
+        })?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+        TlsError::Rustls {
+            what: "node key".into(),
+            source,
+        }
+    })?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match().map_err(|source| TlsError::Rustls {
+        what: "node key does not match its certificate".into(),
+        source,
+    })?;
+    Ok(ck)
+}
+
+impl NodeTls {
+    /// TLS for `local` with its certificate and key (PEM), believing `trust`.
+    pub fn new(
+        local: NodeIdentity,
+        cert_pem: &str,
+        key_pem: &str,
+        trust: &[TrustedCa],
+    ) -> Result<Self, TlsError> {
+        let certs = Arc::new(CertSwap(ArcSwap::from_pointee(certified_key(
+            cert_pem, key_pem,
+        )?)));
+        let mut roots = RootCertStore::empty();
+        let mut issuers = HashMap::new();
+        for ca in trust {
+            let what = || format!("trusted CA of cluster {}", ca.cluster);
+            let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|source| {
+                TlsError::Pem {
+                    what: what(),
+                    source,
+                }
+            })?;
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(&der).map_err(|_| TlsError::CaParse {
+                    cluster: ca.cluster.clone(),
+                })?;
+            issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
+            roots.add(der).map_err(|source| TlsError::Rustls {
+                what: what(),
+                source,
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let rustls_err = |what: &str| {
+            let what = what.to_string();
+            move |source| TlsError::Rustls { what, source }
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(rustls_err("server config"))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(certs.clone());
+        server.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(rustls_err("client config"))?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(certs.clone());
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Self {
+            local,
+            certs,
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+            issuers,
+            logged: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// Presents this certificate (a renewal) in every handshake from now on.
+    pub fn set_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        self.certs
+            .0
+            .store(Arc::new(certified_key(cert_pem, key_pem)?));
+        Ok(())
+    }
+
+    /// The certificate presented now (DER), for tests and status.
+    pub fn current_certificate(&self) -> Option<CertificateDer<'static>> {
+        self.certs.0.load().cert.first().cloned()
+    }
+
+    /// The acceptor for the tunnel listener.
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The connector for tunnels to other nodes.
+    pub fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
+
+    /// The TLS server name of `peer`.
+    pub fn server_name(peer: &NodeIdentity) -> Result<ServerName<'static>, HandshakeFailure> {
+        ServerName::try_from(crate::pki::node_server_name(&peer.cluster, &peer.node))
+            .map_err(|_| HandshakeFailure::NoNodeIdentity)
+    }
+
+    /// The node a verified peer certificate chain names, if the CA trusted for that node's
+    /// cluster issued it.
+    pub fn peer_node(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+    ) -> Result<NodeIdentity, HandshakeFailure> {
+        let leaf = chain
+            .and_then(|c| c.first())
+            .ok_or(HandshakeFailure::NoCertificate)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|_| HandshakeFailure::BadCertificate)?;
+        let san = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .ok_or(HandshakeFailure::NoNodeIdentity)?;
+        let (cluster, node) = san
+            .value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => crate::pki::parse_node_uri(u),
+                _ => None,
+            })
+            .ok_or(HandshakeFailure::NoNodeIdentity)?;
+        match self.issuers.get(cluster) {
+            Some(issuer) if issuer.as_slice() == cert.issuer().as_raw() => Ok(NodeIdentity {
+                cluster: cluster.to_string(),
+                node: node.to_string(),
+            }),
+            _ => Err(HandshakeFailure::NoNodeIdentity),
+        }
+    }
+
+    /// Counts a failed handshake and logs it the first time for this peer address (a peer
+    /// retrying in a loop must not flood the log).
+    pub fn handshake_failed(&self, peer: IpAddr, role: &'static str, reason: HandshakeFailure) {
+        metrics::counter!(crate::metrics::names::TUNNEL_HANDSHAKE_FAILURES,
+            "role" => role, "reason" => reason.as_str())
+        .increment(1);
+        let first = {
+            let mut seen = self.logged.lock();
+            // Bounded: past this many distinct peers, start over rather than grow.
+            if seen.len() >= 4096 {
+                seen.clear();
+            }
+            seen.insert(peer)
+        };
+        if first {
+            tracing::warn!(%peer, role, reason = reason.as_str(),
+                "tunnel handshake refused (logged once per peer address)");
+        }
+    }
+}
+
+// === impl NodeIssuer ===
+
+/// Issues this node's certificate with its cluster CA and renews it: the lab's stand-in for a
+/// CSR service (a real deployment sends a CSR and never holds the CA key on a node).
+pub struct NodeIssuer {
+    local: NodeIdentity,
+    ca: crate::pki::ClusterCa,
+    key: rcgen::KeyPair,
+    cert_file: std::path::PathBuf,
+    validity: std::time::Duration,
+}
+
+impl NodeIssuer {
+    /// An issuer of `local`'s certificates over `key`, written to `cert_file`.
+    pub fn new(
+        local: NodeIdentity,
+        ca: crate::pki::ClusterCa,
+        key: rcgen::KeyPair,
+        cert_file: std::path::PathBuf,
+        validity: std::time::Duration,
+    ) -> Self {
+        Self {
+            local,
+            ca,
+            key,
+            cert_file,
+            validity,
+        }
+    }
+
+    /// A new certificate for the node key (PEM), also written to the certificate file.
+    pub fn issue(&self) -> Result<String, crate::pki::PkiError> {
+        let pem = self.ca.issue_node(
+            &self.local.cluster,
+            &self.local.node,
+            &self.key,
+            self.validity,
+        )?;
+        crate::pki::write_file(&self.cert_file, pem.as_bytes(), 0o644)?;
+        Ok(pem)
+    }
+
+    /// The node's TLS with a freshly issued certificate, believing `trust`.
+    pub fn node_tls(&self, trust: &[TrustedCa]) -> Result<Arc<NodeTls>, IssueError> {
+        let cert = self.issue()?;
+        Ok(Arc::new(NodeTls::new(
+            self.local.clone(),
+            &cert,
+            &self.key.serialize_pem(),
+            trust,
+        )?))
+    }
+
+    /// Renews the certificate at two thirds of its validity, forever. Established tunnels keep
+    /// their sessions; new handshakes present the new certificate.
+    pub async fn renew(self, tls: Arc<NodeTls>) {
+        let period = self.validity * 2 / 3;
+        let mut wait = period;
+        loop {
+            tokio::time::sleep(wait).await;
+            let renewed = self
+                .issue()
+                .map_err(IssueError::from)
+                .and_then(|pem| Ok(tls.set_certificate(&pem, &self.key.serialize_pem())?));
+            wait = match renewed {
+                Ok(()) => {
+                    tracing::info!(valid_for = ?self.validity, "node certificate renewed");
+                    period
+                }
+                Err(e) => {
+                    // Retry well before the current certificate runs out.
+                    tracing::error!(error = %crate::errors::chain(&e),
+                        "node certificate renewal failed; retrying");
+                    (period / 10).max(std::time::Duration::from_secs(1))
+                }
+            };
+        }
+    }
+}
+
+/// A node certificate that could not be issued or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("issue node certificate")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("install node certificate")]
+    Tls(#[from] TlsError),
+}
