@@ -156,7 +156,10 @@ mod tests {
         serde_json::from_str(&format!(
             r#"{{"cluster": "c1", "node": "n1", "state_file": "/s", "cgroup": "/c",
                 "bpf_pin_dir": "/b", "outbound": "10.0.0.1:15001", "tunnel": "10.0.0.1:15008",
-                "admin_socket": "/a"{extra}}}"#
+                "admin_socket": "/a",
+                "tls": {{"trust": [{{"cluster": "c1", "ca_cert": "/ca.crt"}}],
+                         "node_key": "/n.key", "node_cert": "/n.crt",
+                         "issuer": {{"ca_cert": "/ca.crt", "ca_key": "/ca.key"}}}}{extra}}}"#
         ))
     }
 
