@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::compile::{CompileStats, Compiler};
+use crate::compile::{CompileStats, CompiledState, Compiler};
 use crate::config::AgentConfig;
-use crate::datapath::Installer;
+use crate::datapath::{Installed, Installer};
 use crate::dns::{DnsServer, DnsTable};
 use crate::flows::FlowRing;
 use crate::model::{ClusterInfo, Store};
@@ -19,6 +19,10 @@ use crate::proxy::tables::ProxyTables;
 use crate::proxy::tls::{NodeIdentity, NodeIssuer, NodeTls, TrustedCa};
 use crate::proxy::{OriginalDst, Proxy};
 use crate::{admin, proxy, sources};
+
+/// First wait before retrying a revision the kernel refused; doubled up to the maximum.
+const INSTALL_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const INSTALL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,60 +131,98 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let installer = installer.clone();
         let ready = ready.clone();
         let compile_stats = compile_stats.clone();
-        let mut compiler = Some(Compiler::new(&cfg.node));
+        let node = cfg.node.clone();
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
+            let report = |state: &CompiledState, installed: Installed| {
+                let st = &state.stats;
+                metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
+                    .record(st.compile_us as f64 / 1e6);
+                metrics::gauge!(crate::metrics::names::POLICIES).set(st.policies as f64);
+                metrics::gauge!(crate::metrics::names::POLICY_KERNEL_RULES)
+                    .set(st.kernel_rules as f64);
+                metrics::gauge!(crate::metrics::names::POLICY_REVISION)
+                    .set(state.source_revision as f64);
+                info!(
+                    model_revision = state.revision,
+                    source_revision = state.source_revision,
+                    full = st.full,
+                    changed_objects = st.changed_objects,
+                    changed_pairs = st.changed_pairs,
+                    map_changes = installed.map_changes,
+                    compile_us = st.compile_us,
+                    "revision installed"
+                );
+                *compile_stats.lock() = st.clone();
+                ready.store(true, Ordering::SeqCst);
+            };
+            let mut compiler = Compiler::new(&node);
+            // A revision compiled but not installed (the kernel refused it): retried with
+            // backoff until it is in force or a newer snapshot replaces it.
+            let mut pending: Option<Arc<CompiledState>> = None;
+            let mut backoff = INSTALL_RETRY_MIN;
+            loop {
+                if let Some(state) = pending.clone() {
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            pending = None;
+                        }
+                        () = tokio::time::sleep(backoff) => {
+                            let installer = installer.clone();
+                            let retry = state.clone();
+                            match tokio::task::spawn_blocking(move || installer.apply(&retry)).await {
+                                Ok(Ok(installed)) => {
+                                    report(&state, installed);
+                                    pending = None;
+                                    backoff = INSTALL_RETRY_MIN;
+                                }
+                                Ok(Err(e)) => {
+                                    warn!(error = %crate::errors::chain(&e), revision = state.revision,
+                                        "still cannot install revision; retrying");
+                                    backoff = (backoff * 2).min(INSTALL_RETRY_MAX);
+                                }
+                                Err(e) => error!(error = %e, "install task failed"),
+                            }
+                            continue;
+                        }
+                    }
+                } else if rx.changed().await.is_err() {
+                    break;
+                }
                 let Some(snap) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let Some(mut c) = compiler.take() else {
-                    break;
-                };
+                // The compiler moves to the blocking pool and back; if that task dies, a fresh
+                // compiler (whose first compile is full) takes over.
+                let mut c = std::mem::replace(&mut compiler, Compiler::new(&node));
                 let installer = installer.clone();
                 let job = tokio::task::spawn_blocking(move || {
                     let result = c.compile(&snap).map(|state| {
                         let installed = installer.apply(&state);
                         (state, installed)
                     });
-                    (c, snap, result)
+                    (c, snap.revision, result)
                 });
-                let (c, snap, result) = match job.await {
+                let (c, revision, result) = match job.await {
                     Ok(x) => x,
                     Err(e) => {
-                        error!(error = %e, "compile task failed; no further revisions will be installed");
-                        break;
+                        error!(error = %e, "compile task failed; the next revision is compiled from scratch");
+                        continue;
                     }
                 };
-                compiler = Some(c);
+                compiler = c;
                 match result {
-                    Err(e) => error!(error = %crate::errors::chain(&e), revision = snap.revision,
+                    Err(e) => error!(error = %crate::errors::chain(&e), revision,
                         "cannot compile revision; the previous one stays in force"),
-                    Ok((_, Err(e))) => {
-                        error!(error = %crate::errors::chain(&e), revision = snap.revision,
-                        "cannot install revision; the previous one stays in force")
+                    Ok((state, Err(e))) => {
+                        error!(error = %crate::errors::chain(&e), revision,
+                            "cannot install revision; the previous one stays in force, retrying");
+                        pending = Some(Arc::new(state));
+                        backoff = INSTALL_RETRY_MIN;
                     }
-                    Ok((state, Ok(installed))) => {
-                        let st = &state.stats;
-                        metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
-                            .record(st.compile_us as f64 / 1e6);
-                        metrics::gauge!(crate::metrics::names::POLICIES).set(st.policies as f64);
-                        metrics::gauge!(crate::metrics::names::POLICY_KERNEL_RULES)
-                            .set(st.kernel_rules as f64);
-                        metrics::gauge!(crate::metrics::names::POLICY_REVISION)
-                            .set(state.source_revision as f64);
-                        info!(
-                            model_revision = state.revision,
-                            source_revision = state.source_revision,
-                            full = st.full,
-                            changed_objects = st.changed_objects,
-                            changed_pairs = st.changed_pairs,
-                            map_changes = installed.map_changes,
-                            compile_us = st.compile_us,
-                            "revision installed"
-                        );
-                        *compile_stats.lock() = st.clone();
-                        ready.store(true, Ordering::SeqCst);
-                    }
+                    Ok((state, Ok(installed))) => report(&state, installed),
                 }
             }
         });

@@ -112,14 +112,27 @@ impl DnsTable {
         let mut t = self.clone();
         t.revision = model.source_revision;
         let mut services: BTreeSet<&NamespacedName> = BTreeSet::new();
+        // Old names go first: within one batch a pod may take an address another gave up.
+        for key in changes {
+            match key {
+                ObjectKey::Endpoint(k) => {
+                    if let Some(e) = prev.endpoints.get(k) {
+                        t.names.remove(&pod_name(e));
+                    }
+                }
+                ObjectKey::Service(k) => {
+                    if let Some(old) = prev.services.get(k) {
+                        t.names.remove(&service_name(old));
+                    }
+                }
+                _ => {}
+            }
+        }
         for key in changes {
             match key {
                 ObjectKey::Endpoint(k) => {
                     let old = prev.endpoints.get(k);
                     let new = model.endpoints.get(k);
-                    if let Some(e) = old {
-                        t.names.remove(&pod_name(e));
-                    }
                     if let Some(e) = new {
                         t.names.insert(pod_name(e), vec![e.ip]);
                     }
@@ -136,9 +149,6 @@ impl DnsTable {
                     }
                 }
                 ObjectKey::Service(k) => {
-                    if let Some(old) = prev.services.get(k) {
-                        t.names.remove(&service_name(old));
-                    }
                     services.insert(k);
                 }
                 _ => {}

@@ -5,6 +5,7 @@
 //! Kept in persistent maps: an update patches what changed, and the installer computes what to
 //! write by diffing against the image it installed last, which skips everything the two share.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend};
 use super::Delta;
 use super::tables::service_frontends;
 use crate::identity::reserved;
-use crate::model::{Endpoint, Model, ObjectKey, Service};
+use crate::model::{Endpoint, Model, NamespacedName, ObjectKey, Service};
 use crate::policy::Universe;
 use crate::policy::kernel::{KernelChanges, KernelCompiler, PairRules};
 
@@ -74,25 +75,15 @@ impl KernelImage {
             image.ipcache = ipcache(model, delta.node, universe);
             image.cidrs = cidrs;
         }
+        // Everything that changed leaves first, then the new state arrives: within one batch
+        // a pod may take an address, cgroup or service frontend another one gave up.
         let mut local_moved = Vec::new();
         for k in delta.endpoints() {
-            let old = prev.endpoints.get(k);
-            let new = model.endpoints.get(k);
-            for e in old.into_iter().chain(new) {
-                image.set_ipcache_host(model, delta.node, universe, e.ip);
-            }
-            if let Some(e) = old.filter(|e| e.node == delta.node) {
+            if let Some(e) = prev.endpoints.get(k).filter(|e| e.node == delta.node) {
                 local_moved.extend(image.remove_local(e));
             }
-            if let Some(e) = new.filter(|e| e.node == delta.node) {
-                local_moved.extend(image.add_local(e));
-            }
-            // Services whose selection this endpoint enters or leaves.
-            let services = services_touching(model, k, old, new);
-            for svc in services {
-                image.set_service(model, &svc);
-            }
         }
+        let mut services: BTreeSet<NamespacedName> = BTreeSet::new();
         for k in delta.keys {
             if let ObjectKey::Service(k) = k {
                 if let Some(old) = prev.services.get(k) {
@@ -100,9 +91,24 @@ impl KernelImage {
                         image.services.remove(&frontend);
                     }
                 }
-                if let Some(new) = model.services.get(k) {
-                    image.set_service(model, new);
-                }
+                services.insert(k.clone());
+            }
+        }
+        for k in delta.endpoints() {
+            let old = prev.endpoints.get(k);
+            let new = model.endpoints.get(k);
+            for e in old.into_iter().chain(new) {
+                image.set_ipcache_host(model, delta.node, universe, e.ip);
+            }
+            if let Some(e) = new.filter(|e| e.node == delta.node) {
+                local_moved.extend(image.add_local(e));
+            }
+            // Services whose selection this endpoint enters or leaves.
+            services.extend(services_touching(model, k, old, new));
+        }
+        for k in &services {
+            if let Some(svc) = model.services.get(k) {
+                image.set_service(model, svc);
             }
         }
         for id in &changes.policed {
@@ -308,10 +314,10 @@ fn host_identity(model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) -
 /// Services of endpoint `k`'s namespace that select it before or after the change.
 fn services_touching(
     model: &Model,
-    k: &crate::model::NamespacedName,
+    k: &NamespacedName,
     old: Option<&Arc<Endpoint>>,
     new: Option<&Arc<Endpoint>>,
-) -> Vec<Arc<Service>> {
+) -> Vec<NamespacedName> {
     let lo = (k.0.clone(), String::new());
     model
         .services
@@ -320,6 +326,6 @@ fn services_touching(
         .filter(|(_, svc)| {
             old.is_some_and(|e| svc.selects(e)) || new.is_some_and(|e| svc.selects(e))
         })
-        .map(|(_, svc)| svc.clone())
+        .map(|(sk, _)| sk.clone())
         .collect()
 }

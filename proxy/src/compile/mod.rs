@@ -24,7 +24,7 @@ pub use tables::service_frontends;
 
 use crate::dns::DnsTable;
 use crate::model::{
-    ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Snapshot, Store, Update,
+    ClusterState, Endpoint, Model, NamespacedName, ObjectKey, Service, Snapshot, Store, Update,
 };
 use crate::policy::engine::SelectorCache;
 use crate::policy::kernel::{KernelChanges, KernelCompiler};
@@ -42,6 +42,12 @@ pub enum CompileError {
     },
     #[error("endpoint {endpoint}: node {node:?} is not a node of the cluster")]
     UnknownNode { endpoint: String, node: String },
+    #[error("services {first} and {second} both have cluster IP {ip}")]
+    DuplicateClusterIp {
+        ip: Ipv4Addr,
+        first: String,
+        second: String,
+    },
     #[error("the store holds no snapshot yet")]
     Empty,
 }
@@ -379,8 +385,11 @@ fn validate(
             first: name(first),
             second: name(second),
         };
+    // A node that went away may still have pods: check them all then (rare).
+    let nodes_changed =
+        changes.is_some_and(|keys| keys.iter().any(|k| matches!(k, ObjectKey::Node(_))));
     match (changes, owners) {
-        (Some(keys), Some(owners)) => {
+        (Some(keys), Some(owners)) if !nodes_changed => {
             for key in keys {
                 let ObjectKey::Endpoint(k) = key else {
                     continue;
@@ -410,7 +419,53 @@ fn validate(
             }
         }
     }
-    Ok(())
+    validate_services(model, changes)
+}
+
+/// Two services may not share a cluster IP (headless ones have none). With `changes`, only
+/// changed services are checked against the rest.
+fn validate_services(
+    model: &Model,
+    changes: Option<&BTreeSet<ObjectKey>>,
+) -> Result<(), CompileError> {
+    let name = |k: &NamespacedName| format!("{}/{}", k.0, k.1);
+    let clash = |k: &NamespacedName, svc: &Service| {
+        model
+            .services
+            .iter()
+            .find(|(ok, o)| *ok != k && o.cluster_ip == svc.cluster_ip)
+            .map(|(ok, _)| CompileError::DuplicateClusterIp {
+                ip: svc.cluster_ip,
+                first: name(ok),
+                second: name(k),
+            })
+    };
+    let check = |k: &NamespacedName| match model.services.get(k) {
+        Some(svc) if !svc.cluster_ip.is_unspecified() => clash(k, svc).map_or(Ok(()), Err),
+        _ => Ok(()),
+    };
+    match changes {
+        Some(keys) => keys.iter().try_for_each(|key| match key {
+            ObjectKey::Service(k) => check(k),
+            _ => Ok(()),
+        }),
+        None => {
+            let mut seen: BTreeMap<Ipv4Addr, &NamespacedName> = BTreeMap::new();
+            for (k, svc) in model.services.iter() {
+                if svc.cluster_ip.is_unspecified() {
+                    continue;
+                }
+                if let Some(first) = seen.insert(svc.cluster_ip, k) {
+                    return Err(CompileError::DuplicateClusterIp {
+                        ip: svc.cluster_ip,
+                        first: name(first),
+                        second: name(k),
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn micros(d: Duration) -> u64 {

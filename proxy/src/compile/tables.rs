@@ -1,13 +1,14 @@
 //! Model → proxy tables: built whole, or updated from the previous tables for what changed
 //! (entries left alone are shared with them).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use super::Delta;
 use crate::config::TUNNEL_PORT;
 use crate::flows::ServiceRef;
-use crate::model::{Endpoint, Model, ObjectKey, Protocol, Service};
+use crate::model::{Endpoint, Model, NamespacedName, ObjectKey, Protocol, Service};
 use crate::policy::Engine;
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
@@ -40,21 +41,39 @@ pub(crate) fn update(
     if delta.any(|k| matches!(k, ObjectKey::Node(_))) {
         t.nodes = nodes(model);
     }
-    let mut services: Vec<Arc<Service>> = Vec::new();
+    // Old entries leave first: within one batch a pod may take an address or cgroup another
+    // one gave up.
     for k in delta.endpoints() {
-        let old = old_model.endpoints.get(k);
-        let new = model.endpoints.get(k);
-        if let Some(e) = old {
+        if let Some(e) = old_model.endpoints.get(k) {
             if t.endpoints
                 .get(&e.ip)
                 .is_some_and(|i| i.name == e.name && i.namespace == e.namespace)
             {
                 t.endpoints.remove(&e.ip);
             }
-            if let Some(cg) = e.cgroup_id {
+            if let Some(cg) = e.cgroup_id
+                && t.by_cgroup
+                    .get(&cg)
+                    .is_some_and(|i| i.name == e.name && i.namespace == e.namespace)
+            {
                 t.by_cgroup.remove(&cg);
             }
         }
+    }
+    let mut services: BTreeSet<NamespacedName> = BTreeSet::new();
+    for k in delta.keys {
+        if let ObjectKey::Service(k) = k {
+            if let Some(old) = old_model.services.get(k) {
+                for (frontend, _) in service_frontends(old_model, old) {
+                    t.services.remove(&frontend);
+                }
+            }
+            services.insert(k.clone());
+        }
+    }
+    for k in delta.endpoints() {
+        let old = old_model.endpoints.get(k);
+        let new = model.endpoints.get(k);
         if let Some(e) = new {
             add_endpoint(&mut t, e);
         }
@@ -67,21 +86,13 @@ pub(crate) fn update(
                 .filter(|(_, svc)| {
                     old.is_some_and(|e| svc.selects(e)) || new.is_some_and(|e| svc.selects(e))
                 })
-                .map(|(_, svc)| svc.clone()),
+                .map(|(sk, _)| sk.clone()),
         );
     }
-    for k in delta.keys {
-        if let ObjectKey::Service(k) = k {
-            if let Some(old) = old_model.services.get(k) {
-                for (frontend, _) in service_frontends(old_model, old) {
-                    t.services.remove(&frontend);
-                }
-            }
-            services.extend(model.services.get(k).cloned());
+    for k in &services {
+        if let Some(svc) = model.services.get(k) {
+            set_service(&mut t, model, svc);
         }
-    }
-    for svc in services {
-        set_service(&mut t, model, &svc);
     }
     t
 }

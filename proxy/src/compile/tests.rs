@@ -108,6 +108,8 @@ impl Rng {
 struct World {
     identities: BTreeMap<(String, Labels), u32>,
     next_pod: u32,
+    /// Addresses and cgroups of deleted pods, handed out again as a real allocator does.
+    freed: Vec<(Ipv4Addr, u64)>,
 }
 
 impl World {
@@ -126,7 +128,16 @@ impl World {
         let app = APPS[rng.below(APPS.len())];
         let labels: Labels = [("app".to_string(), app.to_string())].into();
         let node = NODES[rng.below(2)];
-        let ip = Ipv4Addr::new(10, 9, (n / 200) as u8, (n % 200) as u8 + 2);
+        let (ip, cgroup) = match self.freed.pop() {
+            Some(reused) if rng.below(2) == 0 => reused,
+            other => {
+                self.freed.extend(other);
+                (
+                    Ipv4Addr::new(10, 9, (n / 200) as u8, (n % 200) as u8 + 2),
+                    1000 + u64::from(n),
+                )
+            }
+        };
         Endpoint {
             identity: self.identity(&ns, &labels),
             namespace: ns,
@@ -137,7 +148,7 @@ impl World {
             workload: Some(app.into()),
             ports: ports(rng),
             ready: rng.below(5) != 0,
-            cgroup_id: Some(1000 + u64::from(n)),
+            cgroup_id: Some(cgroup),
             host_ifname: Some(format!("lxc{n}")),
         }
     }
@@ -221,16 +232,74 @@ fn base_state(world: &mut World, rng: &mut Rng) -> ClusterState {
     }
 }
 
-/// One random change, as a watch event would bring it.
+/// One to three random changes, applied before the next compile (as a watch channel that
+/// kept only the newest snapshot would deliver them).
 fn mutate(store: &Store, world: &mut World, rng: &mut Rng) {
+    for _ in 0..=rng.below(3) {
+        for update in change(store, world, rng) {
+            store.apply(update);
+        }
+    }
+}
+
+/// One random change: usually one update, sometimes two that belong together.
+fn change(store: &Store, world: &mut World, rng: &mut Rng) -> Vec<Update> {
     let model = store.current().unwrap().model;
     let endpoints: Vec<Arc<Endpoint>> = model.endpoints.values().cloned().collect();
     let pick = |rng: &mut Rng| endpoints[rng.below(endpoints.len())].clone();
-    let update = match rng.below(10) {
+    let update = match rng.below(13) {
         0 | 1 => Update::Upsert(Object::Endpoint(world.pod(rng))),
         2 => {
             let e = pick(rng);
+            world.freed.push((e.ip, e.cgroup_id.unwrap_or(0)));
             Update::Delete(ObjectKey::Endpoint((e.namespace.clone(), e.name.clone())))
+        }
+        10 => {
+            // A Deployment replacing a pod: the new one takes the old one's address.
+            let e = pick(rng);
+            let mut new = world.pod(rng);
+            new.ip = e.ip;
+            new.cgroup_id = e.cgroup_id;
+            new.namespace = e.namespace.clone();
+            new.labels = e.labels.clone();
+            new.identity = e.identity;
+            return vec![
+                Update::Upsert(Object::Endpoint(new)),
+                Update::Delete(ObjectKey::Endpoint((e.namespace.clone(), e.name.clone()))),
+            ];
+        }
+        11 => {
+            // A service renamed: the new one takes the old one's cluster IP.
+            let Some(svc) = model.services.values().next().cloned() else {
+                return vec![];
+            };
+            let mut renamed = (*svc).clone();
+            renamed.name = format!("{}-r", svc.name);
+            return vec![
+                Update::Upsert(Object::Service(renamed)),
+                Update::Delete(ObjectKey::Service((
+                    svc.namespace.clone(),
+                    svc.name.clone(),
+                ))),
+            ];
+        }
+        12 => {
+            // A pod moves to the other node, or a node changes its address.
+            if rng.below(2) == 0 {
+                let mut e = (*pick(rng)).clone();
+                e.node = if e.node == NODES[0] {
+                    NODES[1]
+                } else {
+                    NODES[0]
+                }
+                .into();
+                e.host_ifname = Some(format!("lxc-moved-{}", e.name));
+                Update::Upsert(Object::Endpoint(e))
+            } else {
+                let mut n = (**model.nodes.values().nth(rng.below(2)).unwrap()).clone();
+                n.underlay_ip = Ipv4Addr::new(198, 18, 1, rng.below(200) as u8 + 1);
+                Update::Upsert(Object::Node(n))
+            }
         }
         3 => {
             let mut e = (*pick(rng)).clone();
@@ -269,7 +338,17 @@ fn mutate(store: &Store, world: &mut World, rng: &mut Rng) {
                 )))
             } else {
                 let app = APPS[rng.below(APPS.len())];
-                Update::Upsert(Object::Service(service(i, app, rng.below(4) == 0)))
+                let svc = service(i, app, rng.below(4) == 0);
+                // Two services never share a cluster IP (the compiler refuses it; tested below).
+                let taken = model.services.values().any(|o| {
+                    o.cluster_ip == svc.cluster_ip
+                        && !svc.cluster_ip.is_unspecified()
+                        && (&o.namespace, &o.name) != (&svc.namespace, &svc.name)
+                });
+                if taken {
+                    return vec![];
+                }
+                Update::Upsert(Object::Service(svc))
             }
         }
         _ => {
@@ -277,7 +356,7 @@ fn mutate(store: &Store, world: &mut World, rng: &mut Rng) {
             let mut e = (*pick(rng)).clone();
             e.ip = Ipv4Addr::new(10, 9, 250, rng.below(250) as u8 + 1);
             if model.endpoints.values().any(|o| o.ip == e.ip) {
-                return;
+                return vec![];
             }
             let mut state = ClusterState {
                 revision: model.source_revision + 1,
@@ -295,7 +374,7 @@ fn mutate(store: &Store, world: &mut World, rng: &mut Rng) {
             Update::ReplaceCluster(state)
         }
     };
-    store.apply(update);
+    vec![update]
 }
 
 /// The proxy tables' content, comparable.
@@ -507,4 +586,27 @@ fn bad_models_are_refused_and_the_last_good_one_stays() {
         maps(&again.kernel.to_image()),
         maps(&good.kernel.to_image())
     );
+    // A second service on a cluster IP that is taken, then a node deleted under its pods.
+    let mut twin_svc = service(0, "web", false);
+    twin_svc.name = "svc-twin".into();
+    store.apply(Update::Upsert(Object::Service(twin_svc.clone())));
+    let err = c.compile(&store.current().unwrap()).unwrap_err();
+    assert_eq!(
+        err,
+        CompileError::DuplicateClusterIp {
+            ip: twin_svc.cluster_ip,
+            first: "ns0/svc-0".into(),
+            second: "ns0/svc-twin".into(),
+        }
+    );
+    store.apply(Update::Delete(ObjectKey::Service((
+        twin_svc.namespace,
+        twin_svc.name,
+    ))));
+    store.apply(Update::Delete(ObjectKey::Node("node-2".into())));
+    let err = c
+        .compile(&store.current().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("node \"node-2\" is not a node"), "{err}");
 }

@@ -7,8 +7,8 @@ use super::paths::LabPaths;
 use super::process;
 use super::topology::{ClusterSpec, NodeSpec};
 use crate::config::{
-    ADMIN_PORT, AgentConfig, DEFAULT_CERT_VALIDITY_SECS, DEFAULT_FLOW_RING, EscapedSlashes, IssuerFiles,
-    OUTBOUND_PORT, TUNNEL_PORT, TlsConfig, TrustedCaFile,
+    ADMIN_PORT, AgentConfig, DEFAULT_CERT_VALIDITY_SECS, DEFAULT_FLOW_RING, EscapedSlashes,
+    IssuerFiles, OUTBOUND_PORT, TUNNEL_PORT, TlsConfig, TrustedCaFile,
 };
 
 /// An agent that did not come up.

@@ -111,18 +111,24 @@ impl Universe {
         let mut u = self.clone();
         let mut touched = BTreeSet::new();
         let mut policies_changed = false;
+        // Every changed endpoint leaves first, then the new ones arrive: within one batch a pod
+        // may take an address (or identity) another one just gave up.
+        for key in changes {
+            if let ObjectKey::Endpoint(k) = key
+                && let Some(old) = prev.endpoints.get(k)
+            {
+                if let Some(set) = u.members.get_mut(&old.identity) {
+                    set.remove(k);
+                }
+                if u.by_ip.get(&old.ip) == Some(&old.identity) {
+                    u.by_ip.remove(&old.ip);
+                }
+                touched.insert(old.identity);
+            }
+        }
         for key in changes {
             match key {
                 ObjectKey::Endpoint(k) => {
-                    if let Some(old) = prev.endpoints.get(k) {
-                        if let Some(set) = u.members.get_mut(&old.identity) {
-                            set.remove(k);
-                        }
-                        if u.by_ip.get(&old.ip) == Some(&old.identity) {
-                            u.by_ip.remove(&old.ip);
-                        }
-                        touched.insert(old.identity);
-                    }
                     if let Some(new) = model.endpoints.get(k) {
                         u.members.entry(new.identity).or_default().insert(k.clone());
                         u.by_ip.insert(new.ip, new.identity);
