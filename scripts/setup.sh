@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Strait needs on a fresh Debian/Ubuntu machine (root): clang for the eBPF programs,
 # iproute2 for the lab, curl and python3 used by the demo and tests, Prometheus (server and
-# promtool) and Chromium for the observability tests, nginx as the backend of the L7 path tests.
+# promtool) and Chromium for the observability tests, nginx as the backend of the L7 path tests,
+# iperf3, wrk and HAProxy for the data path benchmark (benches/datapath.rs).
 # Idempotent and quiet.
 set -euo pipefail
 
@@ -22,6 +23,9 @@ command -v ps >/dev/null || need+=(procps)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wrk >/dev/null || need+=(wrk)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
