@@ -35,6 +35,8 @@ pub struct KernelImage {
     local: OrdMap<u32, usize>,
     /// The CIDR identities the ipcache was built with.
     cidrs: Vec<(Ipv4Net, u32)>,
+    /// Keys in `rules`, kept as pairs come and go.
+    rule_count: usize,
 }
 
 impl KernelImage {
@@ -54,6 +56,7 @@ impl KernelImage {
             .filter(|((s, d), _)| image.is_local(*s) || image.is_local(*d))
             .map(|(p, r)| (*p, r.clone()))
             .collect();
+        image.rule_count = image.rules.values().map(|r| r.len()).sum();
         for svc in model.services.values() {
             image.set_service(model, svc);
         }
@@ -129,10 +132,14 @@ impl KernelImage {
         for pair in pairs {
             match kernel.pair(pair) {
                 Some(r) if image.is_local(pair.0) || image.is_local(pair.1) => {
-                    image.rules.insert(pair, r.clone());
+                    let old = image.rules.insert(pair, r.clone());
+                    image.rule_count += r.len();
+                    image.rule_count -= old.map_or(0, |o| o.len());
                 }
                 _ => {
-                    image.rules.remove(&pair);
+                    if let Some(old) = image.rules.remove(&pair) {
+                        image.rule_count -= old.len();
+                    }
                 }
             }
         }
@@ -141,7 +148,7 @@ impl KernelImage {
 
     /// Number of policy entries (keys) of this node.
     pub fn rule_count(&self) -> usize {
-        self.rules.values().map(|r| r.len()).sum()
+        self.rule_count
     }
 
     /// The whole image, for a first (or recovering) install.

@@ -486,6 +486,7 @@ fn incremental_compile_equals_full_compile() {
                 );
                 assert_eq!(got.dns, want.dns, "{ctx}");
                 assert_eq!(got.interfaces, want.interfaces, "{ctx}");
+                assert_eq!(got.kernel.rule_count(), want.kernel.rule_count(), "{ctx}");
                 if let Some(prev) = &installed[i] {
                     let delta = got.kernel.delta_from(&prev.kernel);
                     let written = apply(maps(&prev.kernel.to_image()), &delta);

@@ -88,8 +88,7 @@ impl Universe {
         for id in ids {
             u.refresh(id, model);
         }
-        let policies = model.policy_list();
-        u.add_cidrs(&policies);
+        u.insert_cidrs(cidr_set(model.policies.values().map(|p| &**p)));
         u
     }
 
@@ -156,7 +155,7 @@ impl Universe {
             }
         }
         if policies_changed {
-            let wanted = cidr_set(&model.policy_list());
+            let wanted = cidr_set(model.policies.values().map(|p| &**p));
             if wanted.iter().ne(u.cidrs.keys()) {
                 changed.extend(u.cidrs.values().copied());
                 for id in u.cidrs.values() {
@@ -250,7 +249,7 @@ impl Universe {
     /// Allocates one identity per prefix named by a CIDR peer (and its exceptions), in prefix
     /// order so the numbering is deterministic.
     pub fn add_cidrs(&mut self, policies: &[Policy]) {
-        self.insert_cidrs(cidr_set(policies));
+        self.insert_cidrs(cidr_set(policies.iter()));
     }
 
     fn insert_cidrs(&mut self, nets: BTreeSet<Ipv4Net>) {
@@ -366,7 +365,7 @@ impl Universe {
 }
 
 /// Every prefix a CIDR peer (or its exceptions) names, but the world's 0.0.0.0/0.
-fn cidr_set(policies: &[Policy]) -> BTreeSet<Ipv4Net> {
+fn cidr_set<'a>(policies: impl Iterator<Item = &'a Policy>) -> BTreeSet<Ipv4Net> {
     let mut nets = BTreeSet::new();
     for p in policies {
         for s in &p.specs {
