@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use strait::config::ADMIN_PORT;
+use strait::config::{ADMIN_PORT, ADMIN_TLS_PORT};
 use strait::flows::{DecidedBy, Direction, DropReason, FlowRecord, Verdict};
 use support::*;
 
@@ -174,6 +174,18 @@ fn pods_get_health_and_metrics_but_no_flows_or_status_from_the_admin_port() {
     let st = lab.status();
     let nodes = st["topology"]["clusters"][0]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2);
+    let dir = lab.dir.join("admin-client");
+    let out = lab.strait(&[
+        "lab",
+        "client-cert",
+        "--cluster",
+        "c1",
+        "--client",
+        "tester",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
     for node in nodes {
         let ip = node["underlay_ip"].as_str().unwrap();
         for path in [
@@ -210,6 +222,49 @@ fn pods_get_health_and_metrics_but_no_flows_or_status_from_the_admin_port() {
             &format!("http://{ip}:{ADMIN_PORT}/healthz"),
         );
         assert_eq!(curl_result(&out).1, "200", "{}", text(&out));
+
+        // TLS: the pod reaches the port, but without a client certificate of the cluster CA
+        // gets no handshake; with one (`lab client-cert`) it gets every route.
+        let name = node["name"].as_str().unwrap();
+        let host = format!("{name}.c1.strait");
+        let resolve = format!("{host}:{ADMIN_TLS_PORT}:{ip}");
+        let url = format!("https://{host}:{ADMIN_TLS_PORT}/status");
+        let (ca, crt, key) = (
+            dir.join("ca.crt"),
+            dir.join("client.crt"),
+            dir.join("client.key"),
+        );
+        let tls_curl = |extra: &[&str]| {
+            let mut cmd = vec!["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}"];
+            cmd.extend_from_slice(&["--cacert", ca.to_str().unwrap(), "--resolve", &resolve]);
+            cmd.extend_from_slice(extra);
+            cmd.push(&url);
+            lab.exec("c1/demo/other", &cmd)
+        };
+        let out = tls_curl(&[]);
+        assert!(
+            !out.status.success(),
+            "{url} without a certificate: {}",
+            text(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("\"node\""),
+            "{}",
+            text(&out)
+        );
+        let out = tls_curl(&[
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.trim_end().ends_with("\n200"),
+            "{url}: {}",
+            text(&out)
+        );
+        assert!(stdout.contains(&format!("\"node\":\"{name}\"")), "{stdout}");
     }
     // The Unix socket still serves everything: `strait observe` and `lab status`.
     let flows = observe_json(&lab, &["--namespace", "demo", "--verdict", "FORWARDED"]);

@@ -46,6 +46,8 @@ pub enum AgentError {
     Pki(#[from] crate::pki::PkiError),
     #[error("tunnel TLS")]
     Tls(#[from] crate::proxy::tls::IssueError),
+    #[error("admin API TLS")]
+    AdminTls(#[source] crate::proxy::tls::TlsError),
 }
 
 /// The eBPF maps as the proxy's source of original destinations.
@@ -98,6 +100,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
     let (node_tls, issuer) = start_tls(&cfg)?;
+    let admin = match cfg.admin_tls {
+        Some(addr) => admin.with_tls(
+            addr,
+            node_tls.admin_acceptor().map_err(AgentError::AdminTls)?,
+        )?,
+        None => admin,
+    };
 
     let flows =
         Arc::new(FlowRing::new(cfg.flow_ring_capacity).observed_by(crate::metrics::FlowMetrics));
@@ -277,6 +286,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     "tunnel": cfg.tunnel.to_string(),
                     "dns": cfg.dns.map(|a| a.to_string()),
                     "admin": cfg.admin_socket.display().to_string(),
+                    "admin_tls": cfg.admin_tls.map(|a| a.to_string()),
                 },
             })
         }

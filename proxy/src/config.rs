@@ -14,6 +14,8 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const TUNNEL_PORT: u16 = 15008;
 /// Port of the admin API on the node's underlay address.
 pub const ADMIN_PORT: u16 = 9876;
+/// Port of the admin API's TLS listener (client certificate required) on the underlay address.
+pub const ADMIN_TLS_PORT: u16 = 9877;
 
 /// Everything an agent needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +37,13 @@ pub struct AgentConfig {
     #[serde(default)]
     pub dns: Option<SocketAddr>,
     pub admin_socket: PathBuf,
+    /// Plain TCP admin listener: `/healthz` and `/metrics` only.
     #[serde(default)]
     pub admin_tcp: Option<SocketAddr>,
+    /// TLS admin listener serving every route to clients with a certificate of this cluster's
+    /// CA (off unless set).
+    #[serde(default)]
+    pub admin_tls: Option<SocketAddr>,
     #[serde(default = "default_ring")]
     pub flow_ring_capacity: usize,
     /// Label HTTP metrics with pod names too (unbounded cardinality; off by default).

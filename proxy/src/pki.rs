@@ -42,6 +42,11 @@ pub fn node_uri(cluster: &str, node: &str) -> String {
     format!("spiffe://{cluster}/node/{node}")
 }
 
+/// The URI SAN naming admin client `name` of `cluster`.
+pub fn client_uri(cluster: &str, name: &str) -> String {
+    format!("spiffe://{cluster}/client/{name}")
+}
+
 /// The DNS SAN (and TLS server name) of `node` of `cluster`.
 pub fn node_server_name(cluster: &str, node: &str) -> String {
     format!("{node}.{cluster}.strait")
@@ -170,12 +175,7 @@ impl ClusterCa {
         check_name(cluster)?;
         check_name(node)?;
         let what = || format!("certificate of node {cluster}/{node}");
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "strait");
-        dn.push(DnType::CommonName, format!("{cluster}/{node}"));
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![
+        let sans = vec![
             SanType::URI(
                 node_uri(cluster, node)
                     .try_into()
@@ -187,19 +187,74 @@ impl ClusterCa {
                     .map_err(cert_err(what()))?,
             ),
         ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
+        let ekus = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        self.issue_leaf(
+            &what(),
+            format!("{cluster}/{node}"),
+            sans,
+            ekus,
+            node_key,
+            validity,
+        )
+    }
+
+    /// A client certificate for `name` of `cluster` (URI SAN `spiffe://<cluster>/client/<name>`,
+    /// client authentication only) over `key`'s public key, valid `validity` from now (PEM): what
+    /// an operator presents to the admin API's TLS listener.
+    pub fn issue_client(
+        &self,
+        cluster: &str,
+        name: &str,
+        key: &KeyPair,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        check_name(cluster)?;
+        check_name(name)?;
+        let what = || format!("client certificate {cluster}/{name}");
+        let sans = vec![SanType::URI(
+            client_uri(cluster, name)
+                .try_into()
+                .map_err(cert_err(what()))?,
+        )];
+        let ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue_leaf(
+            &what(),
+            format!("{cluster}/client/{name}"),
+            sans,
+            ekus,
+            key,
+            validity,
+        )
+    }
+
+    fn issue_leaf(
+        &self,
+        what: &str,
+        common_name: String,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        key: &KeyPair,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "strait");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
         params.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
         // A little slack for clocks that differ between nodes; short validities are for tests.
         params.not_before = now - time::Duration::seconds(60);
         params.not_after = now + time::Duration::try_from(validity).unwrap_or(time::Duration::DAY);
         let cert = params
-            .signed_by(node_key, &self.issuer, &self.key)
-            .map_err(cert_err(what()))?;
+            .signed_by(key, &self.issuer, &self.key)
+            .map_err(cert_err(what))?;
         Ok(cert.pem())
     }
 }

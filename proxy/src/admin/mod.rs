@@ -4,7 +4,9 @@
 //! What a request may see depends on the listener it came in on ([`Access`]): the Unix socket
 //! (reachable only from the node's file system) serves every route; plain TCP on the node
 //! address, which every pod can reach, serves only `/healthz` and `/metrics` and answers `403`
-//! to everything else, as Hubble's peer service keeps flows behind TLS.
+//! to everything else, as Hubble's peer service keeps flows behind TLS. The TLS listener
+//! ([`BoundAdmin::with_tls`]) serves every route to clients whose certificate the acceptor
+//! verified; one without such a certificate never completes the handshake.
 //!
 //! The Unix socket is how `strait observe` reaches agents living in other network namespaces.
 //! Listeners are bound by [`Admin::bind`] before anything is served, so a bad path or a busy port
@@ -29,6 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
 
 use crate::flows::FlowRing;
 
@@ -105,12 +108,25 @@ pub enum Access {
 pub struct Admin;
 
 /// Admin listeners, bound and not yet serving.
-#[derive(Debug)]
 pub struct BoundAdmin {
     unix: std::os::unix::net::UnixListener,
     socket: SocketFile,
     tcp: Option<(std::net::TcpListener, SocketAddr)>,
+    tls: Option<(std::net::TcpListener, SocketAddr, TlsAcceptor)>,
 }
+
+impl fmt::Debug for BoundAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundAdmin")
+            .field("socket", &self.socket.0)
+            .field("tcp", &self.tcp_addr())
+            .field("tls", &self.tls_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a TLS client may take to finish its handshake before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Removes the socket file when serving stops, so no stale socket outlives the agent.
 #[derive(Debug)]
@@ -148,7 +164,12 @@ impl Admin {
             None => None,
             Some(addr) => Some(bind_tcp(addr)?),
         };
-        Ok(BoundAdmin { unix, socket, tcp })
+        Ok(BoundAdmin {
+            unix,
+            socket,
+            tcp,
+            tls: None,
+        })
     }
 }
 
@@ -198,9 +219,27 @@ impl BoundAdmin {
         self.tcp.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// Also binds a TLS listener on `addr`, whose connections are served with
+    /// [`Access::Authenticated`]: `acceptor` must require a client certificate.
+    pub fn with_tls(mut self, addr: SocketAddr, acceptor: TlsAcceptor) -> Result<Self, AdminError> {
+        let (l, local) = bind_tcp(addr)?;
+        self.tls = Some((l, local, acceptor));
+        Ok(self)
+    }
+
+    /// Local address of the TLS listener, with the real port when bound to port 0.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(_, addr, _)| *addr)
+    }
+
     /// Serves until the future is dropped; the socket file is removed then.
     pub async fn serve(self, state: AdminState) -> Result<(), AdminError> {
-        let BoundAdmin { unix, socket, tcp } = self;
+        let BoundAdmin {
+            unix,
+            socket,
+            tcp,
+            tls,
+        } = self;
         let unix =
             tokio::net::UnixListener::from_std(unix).map_err(|source| AdminError::Register {
                 listener: socket.0.display().to_string(),
@@ -215,7 +254,18 @@ impl BoundAdmin {
                 }
             })?),
         };
-        tracing::debug!(socket = %socket.0.display(), tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()), "admin server listening");
+        let tls = match tls {
+            None => None,
+            Some((l, addr, acceptor)) => Some((
+                tokio::net::TcpListener::from_std(l).map_err(|source| AdminError::Register {
+                    listener: addr.to_string(),
+                    source,
+                })?,
+                acceptor,
+            )),
+        };
+        tracing::debug!(socket = %socket.0.display(), tcp = ?tcp.as_ref().and_then(|l| l.local_addr().ok()),
+            tls = ?tls.as_ref().and_then(|(l, _)| l.local_addr().ok()), "admin server listening");
         loop {
             tokio::select! {
                 r = unix.accept() => match r {
@@ -225,6 +275,13 @@ impl BoundAdmin {
                 r = accept_tcp(tcp.as_ref()) => match r {
                     Ok((io, _)) => spawn_connection(io, state.clone(), Access::Public),
                     Err(e) => accept_failed("tcp", e).await,
+                },
+                r = accept_tcp(tls.as_ref().map(|(l, _)| l)) => match (r, &tls) {
+                    (Ok((io, peer)), Some((_, acceptor))) => {
+                        spawn_tls_connection(io, peer, acceptor.clone(), state.clone());
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => accept_failed("tls", e).await,
                 },
             }
         }
@@ -249,6 +306,25 @@ async fn accept_failed(listener: &'static str, error: io::Error) {
     tracing::warn!(listener, %error, "admin server cannot accept connections");
     // Accept errors such as EMFILE repeat at once; pausing keeps the loop from spinning.
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Completes the TLS handshake (the acceptor verifies the client certificate), then serves the
+/// connection as [`Access::Authenticated`].
+fn spawn_tls_connection(
+    io: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: AdminState,
+) {
+    tokio::spawn(async move {
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => spawn_connection(tls, state, Access::Authenticated),
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "admin TLS handshake refused");
+            }
+            Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+        }
+    });
 }
 
 /// Serves one admin connection whose caller has `access` (a TLS listener passes its

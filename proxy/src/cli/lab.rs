@@ -79,6 +79,20 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Issue a client certificate of a cluster's CA for the admin API's TLS listener (:9877),
+    /// writing ca.crt, client.crt and client.key (0600) to a directory.
+    ClientCert {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long, default_value = "c1")]
+        cluster: String,
+        /// Client name, in the URI SAN spiffe://<cluster>/client/<client>.
+        #[arg(long, default_value = "operator")]
+        client: String,
+        /// Directory to write to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// The built-in echo workload (started by the lab inside pods).
     #[command(hide = true)]
     Workload(WorkloadArgs),
@@ -195,8 +209,44 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or(1),
             ))
         }
+        LabCommand::ClientCert {
+            lab,
+            cluster,
+            client,
+            out,
+        } => {
+            client_cert(&Lab::new(&lab.name)?, &cluster, &client, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Workload(w) => workload(w),
     }
+}
+
+/// Writes a CA certificate, a client certificate valid as long as a node's, and its key.
+fn client_cert(lab: &Lab, cluster: &str, name: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use crate::pki::{ClusterCa, generate_key, write_file};
+    let paths = lab.paths();
+    let ca = ClusterCa::load(
+        &paths.cluster_ca_cert(cluster),
+        &paths.cluster_ca_key(cluster),
+    )
+    .with_context(|| format!("CA of cluster {cluster} (is the lab up?)"))?;
+    let key = generate_key()?;
+    let validity = std::time::Duration::from_secs(crate::config::DEFAULT_CERT_VALIDITY_SECS);
+    let cert = ca.issue_client(cluster, name, &key, validity)?;
+    write_file(&out.join("ca.crt"), ca.cert_pem.as_bytes(), 0o644)?;
+    write_file(&out.join("client.crt"), cert.as_bytes(), 0o644)?;
+    write_file(
+        &out.join("client.key"),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    println!(
+        "wrote ca.crt, client.crt ({}, valid 24h) and client.key to {}",
+        crate::pki::client_uri(cluster, name),
+        out.display()
+    );
+    Ok(())
 }
 
 fn print_status(s: &crate::lab::LabStatus) {

@@ -59,3 +59,13 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks duplicate flags (e.g. a subcommand's `--name` against the lab's) only at
+        // run time, in debug builds; this makes it a test failure instead.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

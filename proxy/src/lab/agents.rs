@@ -7,8 +7,8 @@ use super::paths::LabPaths;
 use super::process;
 use super::topology::{ClusterSpec, NodeSpec};
 use crate::config::{
-    ADMIN_PORT, AgentConfig, DEFAULT_CERT_VALIDITY_SECS, DEFAULT_FLOW_RING, EscapedSlashes,
-    IssuerFiles, OUTBOUND_PORT, TUNNEL_PORT, TlsConfig, TrustedCaFile,
+    ADMIN_PORT, ADMIN_TLS_PORT, AgentConfig, DEFAULT_CERT_VALIDITY_SECS, DEFAULT_FLOW_RING,
+    EscapedSlashes, IssuerFiles, OUTBOUND_PORT, TUNNEL_PORT, TlsConfig, TrustedCaFile,
 };
 
 /// An agent that did not come up.
@@ -58,6 +58,7 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         dns: Some((n.gateway, 53).into()),
         admin_socket: paths.admin_socket(&c.name, &n.name),
         admin_tcp: Some((n.underlay_ip, ADMIN_PORT).into()),
+        admin_tls: Some((n.underlay_ip, ADMIN_TLS_PORT).into()),
         flow_ring_capacity: DEFAULT_FLOW_RING,
         metrics_pod_labels: false,
         rejudge_on_update: false,

@@ -22,6 +22,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// ALPN of the tunnel: HTTP/2 inside TLS.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of the admin API's TLS listener.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// A node as its certificate names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,6 +60,8 @@ pub enum TlsError {
     CaParse { cluster: String },
     #[error("client certificate verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("no CA is trusted for this node's own cluster {cluster}")]
+    NoLocalCa { cluster: String },
 }
 
 /// Why a peer got no tunnel; the bounded `reason` label of the handshake failure metric.
@@ -170,6 +174,8 @@ pub struct NodeTls {
     /// Raw subject DN of the CA trusted for each cluster: a SAN naming that cluster must come
     /// from a certificate this CA issued.
     issuers: HashMap<String, Vec<u8>>,
+    /// The CA of this node's own cluster alone: the admin API's clients come from there.
+    local_roots: Option<Arc<RootCertStore>>,
     logged: parking_lot::Mutex<HashSet<IpAddr>>,
 }
 
@@ -226,6 +232,7 @@ impl NodeTls {
         )?)));
         let mut roots = RootCertStore::empty();
         let mut issuers = HashMap::new();
+        let mut local_roots = None;
         for ca in trust {
             let what = || format!("trusted CA of cluster {}", ca.cluster);
             let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|source| {
@@ -239,6 +246,14 @@ impl NodeTls {
                     cluster: ca.cluster.clone(),
                 })?;
             issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
+            if ca.cluster == local.cluster {
+                let mut own = RootCertStore::empty();
+                own.add(der.clone()).map_err(|source| TlsError::Rustls {
+                    what: what(),
+                    source,
+                })?;
+                local_roots = Some(Arc::new(own));
+            }
             roots.add(der).map_err(|source| TlsError::Rustls {
                 what: what(),
                 source,
@@ -270,6 +285,7 @@ impl NodeTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             connector: TlsConnector::from(Arc::new(client)),
             issuers,
+            local_roots,
             logged: parking_lot::Mutex::default(),
         })
     }
@@ -290,6 +306,31 @@ impl NodeTls {
     /// The acceptor for the tunnel listener.
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
+    }
+
+    /// An acceptor for the admin API's TLS listener: presents the node certificate (renewals
+    /// included) over HTTP/1.1 and requires a client certificate issued by this node's own
+    /// cluster CA; a peer cluster's CA, trusted for tunnels, is not trusted here.
+    pub fn admin_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let roots = self
+            .local_roots
+            .clone()
+            .ok_or_else(|| TlsError::NoLocalCa {
+                cluster: self.local.cluster.clone(),
+            })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Rustls {
+                what: "admin server config".into(),
+                source,
+            })?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.certs.clone());
+        server.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(server)))
     }
 
     /// The connector for tunnels to other nodes.
@@ -446,3 +487,6 @@ pub enum IssueError {
     #[error("install node certificate")]
     Tls(#[from] TlsError),
 }
+
+#[cfg(test)]
+mod tests;
