@@ -5,9 +5,7 @@
 //! Kept in persistent maps: an update patches what changed, and the installer computes what to
 //! write by diffing against the image it installed last, which skips everything the two share.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 
 use imbl::OrdMap;
 use ipnet::Ipv4Net;
@@ -16,7 +14,7 @@ use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend};
 use super::Delta;
 use super::tables::service_frontends;
 use crate::identity::reserved;
-use crate::model::{Endpoint, Model, NamespacedName, ObjectKey, Service};
+use crate::model::{Endpoint, Model, ObjectKey, Service};
 use crate::policy::Universe;
 use crate::policy::kernel::{KernelChanges, KernelCompiler, PairRules};
 
@@ -86,16 +84,8 @@ impl KernelImage {
                 local_moved.extend(image.remove_local(e));
             }
         }
-        let mut services: BTreeSet<NamespacedName> = BTreeSet::new();
-        for k in delta.keys {
-            if let ObjectKey::Service(k) = k {
-                if let Some(old) = prev.services.get(k) {
-                    for (frontend, _) in service_frontends(prev, old) {
-                        image.services.remove(&frontend);
-                    }
-                }
-                services.insert(k.clone());
-            }
+        for frontend in delta.old_frontends() {
+            image.services.remove(&frontend);
         }
         for k in delta.endpoints() {
             let old = prev.endpoints.get(k);
@@ -106,10 +96,8 @@ impl KernelImage {
             if let Some(e) = new.filter(|e| e.node == delta.node) {
                 local_moved.extend(image.add_local(e));
             }
-            // Services whose selection this endpoint enters or leaves.
-            services.extend(services_touching(model, k, old, new));
         }
-        for k in &services {
+        for k in &delta.services_to_refresh() {
             if let Some(svc) = model.services.get(k) {
                 image.set_service(model, svc);
             }
@@ -316,23 +304,4 @@ fn host_identity(model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) -
         .into_iter()
         .find(|(n, _)| *n == Ipv4Net::from(ip))
         .map(|(_, id)| id)
-}
-
-/// Services of endpoint `k`'s namespace that select it before or after the change.
-fn services_touching(
-    model: &Model,
-    k: &NamespacedName,
-    old: Option<&Arc<Endpoint>>,
-    new: Option<&Arc<Endpoint>>,
-) -> Vec<NamespacedName> {
-    let lo = (k.0.clone(), String::new());
-    model
-        .services
-        .range(lo..)
-        .take_while(|(sk, _)| sk.0 == k.0)
-        .filter(|(_, svc)| {
-            old.is_some_and(|e| svc.selects(e)) || new.is_some_and(|e| svc.selects(e))
-        })
-        .map(|(sk, _)| sk.clone())
-        .collect()
 }

@@ -12,7 +12,7 @@ mod image;
 mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -317,6 +317,51 @@ impl Delta<'_> {
     /// Whether any key of this kind changed.
     pub fn any(&self, f: impl Fn(&ObjectKey) -> bool) -> bool {
         self.keys.iter().any(f)
+    }
+
+    /// Frontends of the services that changed, as they were: to be removed before the
+    /// services are set again (another service may take one of them over in the same batch).
+    pub fn old_frontends(&self) -> Vec<SocketAddrV4> {
+        self.keys
+            .iter()
+            .filter_map(|k| match k {
+                ObjectKey::Service(k) => self.prev.services.get(k),
+                _ => None,
+            })
+            .flat_map(|svc| service_frontends(self.prev, svc))
+            .map(|(frontend, _)| frontend)
+            .collect()
+    }
+
+    /// Services to set again: those that changed, and those whose selection a changed endpoint
+    /// enters or leaves.
+    pub fn services_to_refresh(&self) -> BTreeSet<NamespacedName> {
+        let mut out = BTreeSet::new();
+        for key in self.keys {
+            match key {
+                ObjectKey::Service(k) => {
+                    out.insert(k.clone());
+                }
+                ObjectKey::Endpoint(k) => {
+                    let old = self.prev.endpoints.get(k);
+                    let new = self.model.endpoints.get(k);
+                    let lo = (k.0.clone(), String::new());
+                    out.extend(
+                        self.model
+                            .services
+                            .range(lo..)
+                            .take_while(|(sk, _)| sk.0 == k.0)
+                            .filter(|(_, svc)| {
+                                old.is_some_and(|e| svc.selects(e))
+                                    || new.is_some_and(|e| svc.selects(e))
+                            })
+                            .map(|(sk, _)| sk.clone()),
+                    );
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 

@@ -1,14 +1,13 @@
 //! Model → proxy tables: built whole, or updated from the previous tables for what changed
 //! (entries left alone are shared with them).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use super::Delta;
 use crate::config::TUNNEL_PORT;
 use crate::flows::ServiceRef;
-use crate::model::{Endpoint, Model, NamespacedName, ObjectKey, Protocol, Service};
+use crate::model::{Endpoint, Model, ObjectKey, Protocol, Service};
 use crate::policy::Engine;
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
@@ -60,36 +59,15 @@ pub(crate) fn update(
             }
         }
     }
-    let mut services: BTreeSet<NamespacedName> = BTreeSet::new();
-    for k in delta.keys {
-        if let ObjectKey::Service(k) = k {
-            if let Some(old) = old_model.services.get(k) {
-                for (frontend, _) in service_frontends(old_model, old) {
-                    t.services.remove(&frontend);
-                }
-            }
-            services.insert(k.clone());
-        }
+    for frontend in delta.old_frontends() {
+        t.services.remove(&frontend);
     }
     for k in delta.endpoints() {
-        let old = old_model.endpoints.get(k);
-        let new = model.endpoints.get(k);
-        if let Some(e) = new {
+        if let Some(e) = model.endpoints.get(k) {
             add_endpoint(&mut t, e);
         }
-        let lo = (k.0.clone(), String::new());
-        services.extend(
-            model
-                .services
-                .range(lo..)
-                .take_while(|(sk, _)| sk.0 == k.0)
-                .filter(|(_, svc)| {
-                    old.is_some_and(|e| svc.selects(e)) || new.is_some_and(|e| svc.selects(e))
-                })
-                .map(|(sk, _)| sk.clone()),
-        );
     }
-    for k in &services {
+    for k in &delta.services_to_refresh() {
         if let Some(svc) = model.services.get(k) {
             set_service(&mut t, model, svc);
         }
