@@ -279,7 +279,7 @@ async fn copy<U>(client: &mut TcpStream, upstream: &mut U) -> Result<(u64, u64),
 where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional(client, upstream)
+    super::relay::relay(client, upstream)
         .await
         .map_err(|e| e.to_string())
 }
