@@ -719,6 +719,9 @@ fn main() {
     let rss_after = rss_kib(agent);
     let idle_strait = idle_cost(&lab, Mode::Strait, local, &server, agent);
     let idle_strait = t.keep("idle connections (strait)", idle_strait);
+    // The idle connections are gone: what the agent keeps of them.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_closed = rss_kib(agent);
     let idle_ha = idle_cost(&lab, Mode::Haproxy, local, &server, ha_local.pid());
     let idle_ha = t.keep("idle connections (haproxy)", idle_ha);
     let rss = |measure, s, h| Row::new(measure, "KiB", false, [None, s, h]);
@@ -730,6 +733,11 @@ fn main() {
     ));
     let per_idle = format!("RSS per idle proxied connection ({IDLE_CONNS} open)");
     t.push(rss(&per_idle, idle_strait, idle_ha));
+    t.push(rss(
+        "agent RSS 3 s after the idle connections closed (node-1)",
+        Some(rss_closed),
+        None,
+    ));
     drop((ha_local, ha_remote));
     drop(lab);
 

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod drops;
 pub mod l7;
 pub mod outbound;
+pub mod relay;
 pub mod tables;
 pub mod tls;
 pub mod tunnel;

@@ -216,7 +216,8 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         let sink = Arc::new(RingSink(proxy.flows().clone()));
         let template = rec.per_request();
         tokio::select! {
-            result = l7::serve(client, connect, judge, sink, template, proxy.http_paths) => {
+            // Boxed: the HTTP server's state would otherwise size every L4 connection's task.
+            result = Box::pin(l7::serve(client, connect, judge, sink, template, proxy.http_paths)) => {
                 if let Err(e) = result {
                     debug!(error = %e, "HTTP connection ended");
                 }
@@ -239,7 +240,8 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
                     cluster: proxy.cluster.clone(),
                     original_dst: original.to_string(),
                 };
-                match proxy.pool.open(&tunnel, target, &source).await {
+                // Boxed, as the HTTP server above: opening a tunnel is a large, short-lived state.
+                match Box::pin(proxy.pool.open(&tunnel, target, &source)).await {
                     Ok(mut upstream) => copy(&mut client, &mut upstream).await,
                     Err(e) => Err(crate::errors::chain(&e)),
                 }
@@ -279,7 +281,7 @@ async fn copy<U>(client: &mut TcpStream, upstream: &mut U) -> Result<(u64, u64),
 where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional(client, upstream)
+    super::relay::relay(client, upstream)
         .await
         .map_err(|e| e.to_string())
 }

@@ -431,7 +431,7 @@ async fn handle(
         let relay = async {
             let mut tunnel = TokioIo::new(on_upgrade.await.map_err(|e| e.to_string())?);
             let mut upstream = upstream;
-            tokio::io::copy_bidirectional(&mut tunnel, &mut upstream)
+            super::relay::relay(&mut tunnel, &mut upstream)
                 .await
                 .map_err(|e| e.to_string())
         };
