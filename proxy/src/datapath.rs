@@ -133,10 +133,16 @@ impl Installer {
         }
         let mut installed = self.installed.lock();
         let (result, full) = match installed.take() {
-            Some(old) => (
-                self.kernel.apply_delta(&state.kernel.delta_from(&old)),
-                false,
-            ),
+            Some(old) => {
+                let delta = state.kernel.delta_from(&old);
+                // Revisions that touch only proxy tables or DNS leave the maps alone.
+                let stats = if delta.is_empty() {
+                    Ok(ApplyStats::default())
+                } else {
+                    self.kernel.apply_delta(&delta)
+                };
+                (stats, false)
+            }
             None => (self.kernel.apply_full(&state.kernel.to_image()), true),
         };
         // After a failure `installed` stays unknown: the next apply compares everything.

@@ -118,11 +118,6 @@ impl Compiler {
         }
     }
 
-    /// The node this compiler compiles for.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Compiles `snap` for this compiler's node. An error leaves the caches as they were, so
     /// the next snapshot is compiled against the last good one.
     pub fn compile(&mut self, snap: &Snapshot) -> Result<CompiledState, CompileError> {

@@ -119,13 +119,6 @@ pub struct KernelChanges {
     pub full: bool,
 }
 
-impl KernelChanges {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.policed.is_empty()
-    }
-}
-
 impl KernelCompiler {
     /// Recompiles everything for `engine`.
     pub fn full(&mut self, engine: &Engine) -> KernelChanges {
