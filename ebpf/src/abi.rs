@@ -31,7 +31,7 @@ pub const POLICY_MAX: u32 = 262144;
 /// `STRAIT_SVC_MAX`: capacity of the service frontend → backend identities map.
 pub const SVC_MAX: u32 = 4096;
 /// `STRAIT_SVC_BACKENDS_MAX`: distinct (identity, port) pairs one service entry holds.
-pub const SVC_BACKENDS_MAX: u32 = 16;
+pub const SVC_BACKENDS_MAX: u32 = 64;
 /// `STRAIT_CT_MAX`: capacity of the conntrack LRU map.
 pub const CT_MAX: u32 = 65536;
 /// `STRAIT_FRAG_MAX`: capacity of the fragment LRU map.
@@ -80,6 +80,8 @@ pub struct Config {
     pub pad: u16,
     /// `CFG_*` flags.
     pub flags: u32,
+    /// Bumped after every installed policy change: tracked flows are judged again.
+    pub policy_rev: u32,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             proxy_port: proxy.port().to_be(),
             pad: 0,
             flags,
+            policy_rev: 0,
         }
     }
 
@@ -244,23 +247,34 @@ impl SvcKey {
     }
 }
 
-/// `struct strait_svc_backend`: one (identity, target port) of a service.
+/// `struct strait_svc_backend`: one ready backend of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SvcBackend {
+    /// Network order.
+    pub ip4: u32,
     pub identity: u32,
     /// Network order.
     pub port: u16,
     pub pad: u16,
 }
 
-/// `struct strait_svc_entry`: the distinct backends of a service; `count` 0 = the kernel
-/// cannot tell (the proxy decides).
+/// `struct strait_svc_entry`: the ready backends of a service, which connect4 balances over;
+/// `count` 0 = the kernel cannot balance it (the proxy does).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SvcEntry {
     pub count: u32,
     pub backends: [SvcBackend; SVC_BACKENDS_MAX as usize],
+}
+
+impl Default for SvcEntry {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            backends: [SvcBackend::default(); SVC_BACKENDS_MAX as usize],
+        }
+    }
 }
 
 /// `struct strait_ct_key`: a tracked flow's 5-tuple.
@@ -298,6 +312,9 @@ impl CtKey {
 pub struct CtEntry {
     pub created_ns: u64,
     pub seen_ns: u64,
+    /// `Config::policy_rev` when policy last allowed the flow.
+    pub policy_rev: u32,
+    pub pad: u32,
 }
 
 /// `struct strait_frag_key`.
@@ -319,6 +336,112 @@ pub struct FragEntry {
     pub dport: u16,
 }
 
+/// `struct strait_sock`: a TCP socket on the kernel fast path (socket storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    pub start_ns: u64,
+    /// Network order.
+    pub src_ip4: u32,
+    /// Network order.
+    pub dst_ip4: u32,
+    /// Network order; 0 when a pod address was dialed.
+    pub svc_ip4: u32,
+    /// Network order.
+    pub svc_port: u16,
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    /// `SOCK_CLIENT` or `SOCK_SERVER`.
+    pub role: u8,
+    pub protocol: u8,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// `DropReason` as a number; 0 unless Strait ended the socket.
+    pub close_reason: u16,
+    pub pad: u16,
+}
+
+/// `strait_sock.role`: a pod's connect sent on the kernel path.
+pub const SOCK_CLIENT: u8 = 1;
+/// `strait_sock.role`: a connection a pod accepted from another pod.
+pub const SOCK_SERVER: u8 = 2;
+/// `strait_flow_event.direction`: the source pod is on this node.
+pub const FLOW_EGRESS: u8 = 1;
+/// `strait_flow_event.direction`: the destination pod is on this node.
+pub const FLOW_INGRESS: u8 = 2;
+/// `strait_config.flags`: every pod TCP connect goes to the proxy (no kernel fast path).
+pub const CFG_NO_FAST_PATH: u32 = 1 << 1;
+/// Size of the flow event ring buffer.
+pub const FLOW_EVENTS_BYTES: u32 = 1024 * 1024;
+
+/// `struct strait_flow_event`: a flow the kernel allowed without the proxy, as written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEventRecord {
+    pub ktime_ns: u64,
+    pub duration_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Network order.
+    pub src_ip4: u32,
+    /// Network order.
+    pub dst_ip4: u32,
+    /// Network order; 0 if no Service was dialed.
+    pub svc_ip4: u32,
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    /// Network order.
+    pub svc_port: u16,
+    pub protocol: u8,
+    /// `FLOW_EGRESS` or `FLOW_INGRESS`.
+    pub direction: u8,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// `DropReason` as a number: why Strait ended it; 0 otherwise.
+    pub close_reason: u16,
+    /// `enum strait_hook` that reported it.
+    pub hook: u8,
+    pub pad: u8,
+}
+
+impl FlowEventRecord {
+    pub const SIZE: usize = size_of::<FlowEventRecord>();
+
+    /// Reads a record from the bytes of a ring buffer item (native byte order, as written).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; Self::SIZE] = bytes.get(..Self::SIZE)?.try_into().ok()?;
+        let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
+        let u32_at =
+            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            u64::from_ne_bytes(std::array::from_fn(|k| bytes[i + k]))
+        };
+        Some(Self {
+            ktime_ns: u64_at(0),
+            duration_ns: u64_at(8),
+            bytes_sent: u64_at(16),
+            bytes_received: u64_at(24),
+            src_ip4: u32_at(32),
+            dst_ip4: u32_at(36),
+            svc_ip4: u32_at(40),
+            sport: u16_at(44),
+            dport: u16_at(46),
+            svc_port: u16_at(48),
+            protocol: bytes[50],
+            direction: bytes[51],
+            src_identity: u32_at(52),
+            dst_identity: u32_at(56),
+            close_reason: u16_at(60),
+            hook: bytes[62],
+            pad: bytes[63],
+        })
+    }
+}
+
 /// `enum strait_hook`: where a drop happened.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -331,14 +454,20 @@ pub enum DropHook {
     TcToPod = 3,
     /// `cgroup/connect6` (IPv4-mapped destinations).
     Connect6 = 4,
+    /// `sockops`: a kernel-path TCP connection closed.
+    SockOps = 5,
+    /// The socket iterator that judges live kernel-path connections again.
+    SockIter = 6,
 }
 
 impl DropHook {
-    pub const ALL: [DropHook; 4] = [
+    pub const ALL: [DropHook; 6] = [
         DropHook::Connect4,
         DropHook::TcFromPod,
         DropHook::TcToPod,
         DropHook::Connect6,
+        DropHook::SockOps,
+        DropHook::SockIter,
     ];
 
     /// The C enumerator without its `STRAIT_HOOK_` prefix.
@@ -348,6 +477,8 @@ impl DropHook {
             DropHook::TcFromPod => "TC_FROM_POD",
             DropHook::TcToPod => "TC_TO_POD",
             DropHook::Connect6 => "CONNECT6",
+            DropHook::SockOps => "SOCKOPS",
+            DropHook::SockIter => "SOCK_ITER",
         }
     }
 }
@@ -530,6 +661,12 @@ unsafe impl aya::Pod for FragEntry {}
 // SAFETY: see `Config` above.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for DropEventRecord {}
+// SAFETY: see `Config` above.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for SockState {}
+// SAFETY: see `Config` above.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for FlowEventRecord {}
 
 #[cfg(test)]
 mod tests;

@@ -404,6 +404,7 @@ impl Maps {
                 .unwrap_or_default()
                 .iter()
                 .map(|b| ServiceBackend {
+                    ip: abi::ip_from_net(b.ip4),
                     identity: b.identity,
                     port: u16::from_be(b.port),
                 })
@@ -518,6 +519,7 @@ fn svc_entry(backends: &[ServiceBackend]) -> SvcEntry {
     if backends.len() <= entry.backends.len() {
         for (slot, b) in entry.backends.iter_mut().zip(backends) {
             *slot = SvcBackend {
+                ip4: abi::ip_to_net(b.ip),
                 identity: b.identity,
                 port: b.port.to_be(),
                 pad: 0,

@@ -198,9 +198,11 @@ fn mask_port(port: u16, prefix_len: u8) -> u16 {
     }
 }
 
-/// One backend of a service as policy sees it.
+/// One ready backend of a service: where socket LB sends a connection, and what policy judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceBackend {
+    /// The backend pod's address.
+    pub ip: Ipv4Addr,
     pub identity: u32,
     /// The backend's target port (host order), which policy rules name.
     pub port: u16,
@@ -219,9 +221,10 @@ pub struct PolicyImage {
     pub policed: Vec<(u32, bool, bool)>,
     /// Rules; see [`PolicyKey`]. For a policed direction, what no rule allows is denied.
     pub rules: Vec<(PolicyKey, PolicyAction)>,
-    /// Service frontends (TCP) → their backends. A connect to a frontend is refused in the
-    /// kernel only when policy denies all of them. Backends beyond
-    /// [`abi::SVC_BACKENDS_MAX`] distinct pairs, or none, leave the decision to the proxy.
+    /// Service frontends (TCP) → their ready backends, which `connect4` balances over. A
+    /// connect to a frontend is refused in the kernel only when policy denies all of them. More
+    /// than [`abi::SVC_BACKENDS_MAX`] backends, or none, leave balancing and the decision to
+    /// the proxy.
     pub services: Vec<(SocketAddrV4, Vec<ServiceBackend>)>,
 }
 

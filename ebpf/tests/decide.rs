@@ -31,7 +31,7 @@ struct Decision {
     to: SocketAddrV4,
 }
 
-/// `struct strait_decide_in`, serialised by hand (52 bytes).
+/// `struct strait_decide_in`, serialised by hand (56 bytes).
 #[derive(Clone, Copy, Default)]
 struct Input {
     cfg: Option<Config>,
@@ -69,6 +69,7 @@ impl Harness {
         data.extend(cfg.proxy_port.to_ne_bytes());
         data.extend(cfg.pad.to_ne_bytes());
         data.extend(cfg.flags.to_ne_bytes());
+        data.extend(cfg.policy_rev.to_ne_bytes());
         data.extend(u32::from(input.cfg.is_some()).to_ne_bytes());
         data.extend(input.mode.to_ne_bytes());
         data.extend(dst.ip().octets());
@@ -77,7 +78,7 @@ impl Harness {
         data.extend(u32::from(input.bypassed).to_ne_bytes());
         data.extend(input.ip6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets());
         data.extend(input.local_port.to_ne_bytes());
-        assert_eq!(data.len(), 52);
+        assert_eq!(data.len(), 56);
         data.resize(64, 0);
 
         let prog: &SchedClassifier = self

@@ -317,7 +317,12 @@ fn ipcache_longest_prefix() {
 fn connect_policy_judges_services_by_their_backends() {
     use PolicyAction::*;
     let h = Harness::new("connect");
-    let b = |identity, port| ServiceBackend { identity, port };
+    // One pod per identity; a second backend of the same identity gets the next address.
+    let b = |identity: u32, port: u16| ServiceBackend {
+        ip: Ipv4Addr::from(0x0a00_0000 + identity * 256 + u32::from(port % 7)),
+        identity,
+        port,
+    };
     let net = |s: &str| s.parse().unwrap();
     h.datapath
         .apply_policy(&PolicyImage {

@@ -157,6 +157,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_frags SEC(".maps");
 
+/* --- the kernel fast path ---------------------------------------------- */
+
+/*
+ * Per-socket state of TCP connections on the kernel fast path (struct
+ * strait_sock), kept by the kernel with the socket and freed with it.
+ * Written by connect4 and sockops, judged again by the socket iterator.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct strait_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_sock SEC(".maps");
+
 /* --- observability ------------------------------------------------------ */
 
 /* struct strait_drop_event records, read by Datapath::drop_events. */
@@ -165,6 +180,13 @@ struct {
 	__uint(max_entries, STRAIT_EVENTS_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_events SEC(".maps");
+
+/* struct strait_flow_event records: flows the kernel allowed without the proxy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, STRAIT_FLOW_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_flowev SEC(".maps");
 
 /* Per-CPU drop counters (__u64), indexed by enum strait_drop_reason. */
 struct {

@@ -27,15 +27,21 @@
 #define STRAIT_POLICED_MAX	16384	/* strait_policed */
 #define STRAIT_POLICY_MAX	262144	/* strait_policy (LPM trie) */
 #define STRAIT_SVC_MAX		4096	/* strait_svc_ids */
-#define STRAIT_SVC_BACKENDS_MAX	16	/* backends per strait_svc_entry */
+#define STRAIT_SVC_BACKENDS_MAX	64	/* backends per strait_svc_entry */
 #define STRAIT_CT_MAX		65536	/* strait_ct (LRU) */
 #define STRAIT_FRAG_MAX		8192	/* strait_frags (LRU) */
 #define STRAIT_EVENTS_BYTES	262144	/* strait_events ring buffer (256 KiB) */
+#define STRAIT_FLOW_EVENTS_BYTES 1048576	/* strait_flowev ring buffer (1 MiB) */
 #define STRAIT_DROP_COUNTERS	256	/* strait_drops: one per-CPU counter per reason */
 
 /* --- strait_config.flags */
 /* Redirection switched off on purpose: every connect passes unchanged. */
 #define STRAIT_CFG_DISABLED	(1U << 0)
+/*
+ * Kernel fast path off: every pod TCP connect goes to the node proxy, as
+ * before the fast path existed (for debugging and for measuring the proxy).
+ */
+#define STRAIT_CFG_NO_FAST_PATH	(1U << 1)
 
 /*
  * The one entry of the strait_cfg array map.
@@ -47,8 +53,13 @@ struct strait_config {
 	__be16 proxy_port;	/* network order */
 	__u16 pad;		/* zero */
 	__u32 flags;		/* STRAIT_CFG_* */
+	/*
+	 * Bumped by user space after every policy change it installs: a tracked
+	 * flow (strait_ct) allowed under an older revision is judged again.
+	 */
+	__u32 policy_rev;
 };
-_Static_assert(sizeof(struct strait_config) == 12, "strait_config layout");
+_Static_assert(sizeof(struct strait_config) == 16, "strait_config layout");
 
 /* Where a redirected socket originally connected to (value of both orig maps). */
 struct strait_orig_dst {
@@ -191,25 +202,26 @@ struct strait_svc_key {
 };
 _Static_assert(sizeof(struct strait_svc_key) == 8, "strait_svc_key layout");
 
-/* One backend of a service as policy sees it: who, and on which port. */
+/* One backend of a service: the pod, its identity and the target port. */
 struct strait_svc_backend {
+	__be32 ip4;		/* the backend pod's address, network order */
 	__u32 identity;
 	__be16 port;		/* target port, network order */
 	__u16 pad;		/* zero */
 };
-_Static_assert(sizeof(struct strait_svc_backend) == 8, "strait_svc_backend layout");
+_Static_assert(sizeof(struct strait_svc_backend) == 12, "strait_svc_backend layout");
 
 /*
- * Value of strait_svc_ids: the distinct (identity, target port) pairs of the
- * service's backends. count 0 means "the kernel cannot tell" (no backends,
- * or more distinct pairs than fit): connect4 then leaves the decision to the
- * proxy, which judges the backend it picks.
+ * Value of strait_svc_ids: the ready backends of a service frontend, which
+ * connect4 balances over (socket LB) and judges policy against. count 0 means
+ * "the kernel cannot balance it" (no ready backend, or more than fit): the
+ * connect then goes to the node proxy, which balances and judges it.
  */
 struct strait_svc_entry {
 	__u32 count;		/* 0..=STRAIT_SVC_BACKENDS_MAX */
 	struct strait_svc_backend backends[STRAIT_SVC_BACKENDS_MAX];
 };
-_Static_assert(sizeof(struct strait_svc_entry) == 132, "strait_svc_entry layout");
+_Static_assert(sizeof(struct strait_svc_entry) == 772, "strait_svc_entry layout");
 
 /*
  * Key of strait_ct: a flow's 5-tuple in the direction its first packet went.
@@ -229,8 +241,10 @@ _Static_assert(sizeof(struct strait_ct_key) == 16, "strait_ct_key layout");
 struct strait_ct_entry {
 	__u64 created_ns;	/* bpf_ktime_get_ns() */
 	__u64 seen_ns;		/* last packet, either direction (refreshed at most once a second) */
+	__u32 policy_rev;	/* strait_config.policy_rev when policy last allowed it */
+	__u32 pad;		/* zero */
 };
-_Static_assert(sizeof(struct strait_ct_entry) == 16, "strait_ct_entry layout");
+_Static_assert(sizeof(struct strait_ct_entry) == 24, "strait_ct_entry layout");
 
 /* Idle time after which a tracked flow is judged again by policy. */
 #define STRAIT_CT_LIFETIME_TCP_S	21600
@@ -253,12 +267,74 @@ struct strait_frag_entry {
 };
 _Static_assert(sizeof(struct strait_frag_entry) == 4, "strait_frag_entry layout");
 
+/* --- strait_sock.role */
+#define STRAIT_SOCK_CLIENT	1	/* a pod's connect that connect4 sent on the kernel path */
+#define STRAIT_SOCK_SERVER	2	/* a pod's accepted connection from another pod (not the proxy) */
+
+/*
+ * Value of strait_sock (socket storage): a TCP socket on the kernel fast path.
+ * connect4 creates it for clients; sockops fills in the rest when the
+ * connection is established (and creates it for servers), and reports the
+ * flow when the socket closes. The socket iterator judges it again after a
+ * policy or service change and, if it is no longer allowed, sets close_reason
+ * and destroys the socket.
+ */
+struct strait_sock {
+	__u64 start_ns;		/* established, bpf_ktime_get_ns(); 0 before */
+	__be32 src_ip4;		/* the connecting pod (0 until established, for clients) */
+	__be32 dst_ip4;		/* the destination pod: the backend socket LB chose */
+	__be32 svc_ip4;		/* the Service frontend dialed; 0 when a pod address was dialed */
+	__be16 svc_port;	/* network order */
+	__be16 sport;		/* network order; 0 until established, for clients */
+	__be16 dport;		/* the destination (target) port, network order */
+	__u8 role;		/* STRAIT_SOCK_* */
+	__u8 protocol;		/* STRAIT_IPPROTO_TCP */
+	__u32 src_identity;	/* as judged when the connection was allowed */
+	__u32 dst_identity;
+	__u16 close_reason;	/* enum strait_drop_reason; NONE unless Strait ended it */
+	__u16 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_sock) == 40, "strait_sock layout");
+
+/* --- strait_flow_event.direction, from the point of view of the reporting node */
+#define STRAIT_FLOW_EGRESS	1	/* the source pod is on this node */
+#define STRAIT_FLOW_INGRESS	2	/* the destination pod is on this node */
+
+/*
+ * One record of the strait_flowev ring buffer: a flow the kernel allowed
+ * without the proxy. TCP reports once, when the socket closes (sockops), with
+ * the socket's byte counters; other protocols report the first packet of a
+ * tracked flow (tc). Bytes are from the source's point of view on both sides.
+ */
+struct strait_flow_event {
+	__u64 ktime_ns;		/* close (TCP) or first packet */
+	__u64 duration_ns;	/* TCP: established to close; 0 otherwise */
+	__u64 bytes_sent;	/* source -> destination */
+	__u64 bytes_received;	/* destination -> source */
+	__be32 src_ip4;
+	__be32 dst_ip4;
+	__be32 svc_ip4;		/* the Service frontend dialed, 0 if none */
+	__be16 sport;
+	__be16 dport;
+	__be16 svc_port;
+	__u8 protocol;		/* STRAIT_IPPROTO_* */
+	__u8 direction;		/* STRAIT_FLOW_* */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 close_reason;	/* enum strait_drop_reason: why Strait ended it; NONE otherwise */
+	__u8 hook;		/* enum strait_hook that reported it */
+	__u8 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_flow_event) == 64, "strait_flow_event layout");
+
 /* Where a drop happened. */
 enum strait_hook {
 	STRAIT_HOOK_CONNECT4 = 1,	/* cgroup/connect4: the connect() failed */
 	STRAIT_HOOK_TC_FROM_POD = 2,	/* tc ingress of a pod's host-side veth */
 	STRAIT_HOOK_TC_TO_POD = 3,	/* tc egress of a pod's host-side veth */
 	STRAIT_HOOK_CONNECT6 = 4,	/* cgroup/connect6 (IPv4-mapped destinations) */
+	STRAIT_HOOK_SOCKOPS = 5,	/* sockops: a kernel-path TCP connection closed */
+	STRAIT_HOOK_SOCK_ITER = 6,	/* the socket iterator re-judging live connections */
 };
 
 /* One record of the strait_events ring buffer. */
@@ -302,6 +378,8 @@ _Static_assert(sizeof(struct strait_drop_event) == 48, "strait_drop_event layout
 	X(ORIG_DST_UNRECORDED, 192, 1)	/* The original destination could not be recorded, so it was not redirected. */ \
 	X(NOT_LOCAL_ENDPOINT, 193, 0)	/* A tunnel stream for an address that is not a pod of this node. */ \
 	X(IDENTITY_MISMATCH, 195, 0)	/* A tunnel stream whose source is not a pod of the authenticated peer node. */ \
+	X(BACKEND_REMOVED, 196, 1)	/* A load-balanced connection whose Service backend was removed. */ \
+	X(PROXY_REQUIRED, 197, 1)	/* A pod-to-pod packet to a port with L7 rules that did not come through the proxy. */ \
 	X(HTTP_PATH_INVALID, 200, 0)	/* An HTTP request path the proxy cannot normalise unambiguously: 400. */
 
 enum strait_drop_reason {

@@ -29,7 +29,7 @@ struct strait_decide_in {
 	__u32 ip6[4];		/* CONNECT6: destination, network order */
 	__u32 local_port;	/* CLIENT_KEY: host order, as bpf_sock_ops has it */
 };
-_Static_assert(sizeof(struct strait_decide_in) == 52, "strait_decide_in layout");
+_Static_assert(sizeof(struct strait_decide_in) == 56, "strait_decide_in layout");
 
 /* Written over the packet's first bytes. */
 struct strait_decide_out {

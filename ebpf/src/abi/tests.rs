@@ -51,11 +51,17 @@ fn structs() -> Vec<(&'static str, usize)> {
         ("strait_frag_key", size_of::<FragKey>()),
         ("strait_frag_entry", size_of::<FragEntry>()),
         ("strait_drop_event", size_of::<DropEventRecord>()),
+        ("strait_sock", size_of::<SockState>()),
+        ("strait_flow_event", size_of::<FlowEventRecord>()),
     ]
 }
 
 fn fields() -> Vec<Field> {
-    let mut all = fields!(Config, "strait_config", [proxy_ip4, proxy_port, pad, flags]);
+    let mut all = fields!(
+        Config,
+        "strait_config",
+        [proxy_ip4, proxy_port, pad, flags, policy_rev]
+    );
     all.extend(fields!(OrigDst, "strait_orig_dst", [ip4, port, pad]));
     all.extend(fields!(SockKey, "strait_sock_key", [ip4, port, pad]));
     // aya's `lpm_trie::Key<u32>`: a u32 prefix length, then the address.
@@ -81,7 +87,7 @@ fn fields() -> Vec<Field> {
     all.extend(fields!(
         SvcBackend,
         "strait_svc_backend",
-        [identity, port, pad]
+        [ip4, identity, port, pad]
     ));
     all.extend(fields!(SvcEntry, "strait_svc_entry", [count, backends]));
     all.extend(fields!(
@@ -89,7 +95,53 @@ fn fields() -> Vec<Field> {
         "strait_ct_key",
         [saddr, daddr, sport, dport, protocol, pad]
     ));
-    all.extend(fields!(CtEntry, "strait_ct_entry", [created_ns, seen_ns]));
+    all.extend(fields!(
+        CtEntry,
+        "strait_ct_entry",
+        [created_ns, seen_ns, policy_rev, pad]
+    ));
+    all.extend(fields!(
+        SockState,
+        "strait_sock",
+        [
+            start_ns,
+            src_ip4,
+            dst_ip4,
+            svc_ip4,
+            svc_port,
+            sport,
+            dport,
+            role,
+            protocol,
+            src_identity,
+            dst_identity,
+            close_reason,
+            pad
+        ]
+    ));
+    all.extend(fields!(
+        FlowEventRecord,
+        "strait_flow_event",
+        [
+            ktime_ns,
+            duration_ns,
+            bytes_sent,
+            bytes_received,
+            src_ip4,
+            dst_ip4,
+            svc_ip4,
+            sport,
+            dport,
+            svc_port,
+            protocol,
+            direction,
+            src_identity,
+            dst_identity,
+            close_reason,
+            hook,
+            pad
+        ]
+    ));
     all.extend(fields!(
         FragKey,
         "strait_frag_key",
@@ -124,6 +176,12 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_BYPASS_MAX", u64::from(BYPASS_MAX)),
         ("STRAIT_ORIG_MAX", u64::from(ORIG_MAX)),
         ("STRAIT_CFG_DISABLED", u64::from(CFG_DISABLED)),
+        ("STRAIT_CFG_NO_FAST_PATH", u64::from(CFG_NO_FAST_PATH)),
+        ("STRAIT_SOCK_CLIENT", u64::from(SOCK_CLIENT)),
+        ("STRAIT_SOCK_SERVER", u64::from(SOCK_SERVER)),
+        ("STRAIT_FLOW_EGRESS", u64::from(FLOW_EGRESS)),
+        ("STRAIT_FLOW_INGRESS", u64::from(FLOW_INGRESS)),
+        ("STRAIT_FLOW_EVENTS_BYTES", u64::from(FLOW_EVENTS_BYTES)),
         ("STRAIT_IPCACHE_MAX", u64::from(IPCACHE_MAX)),
         ("STRAIT_ENDPOINTS_MAX", u64::from(ENDPOINTS_MAX)),
         ("STRAIT_POD_IFS_MAX", u64::from(POD_IFS_MAX)),

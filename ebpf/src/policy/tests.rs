@@ -192,7 +192,11 @@ fn deny_wins_over_the_allows_it_covers() {
 
 #[test]
 fn services_keep_distinct_backends_or_defer_when_too_many() {
-    let b = |identity, port| ServiceBackend { identity, port };
+    let b = |identity: u32, port| ServiceBackend {
+        ip: Ipv4Addr::from(0x0a00_0000 + identity),
+        identity,
+        port,
+    };
     assert_eq!(
         normalize_backends(&[b(7, 8080), b(5, 8080), b(7, 8080)]),
         [b(5, 8080), b(7, 8080)]

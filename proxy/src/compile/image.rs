@@ -248,12 +248,13 @@ impl KernelImage {
             let mut backends: Vec<ServiceBackend> = ready
                 .into_iter()
                 .map(|(ep, port)| ServiceBackend {
+                    ip: ep.ip,
                     identity: ep.identity,
                     port,
                 })
                 .collect();
-            backends.sort_by_key(|b| (b.identity, b.port));
-            backends.dedup_by_key(|b| (b.identity, b.port));
+            backends.sort();
+            backends.dedup();
             self.services.insert(frontend, backends);
         }
     }
