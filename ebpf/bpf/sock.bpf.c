@@ -3,11 +3,19 @@
  * cgroup socket-address hooks, attached to the node cgroup (every pod's
  * cgroup is below it; the agent and its proxy are not).
  *
- *   connect4     TCP connects go to the node proxy; the original destination
- *                is recorded under the socket cookie. Before that, a pod's
- *                connect is judged by L3/L4 policy (policy.h): denied, it
- *                fails with EPERM and no packet leaves the pod.
- *   getpeername4 a redirected socket reports the address it dialed.
+ *   connect4     A pod's TCP connect is judged by L3/L4 policy and, for a
+ *                Service frontend, balanced over its backends (policy.h,
+ *                strait_connect4_route): denied, it fails with EPERM and no
+ *                packet leaves the pod. Allowed at L4 to a pod, it goes
+ *                straight there (the kernel fast path: the socket is
+ *                rewritten to the backend and tagged in strait_sock, and
+ *                sockops reports its flow). Everything else - ports with L7
+ *                rules, services the kernel cannot balance, destinations
+ *                that are not pods, unknown cgroups - goes to the node proxy,
+ *                with the original destination recorded under the socket
+ *                cookie.
+ *   getpeername4 a redirected or balanced socket reports the address it
+ *                dialed (the Service VIP, as Cilium's socket LB does).
  *   connect6     IPv4-mapped TCP connects, which would bypass connect4, are
  *                rejected unless connect4 would let them pass.
  *
@@ -36,6 +44,40 @@ static __always_inline const struct strait_config *strait_config_get(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&strait_cfg, &zero);
+}
+
+static __always_inline int strait_fast_path_on(const struct strait_config *cfg)
+{
+	return cfg && !(cfg->flags & STRAIT_CFG_NO_FAST_PATH);
+}
+
+/* Tags a socket sent on the kernel fast path; 0 on success. */
+static __always_inline int strait_tag_fast_path(struct bpf_sock_addr *ctx, __u32 src_id,
+						__be32 dst_ip, __be16 dst_port,
+						const struct strait_route *route)
+{
+	struct strait_sock *s;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return -1;
+	s = bpf_sk_storage_get(&strait_sock, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s)
+		return -1;
+	s->start_ns = 0;
+	s->src_ip4 = 0;
+	s->sport = 0;
+	s->dst_ip4 = route->ip4;
+	s->dport = route->port;
+	s->svc_ip4 = route->is_service ? dst_ip : 0;
+	s->svc_port = route->is_service ? dst_port : 0;
+	s->role = STRAIT_SOCK_CLIENT;
+	s->protocol = STRAIT_IPPROTO_TCP;
+	s->src_identity = src_id;
+	s->dst_identity = route->dst_identity;
+	s->close_reason = STRAIT_DROP_NONE;
+	s->pad = 0;
+	return 0;
 }
 
 static __always_inline int strait_is_bypassed(__be32 ip4)
@@ -69,9 +111,11 @@ static __always_inline void strait_connect_refused(__u8 hook, __u32 reason, __be
 SEC("cgroup/connect4")
 int strait_connect4(struct bpf_sock_addr *ctx)
 {
+	const struct strait_config *cfg = strait_config_get();
 	const struct strait_endpoint *ep = NULL;
 	struct strait_connect_decision d;
 	struct strait_orig_dst orig = {};
+	struct strait_route route = {};
 	enum strait_policy_match m;
 	__u32 dst_id = 0;
 	__be32 dst_ip;
@@ -84,18 +128,29 @@ int strait_connect4(struct bpf_sock_addr *ctx)
 
 	dst_ip = ctx->user_ip4;
 	dst_port = (__be16)ctx->user_port;
-	d = strait_connect4_decide(strait_config_get(), dst_ip, dst_port,
-				   strait_is_bypassed(dst_ip));
+	d = strait_connect4_decide(cfg, dst_ip, dst_port, strait_is_bypassed(dst_ip));
 	if (d.verdict == STRAIT_CONNECT_PASS)
 		return STRAIT_SOCK_ALLOW;
 
 	cgroup_id = bpf_get_current_cgroup_id();
 	ep = bpf_map_lookup_elem(&strait_endpoint, &cgroup_id);
 	if (d.verdict == STRAIT_CONNECT_REDIRECT && ep) {
-		m = strait_connect4_policy(ep->identity, dst_ip, dst_port, &dst_id);
+		if (strait_fast_path_on(cfg)) {
+			m = strait_connect4_route(ep->identity, dst_ip, dst_port,
+						  bpf_get_prandom_u32(), &route);
+			dst_id = route.dst_identity;
+		} else {
+			m = strait_connect4_policy(ep->identity, dst_ip, dst_port, &dst_id);
+		}
 		if (!strait_match_allows(m)) {
 			d.verdict = STRAIT_CONNECT_REJECT;
 			d.reason = STRAIT_DROP_POLICY_DENIED;
+		} else if (strait_fast_path_on(cfg) && strait_route_is_direct(m, &route) &&
+			   !strait_tag_fast_path(ctx, ep->identity, dst_ip, dst_port, &route)) {
+			/* The kernel fast path: straight to the pod, no proxy. */
+			ctx->user_ip4 = route.ip4;
+			ctx->user_port = (__u32)route.port;
+			return STRAIT_SOCK_ALLOW;
 		}
 	}
 	if (d.verdict != STRAIT_CONNECT_REDIRECT)
@@ -124,11 +179,20 @@ SEC("cgroup/getpeername4")
 int strait_getpeername4(struct bpf_sock_addr *ctx)
 {
 	const struct strait_orig_dst *orig;
+	const struct strait_sock *s;
 	__u64 cookie;
 
 	if (!strait_is_tcp(ctx->type, ctx->protocol))
 		return STRAIT_SOCK_ALLOW;
 
+	if (ctx->sk) {
+		s = bpf_sk_storage_get(&strait_sock, ctx->sk, NULL, 0);
+		if (s && s->role == STRAIT_SOCK_CLIENT && s->svc_ip4) {
+			ctx->user_ip4 = s->svc_ip4;
+			ctx->user_port = (__u32)s->svc_port;
+			return STRAIT_SOCK_ALLOW;
+		}
+	}
 	cookie = bpf_get_socket_cookie(ctx);
 	orig = bpf_map_lookup_elem(&strait_orig_ck, &cookie);
 	if (orig) {

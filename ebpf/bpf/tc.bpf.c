@@ -25,9 +25,41 @@
 #include "drop.h"
 #include "tc.h"
 
+static __always_inline __u32 strait_policy_rev(void)
+{
+	__u32 zero = 0;
+	const struct strait_config *cfg = bpf_map_lookup_elem(&strait_cfg, &zero);
+
+	return cfg ? cfg->policy_rev : 0;
+}
+
+/* Reports the first packet of a flow other than TCP (tc.h). */
+static __always_inline void strait_tc_report(const struct __sk_buff *skb,
+					     const struct strait_pkt *pkt, __u8 hook,
+					     __u32 src_id, __u32 dst_id)
+{
+	struct strait_flow_event fe = {
+		.ktime_ns = bpf_ktime_get_ns(),
+		.bytes_sent = skb->len,
+		.src_ip4 = pkt->tuple.saddr,
+		.dst_ip4 = pkt->tuple.daddr,
+		.sport = pkt->tuple.sport,
+		.dport = pkt->tuple.dport,
+		.protocol = pkt->tuple.protocol,
+		.direction = hook == STRAIT_HOOK_TC_FROM_POD ? STRAIT_FLOW_EGRESS
+							      : STRAIT_FLOW_INGRESS,
+		.src_identity = src_id,
+		.dst_identity = dst_id,
+		.hook = hook,
+	};
+
+	bpf_ringbuf_output(&strait_flowev, &fe, sizeof(fe), 0);
+}
+
 static __always_inline int strait_tc(struct __sk_buff *skb, __u8 hook)
 {
 	struct strait_drop_event ev = {};
+	int report = 0;
 	struct strait_pkt pkt;
 	enum strait_parse_result parsed = strait_parse(skb, &pkt);
 	__u32 src_id, dst_id;
@@ -59,9 +91,15 @@ static __always_inline int strait_tc(struct __sk_buff *skb, __u8 hook)
 	/* Leaving a pod: its verified identity, never one looked up from its packet. */
 	src_id = hook == STRAIT_HOOK_TC_FROM_POD ? ev.src_identity
 						 : strait_ipcache_identity(pkt.tuple.saddr);
-	ev.reason = strait_tc_judge(&pkt, src_id, dst_id, bpf_ktime_get_ns());
-	if (ev.reason == STRAIT_DROP_NONE)
+	ev.reason = strait_tc_judge(&pkt, src_id, dst_id, bpf_ktime_get_ns(), strait_policy_rev(),
+				    hook == STRAIT_HOOK_TC_FROM_POD ? STRAIT_CT_REPORTED_EGRESS
+								    : STRAIT_CT_REPORTED_INGRESS,
+				    &report);
+	if (ev.reason == STRAIT_DROP_NONE) {
+		if (report)
+			strait_tc_report(skb, &pkt, hook, src_id, dst_id);
 		return TC_ACT_OK;
+	}
 	ev.src_identity = src_id;
 	ev.dst_identity = dst_id;
 	strait_drop_notify(&ev);

@@ -314,7 +314,8 @@ pub struct CtEntry {
     pub seen_ns: u64,
     /// `Config::policy_rev` when policy last allowed the flow.
     pub policy_rev: u32,
-    pub pad: u32,
+    /// `CT_REPORTED_*`: the tc hooks that reported the flow.
+    pub reported: u32,
 }
 
 /// `struct strait_frag_key`.
@@ -363,6 +364,14 @@ pub struct SockState {
     pub pad: u16,
 }
 
+/// `strait_ct_entry.reported`: reported by tc leaving the source pod.
+pub const CT_REPORTED_EGRESS: u32 = 1 << 0;
+/// `strait_ct_entry.reported`: reported by tc entering the destination pod.
+pub const CT_REPORTED_INGRESS: u32 = 1 << 1;
+/// The first identity of a workload (below: reserved identities).
+pub const ID_FIRST_WORKLOAD: u32 = 256;
+/// The first CIDR identity (workload identities are below it).
+pub const ID_CIDR_BASE: u32 = 1 << 24;
 /// `strait_sock.role`: a pod's connect sent on the kernel path.
 pub const SOCK_CLIENT: u8 = 1;
 /// `strait_sock.role`: a connection a pod accepted from another pod.
@@ -417,9 +426,7 @@ impl FlowEventRecord {
         let u16_at = |i: usize| u16::from_ne_bytes([bytes[i], bytes[i + 1]]);
         let u32_at =
             |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let u64_at = |i: usize| {
-            u64::from_ne_bytes(std::array::from_fn(|k| bytes[i + k]))
-        };
+        let u64_at = |i: usize| u64::from_ne_bytes(std::array::from_fn(|k| bytes[i + k]));
         Some(Self {
             ktime_ns: u64_at(0),
             duration_ns: u64_at(8),

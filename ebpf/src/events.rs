@@ -1,9 +1,10 @@
-//! Kernel drop events: the `strait_events` ring buffer, read asynchronously as typed
-//! [`DropEvent`]s.
+//! Kernel events, read asynchronously from ring buffers as typed records: drops (`strait_events`,
+//! [`DropEvent`]) and flows the kernel allowed without the proxy (`strait_flowev`,
+//! [`KernelFlow`]).
 //!
-//! One reader at a time: the ring buffer has a single consumer position, so a second reader
-//! would steal the first one's events. [`crate::Datapath::drop_events`] refuses while a
-//! [`DropEvents`] is alive.
+//! One reader per ring at a time: a ring buffer has a single consumer position, so a second
+//! reader would steal the first one's events. [`crate::Datapath::drop_events`] and
+//! [`crate::Datapath::flow_events`] refuse while a reader of their ring is alive.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -18,21 +19,21 @@ use std::{
 use aya::maps::{Map, MapData, MapError, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::abi::{self, DropEventRecord, DropHook, DropReason};
+use crate::abi::{self, DropEventRecord, DropHook, DropReason, FlowEventRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("opening the drop event ring buffer pinned at {path}")]
+    #[error("opening the event ring buffer pinned at {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: MapError,
     },
-    #[error("the drop events are already being read (one reader at a time)")]
+    #[error("these events are already being read (one reader at a time)")]
     Busy,
-    #[error("reading drop events needs a tokio runtime with I/O enabled")]
+    #[error("reading kernel events needs a tokio runtime with I/O enabled")]
     NoRuntime,
-    #[error("waiting for drop events")]
+    #[error("waiting for kernel events")]
     Poll(#[source] std::io::Error),
 }
 
@@ -64,6 +65,82 @@ pub struct DropEvent {
     pub pod_ip: Option<Ipv4Addr>,
 }
 
+/// Which side of a kernel-path flow a node reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowSide {
+    /// The source pod is on this node.
+    Egress,
+    /// The destination pod is on this node.
+    Ingress,
+}
+
+/// A flow the kernel allowed without the proxy: a kernel-path TCP connection that closed
+/// (reported by sockops, once per side), or the first packet of another flow (tc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFlow {
+    /// Wall-clock time of the report (TCP: the close).
+    pub time: SystemTime,
+    pub hook: DropHook,
+    pub side: FlowSide,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub src: SocketAddrV4,
+    /// The destination pod: for a Service, the backend socket LB chose.
+    pub dst: SocketAddrV4,
+    /// The Service frontend the source dialed, when it dialed one (known on the source's side).
+    pub service: Option<SocketAddrV4>,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Source to destination (first packet for non-TCP flows).
+    pub bytes_sent: u64,
+    /// Destination to source.
+    pub bytes_received: u64,
+    pub duration: Duration,
+    /// Why Strait ended the connection (a policy or service change), if it did.
+    pub close_reason: Option<DropReason>,
+}
+
+/// A ring buffer record type and its typed form.
+pub trait Record: Sized {
+    /// Parses one ring buffer item; `None` for an item of another build.
+    fn parse(bytes: &[u8], clock: &Clock) -> Option<Self>;
+}
+
+impl Record for DropEvent {
+    fn parse(bytes: &[u8], clock: &Clock) -> Option<Self> {
+        DropEventRecord::from_bytes(bytes).and_then(|r| DropEvent::from_record(&r, clock))
+    }
+}
+
+impl Record for KernelFlow {
+    fn parse(bytes: &[u8], clock: &Clock) -> Option<Self> {
+        let r = FlowEventRecord::from_bytes(bytes)?;
+        let addr = |ip, port: u16| SocketAddrV4::new(abi::ip_from_net(ip), u16::from_be(port));
+        Some(Self {
+            time: clock.wall(r.ktime_ns),
+            hook: DropHook::try_from(r.hook).ok()?,
+            side: match r.direction {
+                abi::FLOW_EGRESS => FlowSide::Egress,
+                abi::FLOW_INGRESS => FlowSide::Ingress,
+                _ => return None,
+            },
+            protocol: r.protocol,
+            src: addr(r.src_ip4, r.sport),
+            dst: addr(r.dst_ip4, r.dport),
+            service: (r.svc_ip4 != 0).then(|| addr(r.svc_ip4, r.svc_port)),
+            src_identity: r.src_identity,
+            dst_identity: r.dst_identity,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            duration: Duration::from_nanos(r.duration_ns),
+            close_reason: match r.close_reason {
+                0 => None,
+                n => Some(DropReason::try_from(u32::from(n)).ok()?),
+            },
+        })
+    }
+}
+
 impl DropEvent {
     fn from_record(r: &DropEventRecord, clock: &Clock) -> Option<Self> {
         Some(Self {
@@ -85,7 +162,7 @@ impl DropEvent {
 
 /// Maps `bpf_ktime_get_ns` (CLOCK_MONOTONIC) to wall-clock time.
 #[derive(Clone, Copy, Debug)]
-struct Clock {
+pub struct Clock {
     /// Wall-clock nanoseconds since the epoch minus monotonic nanoseconds, when opened.
     offset_ns: i128,
 }
@@ -109,20 +186,26 @@ impl Clock {
     }
 }
 
-/// The async reader of drop events. Dropping it lets another reader start.
-pub struct DropEvents {
+/// The async reader of one event ring. Dropping it lets another reader start.
+pub struct EventRing<E> {
     ring: AsyncFd<RingBuf<MapData>>,
     clock: Clock,
     busy: Arc<AtomicBool>,
+    _record: std::marker::PhantomData<fn() -> E>,
 }
 
-impl std::fmt::Debug for DropEvents {
+/// The reader of kernel drop events.
+pub type DropEvents = EventRing<DropEvent>;
+/// The reader of kernel-path flows.
+pub type FlowEvents = EventRing<KernelFlow>;
+
+impl<E> std::fmt::Debug for EventRing<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DropEvents").finish_non_exhaustive()
+        f.debug_struct("EventRing").finish_non_exhaustive()
     }
 }
 
-impl DropEvents {
+impl<E: Record> EventRing<E> {
     /// Opens the ring buffer pinned at `path`; `busy` is the one-reader flag.
     pub(crate) fn open(path: &Path, busy: Arc<AtomicBool>) -> Result<Self, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
@@ -152,11 +235,12 @@ impl DropEvents {
             ring,
             clock: Clock::now(),
             busy,
+            _record: std::marker::PhantomData,
         })
     }
 
     /// The next event, waiting for one if none is queued.
-    pub async fn next(&mut self) -> Result<DropEvent, Error> {
+    pub async fn next(&mut self) -> Result<E, Error> {
         loop {
             let mut guard = self.ring.readable_mut().await.map_err(Error::Poll)?;
             if let Some(event) = pop(guard.get_inner_mut(), &self.clock) {
@@ -168,30 +252,28 @@ impl DropEvents {
     }
 
     /// The next queued event, without waiting.
-    pub fn try_next(&mut self) -> Option<DropEvent> {
+    pub fn try_next(&mut self) -> Option<E> {
         pop(self.ring.get_mut(), &self.clock)
     }
 }
 
-impl Drop for DropEvents {
+impl<E> Drop for EventRing<E> {
     fn drop(&mut self) {
         self.busy.store(false, Ordering::Release);
     }
 }
 
 /// Consumes records until one parses; `None` when the ring is empty.
-fn pop(ring: &mut RingBuf<MapData>, clock: &Clock) -> Option<DropEvent> {
+fn pop<E: Record>(ring: &mut RingBuf<MapData>, clock: &Clock) -> Option<E> {
     loop {
         let item = ring.next()?;
-        let record = DropEventRecord::from_bytes(&item);
+        let event = E::parse(&item, clock);
+        let len = item.len();
         drop(item);
-        match record
-            .as_ref()
-            .and_then(|r| DropEvent::from_record(r, clock))
-        {
+        match event {
             Some(event) => return Some(event),
             // Written by another build of the programs (e.g. a previous agent's, still attached).
-            None => tracing::debug!(?record, "skipping an unreadable drop event"),
+            None => tracing::debug!(len, "skipping an unreadable kernel event"),
         }
     }
 }

@@ -41,7 +41,7 @@ use std::{
 use parking_lot::Mutex;
 
 pub use abi::{DropHook, DropReason, PolicyAction};
-pub use events::{DropEvent, DropEvents, Error as EventsError};
+pub use events::{DropEvent, DropEvents, Error as EventsError, FlowEvents, FlowSide, KernelFlow};
 pub use policy::{
     ApplyStats, EndpointEntry, MapStats, PolicyDelta, PolicyError, PolicyImage, PolicyKey,
     ServiceBackend,
@@ -116,6 +116,7 @@ pub struct Datapath {
     installed: Mutex<Option<policy::State>>,
     /// Set while a [`DropEvents`] reader is alive.
     events_busy: Arc<AtomicBool>,
+    flows_busy: Arc<AtomicBool>,
     /// Index of each pod interface with tc attached, as resolved when it was attached (or at
     /// load): detaching removes its pod entry even once the name no longer resolves.
     ifindexes: Mutex<BTreeMap<String, u32>>,
@@ -155,9 +156,12 @@ impl Datapath {
         let maps = maps::Maps::take_from(&mut sock)?;
 
         // Configure before attaching: a program without a proxy address fails connects closed.
-        let flags = maps.config().map(|c| c.flags).unwrap_or(0);
+        let old = maps.config().unwrap_or_default();
         maps.set_bypass(&cfg.bypass)?;
-        maps.set_config(abi::Config::new(cfg.proxy, flags))?;
+        let mut config = abi::Config::new(cfg.proxy, old.flags);
+        // A new revision: flows tracked under the previous agent are judged again.
+        config.policy_rev = old.policy_rev.wrapping_add(1);
+        maps.set_config(config)?;
 
         let cgroup = loader::open_cgroup(&cfg.cgroup)?;
         for spec in &loader::PROGRAMS {
@@ -182,6 +186,7 @@ impl Datapath {
             tc: Mutex::new(tc),
             installed: Mutex::new(None),
             events_busy: Arc::new(AtomicBool::new(false)),
+            flows_busy: Arc::new(AtomicBool::new(false)),
             ifindexes: Mutex::new(ifindexes),
         })
     }
@@ -195,9 +200,11 @@ impl Datapath {
     /// Replaces the bypass set and proxy address at runtime.
     pub fn update_config(&self, proxy: SocketAddrV4, bypass: &[Ipv4Addr]) -> Result<(), Error> {
         validate(proxy, bypass)?;
-        let flags = self.maps.config()?.flags;
+        let old = self.maps.config()?;
         self.maps.set_bypass(bypass)?;
-        self.maps.set_config(abi::Config::new(proxy, flags))?;
+        let mut config = abi::Config::new(proxy, old.flags);
+        config.policy_rev = old.policy_rev;
+        self.maps.set_config(config)?;
         Ok(())
     }
 
@@ -212,6 +219,26 @@ impl Datapath {
         }
         self.maps.set_config(config)?;
         Ok(())
+    }
+
+    /// Switches the kernel fast path on (the default: connections allowed at L4 to a pod go
+    /// straight to it) or off (every pod TCP connect goes through the proxy). Pinned, like the
+    /// rest of the config.
+    pub fn set_fast_path(&self, enabled: bool) -> Result<(), Error> {
+        let mut config = self.maps.config()?;
+        if enabled {
+            config.flags &= !abi::CFG_NO_FAST_PATH;
+        } else {
+            config.flags |= abi::CFG_NO_FAST_PATH;
+        }
+        self.maps.set_config(config)?;
+        Ok(())
+    }
+
+    /// The policy revision tracked flows are judged against (bumped by every policy install
+    /// that changed the maps).
+    pub fn policy_revision(&self) -> Result<u32, Error> {
+        Ok(self.maps.config()?.policy_rev)
     }
 
     /// The proxy address, bypass set and redirect switch currently in the maps.
@@ -280,6 +307,12 @@ impl Datapath {
         for step in &plan.steps {
             self.maps.apply_step(step)?;
         }
+        if !plan.steps.is_empty() {
+            // After the maps: a flow judged again must see the new entries.
+            let mut config = self.maps.config()?;
+            config.policy_rev = config.policy_rev.wrapping_add(1);
+            self.maps.set_config(config)?;
+        }
         tracing::debug!(stats = ?plan.stats, "policy maps updated");
         Ok(())
     }
@@ -337,6 +370,13 @@ impl Datapath {
     pub fn drop_events(&self) -> Result<DropEvents, Error> {
         let path = self.pin_dir.join(maps::EVENTS.name);
         Ok(DropEvents::open(&path, self.events_busy.clone())?)
+    }
+
+    /// The reader of flows the kernel allowed without the proxy. Needs a tokio runtime; one
+    /// reader at a time.
+    pub fn flow_events(&self) -> Result<FlowEvents, Error> {
+        let path = self.pin_dir.join(maps::FLOW_EVENTS.name);
+        Ok(FlowEvents::open(&path, self.flows_busy.clone())?)
     }
 
     /// Kernel drops per reason since the maps were created (every reason but `None`).

@@ -163,8 +163,23 @@ pub(crate) const DROPS: MapSpec = MapSpec {
     max_entries: abi::DROP_COUNTERS,
 };
 
+pub(crate) const SOCKETS: MapSpec = MapSpec {
+    name: "strait_sock",
+    map_type: MapType::SkStorage,
+    key_size: size::<i32>(),
+    value_size: size::<abi::SockState>(),
+    max_entries: 0,
+};
+pub(crate) const FLOW_EVENTS: MapSpec = MapSpec {
+    name: "strait_flowev",
+    map_type: MapType::RingBuf,
+    key_size: 0,
+    value_size: 0,
+    max_entries: abi::FLOW_EVENTS_BYTES,
+};
+
 /// Every map of `maps.h`, all pinned by name.
-pub(crate) const ALL: [MapSpec; 14] = [
+pub(crate) const ALL: [MapSpec; 16] = [
     CONFIG,
     BYPASS,
     ORIG_BY_COOKIE,
@@ -179,6 +194,8 @@ pub(crate) const ALL: [MapSpec; 14] = [
     FRAGS,
     EVENTS,
     DROPS,
+    SOCKETS,
+    FLOW_EVENTS,
 ];
 
 /// The maps user space reads and writes.

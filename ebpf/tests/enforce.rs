@@ -106,6 +106,8 @@ fn connect_and_tc_enforce_policy() {
         .build()
         .unwrap();
     let datapath = Datapath::load_and_attach(&pods.config(PROXY_PORT)).unwrap();
+    // The proxy path: allowed TCP is redirected (tests/fastpath.rs covers the fast path).
+    datapath.set_fast_path(false).unwrap();
     let dp = &datapath;
     pods.in_node(|| {
         for lxc in [LXC_A, LXC_B, LXC_A] {
@@ -171,14 +173,21 @@ fn connect_and_tc_enforce_policy() {
     assert_eq!(event.ifindex, pods.node_ifindex(LXC_A));
     assert_eq!(event.cgroup_id, 0);
 
-    // Allow → deny: the established flow goes on (conntrack), a new one is dropped.
+    // Allow → deny: the established flow is judged again and stops, and so does a new one.
+    let rev = datapath.policy_revision().unwrap();
     let stats = datapath.apply_policy(&image(&pods, false)).unwrap();
     assert_eq!((stats.policy.removed, stats.changes()), (1, 1));
-    assert_eq!(udp.ask("s1", allowed).as_deref(), Some("s1"));
+    assert_eq!(datapath.policy_revision().unwrap(), rev.wrapping_add(1));
+    assert_eq!(udp.ask("s1", allowed), None);
+    let event = next_event(&rt, &mut events);
+    assert_eq!(
+        (event.hook, event.dst, event.reason),
+        (DropHook::TcFromPod, allowed, DropReason::PolicyDenied)
+    );
     assert_eq!(udp.ask("s3", allowed), None);
     let event = next_event(&rt, &mut events);
     assert_eq!((event.hook, event.dst), (DropHook::TcFromPod, allowed));
-    assert_eq!(denied(&datapath), 3);
+    assert_eq!(denied(&datapath), 4);
 
     // The agent restarts: it reattaches (replacing, not adding) and the flow still passes.
     drop(events);
@@ -199,9 +208,8 @@ fn connect_and_tc_enforce_policy() {
         0,
         "the pinned maps still hold the policy"
     );
-    assert_eq!(udp.ask("s1", allowed).as_deref(), Some("s1"));
     assert_eq!(udp.ask("s4", allowed), None);
-    assert_eq!(denied(&datapath), 4, "the counters are pinned too");
+    assert_eq!(denied(&datapath), 5, "the counters are pinned too");
 
     // A delta that allows the UDP port again: only that pair is rewritten, and the maps then
     // hold exactly what the full image says (applying it changes nothing).

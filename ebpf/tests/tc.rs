@@ -283,10 +283,10 @@ fn udp_and_tcp_verdicts_with_replies_tracked() {
             "drop",
         ),
         (
-            "PROXY is an allow",
+            "PROXY (an L7 port) pod to pod: only through the proxy",
             tcp_syn(a, sa(B, 8080)),
             FROM_POD,
-            "pass",
+            "drop",
         ),
         (
             "TCP without a rule",
@@ -349,34 +349,60 @@ fn udp_and_tcp_verdicts_with_replies_tracked() {
         .unwrap();
     assert!(age < std::time::Duration::from_secs(60), "{age:?}");
     let rest: Vec<DropEvent> = std::iter::from_fn(|| events.try_next()).collect();
-    assert_eq!(rest.len(), 5, "{rest:#?}");
+    assert_eq!(rest.len(), 6, "{rest:#?}");
     assert_eq!(rest[0].hook, DropHook::TcToPod);
-    assert_eq!(rest[2].src_identity, 2, "world");
-    assert_eq!(rest[3].protocol, IPPROTO_ICMP);
+    assert_eq!(
+        (rest[1].reason, rest[1].dst),
+        (DropReason::ProxyRequired, sa(B, 8080))
+    );
+    assert_eq!(rest[3].src_identity, 2, "world");
+    assert_eq!(rest[4].protocol, IPPROTO_ICMP);
     assert_eq!(h.counter(DropReason::PolicyDenied), 6);
+    assert_eq!(h.counter(DropReason::ProxyRequired), 1);
 }
 
 #[test]
-fn established_flows_survive_policy_updates() {
+fn established_flows_are_judged_again_after_policy_updates() {
     let h = Harness::new("tc_update");
     let flow = udp(sa(A, 40000), sa(B, 5353));
+    let other = udp(sa(A, 40002), sa(B, 5353));
     assert_eq!(verdict(h.run(FROM_POD, &flow)), "pass");
-    // The rule goes away: the tracked flow and its replies go on, a new flow does not.
+    assert_eq!(verdict(h.run(FROM_POD, &other)), "pass");
+    let image = |rules| PolicyImage {
+        ipcache: vec![
+            (ipnet::Ipv4Net::new(A, 32).unwrap(), ID_A),
+            (ipnet::Ipv4Net::new(B, 32).unwrap(), ID_B),
+        ],
+        policed: vec![(ID_A, true, false), (ID_B, true, false)],
+        rules,
+        ..PolicyImage::default()
+    };
+    // An unrelated rule is added: tracked flows are judged again and go on, replies too.
     h.datapath
-        .apply_policy(&PolicyImage {
-            ipcache: vec![
-                (ipnet::Ipv4Net::new(A, 32).unwrap(), ID_A),
-                (ipnet::Ipv4Net::new(B, 32).unwrap(), ID_B),
-            ],
-            policed: vec![(ID_A, true, false), (ID_B, true, false)],
-            ..PolicyImage::default()
-        })
+        .apply_policy(&image(vec![
+            (
+                PolicyKey::port(ID_A, ID_B, IPPROTO_UDP, 5353),
+                PolicyAction::Allow,
+            ),
+            (
+                PolicyKey::port(ID_B, ID_A, IPPROTO_TCP, 22),
+                PolicyAction::Allow,
+            ),
+        ]))
         .unwrap();
     assert_eq!(verdict(h.run(FROM_POD, &flow)), "pass");
-    assert_eq!(verdict(h.run(TO_POD, &flow)), "pass");
     assert_eq!(
         verdict(h.run(FROM_POD, &udp(sa(B, 5353), sa(A, 40000)))),
         "pass"
+    );
+    // The rule goes away: the tracked flows stop, in either direction, and stay stopped.
+    h.datapath.apply_policy(&image(vec![])).unwrap();
+    assert_eq!(verdict(h.run(FROM_POD, &flow)), "drop");
+    assert_eq!(verdict(h.run(TO_POD, &flow)), "drop");
+    assert_eq!(
+        verdict(h.run(FROM_POD, &udp(sa(B, 5353), sa(A, 40002)))),
+        "drop",
+        "a reply is judged in its flow's direction"
     );
     assert_eq!(
         verdict(h.run(FROM_POD, &udp(sa(A, 40001), sa(B, 5353)))),

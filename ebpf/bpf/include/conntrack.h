@@ -5,11 +5,13 @@
  * An entry is created when tc allows the first packet of a flow (by policy,
  * or because nothing is enforced). Afterwards packets of the same 5-tuple
  * (ESTABLISHED) and of the reverse tuple (REPLY) pass without a policy
- * lookup, so replies of allowed UDP flows get back and a policy update never
- * cuts a flow that was allowed when it started. An entry idle for longer
- * than its lifetime counts as absent: the next packet is judged again.
- * There is no TCP state machine; TCP normally goes through the node proxy
- * (pod <-> gateway), which tc never tracks.
+ * lookup while the entry's policy revision is current, so replies of allowed
+ * UDP flows get back. After a policy change (strait_config.policy_rev) the
+ * next packet judges the flow again, once: a flow the new policy denies stops
+ * here (tc.h). An entry idle for longer than its lifetime counts as absent:
+ * the next packet is judged again. There is no TCP state machine: kernel-path
+ * TCP sockets are tracked per socket (strait_sock), and pod <-> gateway
+ * traffic (the proxy) is never tracked.
  */
 #ifndef STRAIT_CONNTRACK_H
 #define STRAIT_CONNTRACK_H
@@ -83,10 +85,38 @@ strait_ct_lookup(const struct strait_ct_key *k, __u64 now)
 	return STRAIT_CT_NEW;
 }
 
-/* Tracks an allowed flow (replacing an expired entry of the same tuple). */
-static __always_inline void strait_ct_create(const struct strait_ct_key *k, __u64 now)
+/*
+ * The live entry of k's flow, either direction: *state says which (NEW and
+ * NULL when there is none). *key receives the tuple the entry is stored under.
+ */
+static __always_inline struct strait_ct_entry *
+strait_ct_get(const struct strait_ct_key *k, __u64 now, enum strait_ct_state *state,
+	      struct strait_ct_key *key)
 {
-	struct strait_ct_entry e = { .created_ns = now, .seen_ns = now };
+	struct strait_ct_entry *e;
+
+	*key = *k;
+	e = strait_ct_find(key, now);
+	if (e) {
+		*state = STRAIT_CT_ESTABLISHED;
+		return e;
+	}
+	*key = strait_ct_reverse(k);
+	e = strait_ct_find(key, now);
+	*state = e ? STRAIT_CT_REPLY : STRAIT_CT_NEW;
+	return e;
+}
+
+/* Tracks an allowed flow (replacing an expired entry of the same tuple). */
+static __always_inline void strait_ct_create(const struct strait_ct_key *k, __u64 now,
+					     __u32 policy_rev, __u32 reported)
+{
+	struct strait_ct_entry e = {
+		.created_ns = now,
+		.seen_ns = now,
+		.policy_rev = policy_rev,
+		.reported = reported,
+	};
 
 	/* A full LRU evicts; a failure only means replies are judged by policy. */
 	bpf_map_update_elem(&strait_ct, k, &e, BPF_ANY);

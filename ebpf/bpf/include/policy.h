@@ -152,4 +152,96 @@ strait_connect4_policy(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u32 *dst_
 	return first;
 }
 
+/* Whether an identity is a workload's (a pod of any cluster). */
+static __always_inline int strait_is_workload(__u32 identity)
+{
+	return identity >= STRAIT_ID_FIRST_WORKLOAD && identity < STRAIT_ID_CIDR_BASE;
+}
+
+/* Where connect4 sends a connection allowed on the kernel fast path. */
+struct strait_route {
+	__be32 ip4;		/* the pod: the dialed address, or the backend chosen */
+	__be16 port;		/* network order */
+	__u16 pad;
+	__u32 dst_identity;	/* the identity judged */
+	__u32 is_service;	/* 1: a Service frontend was dialed and ip4/port is its backend */
+};
+
+/*
+ * Route and verdict of a pod (identity src_id) connecting over TCP to
+ * dst_ip:dst_port (network order), with the kernel fast path on: Cilium's
+ * socket LB and L4 policy in one step.
+ *
+ * A Service frontend with backends in strait_svc_ids is balanced here: from a
+ * random backend (seed), the first one policy allows is chosen, so a
+ * connection fails only when policy denies every backend (its verdict is then
+ * the first backend's). Any other destination is judged by its strait_ipcache
+ * identity and the port dialed. The caller sends ALLOW / UNPOLICED results
+ * whose destination is a workload straight to route->ip4:port; everything else
+ * that is allowed (PROXY: L7 rules; DEFERRED: a service the kernel cannot
+ * balance; HOST, world, CIDRs) goes to the proxy.
+ */
+static __always_inline enum strait_policy_match
+strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u32 seed,
+		      struct strait_route *route)
+{
+	struct strait_svc_key svc_key = {
+		.vip = dst_ip,
+		.port = dst_port,
+		.protocol = STRAIT_IPPROTO_TCP,
+		.pad = 0,
+	};
+	const struct strait_svc_entry *svc;
+	const struct strait_svc_backend *b;
+	enum strait_policy_match first = STRAIT_MATCH_NONE;
+	enum strait_policy_match m;
+	__u32 count, start, i, idx;
+
+	route->ip4 = dst_ip;
+	route->port = dst_port;
+	route->pad = 0;
+	route->is_service = 0;
+	svc = bpf_map_lookup_elem(&strait_svc_ids, &svc_key);
+	if (!svc) {
+		route->dst_identity = strait_ipcache_identity(dst_ip);
+		return strait_policy_check(src_id, route->dst_identity, STRAIT_IPPROTO_TCP,
+					   dst_port);
+	}
+	route->dst_identity = 0;
+	count = svc->count;
+	if (count == 0 || count > STRAIT_SVC_BACKENDS_MAX)
+		return STRAIT_MATCH_DEFERRED;
+	route->is_service = 1;
+	start = seed % count;
+	for (i = 0; i < STRAIT_SVC_BACKENDS_MAX; i++) {
+		if (i >= count)
+			break;
+		idx = start + i;
+		if (idx >= count)
+			idx -= count;
+		if (idx >= STRAIT_SVC_BACKENDS_MAX)
+			break;
+		b = &svc->backends[idx];
+		m = strait_policy_check(src_id, b->identity, STRAIT_IPPROTO_TCP, b->port);
+		if (i == 0 || strait_match_allows(m)) {
+			route->ip4 = b->ip4;
+			route->port = b->port;
+			route->dst_identity = b->identity;
+		}
+		if (strait_match_allows(m))
+			return m;
+		if (i == 0)
+			first = m;
+	}
+	return first;
+}
+
+/* Whether a verdict of strait_connect4_route goes straight to the pod. */
+static __always_inline int strait_route_is_direct(enum strait_policy_match m,
+						  const struct strait_route *route)
+{
+	return (m == STRAIT_MATCH_ALLOW || m == STRAIT_MATCH_UNPOLICED) &&
+	       strait_is_workload(route->dst_identity);
+}
+
 #endif /* STRAIT_POLICY_H */

@@ -110,6 +110,15 @@ enum strait_ipproto {
 	X(INIT, 5, "init")		/* endpoints whose identity is not resolved yet */ \
 	X(REMOTE_NODE, 6, "remote-node")	/* other nodes of the cluster */
 
+/*
+ * Identity ranges, as Cilium's: reserved identities below 256, identities of
+ * workloads (pods, of any cluster) from 256, CIDR identities from 2^24. Only a
+ * connection to a workload takes the kernel fast path; anything else (world,
+ * CIDRs, nodes) goes through the proxy, which leaves from the node's address.
+ */
+#define STRAIT_ID_FIRST_WORKLOAD	256
+#define STRAIT_ID_CIDR_BASE		(1U << 24)
+
 enum strait_reserved_identity {
 #define STRAIT_ID_ENUM(name, number, entity) STRAIT_ID_##name = number,
 	STRAIT_RESERVED_IDENTITIES(STRAIT_ID_ENUM)
@@ -242,9 +251,13 @@ struct strait_ct_entry {
 	__u64 created_ns;	/* bpf_ktime_get_ns() */
 	__u64 seen_ns;		/* last packet, either direction (refreshed at most once a second) */
 	__u32 policy_rev;	/* strait_config.policy_rev when policy last allowed it */
-	__u32 pad;		/* zero */
+	__u32 reported;		/* STRAIT_CT_REPORTED_*: the hooks that reported the flow */
 };
 _Static_assert(sizeof(struct strait_ct_entry) == 24, "strait_ct_entry layout");
+
+/* --- strait_ct_entry.reported (flows other than TCP are reported by tc) */
+#define STRAIT_CT_REPORTED_EGRESS	(1U << 0)	/* by tc leaving the source pod */
+#define STRAIT_CT_REPORTED_INGRESS	(1U << 1)	/* by tc entering the destination pod */
 
 /* Idle time after which a tracked flow is judged again by policy. */
 #define STRAIT_CT_LIFETIME_TCP_S	21600

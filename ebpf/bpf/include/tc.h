@@ -10,10 +10,21 @@
  *   2. either side is HOST   -> ALLOW, untracked (pod <-> gateway: the proxy,
  *                               which enforced policy already, and DNS)
  *   3. ICMP error quoting a tracked flow (either direction) -> ALLOW
- *   4. tracked flow, this direction or the reverse (strait_ct) -> ALLOW
+ *   4. tracked flow, this direction or the reverse (strait_ct) -> ALLOW;
+ *      judged again first if policy changed since it was last allowed
+ *      (strait_config.policy_rev): no longer allowed, its entry is removed
+ *      and the packet dropped as in 5.
  *   5. policy (policy.h)     -> ALLOW, and the flow is tracked from now on;
+ *                               PROXY -> PROXY_REQUIRED (a port with L7 rules
+ *                               is reached through the proxy, whose packets
+ *                               come from the gateway, never pod to pod);
  *                               or POLICY_DENIED
  * An allowed first fragment is recorded so that the later ones follow.
+ *
+ * Flows other than TCP are reported here (TCP is reported per socket by
+ * sockops): the first packet of a tracked flow in its own direction is
+ * reported once by the hook leaving the source pod (EGRESS) and once by the
+ * hook entering the destination pod (INGRESS).
  */
 #ifndef STRAIT_TC_H
 #define STRAIT_TC_H
@@ -65,14 +76,51 @@ strait_tc_check_source(__u32 ifindex, __be32 saddr, __u32 *pod_id, __be32 *pod_i
 	return pod->ip4 == saddr ? STRAIT_DROP_NONE : STRAIT_DROP_SOURCE_IP_INVALID;
 }
 
-/* Returns STRAIT_DROP_NONE to let the packet pass, else why it is dropped. */
+/* What a policy match means for a packet travelling pod to pod. */
+static __always_inline enum strait_drop_reason strait_tc_match_reason(enum strait_policy_match m)
+{
+	if (!strait_match_allows(m))
+		return STRAIT_DROP_POLICY_DENIED;
+	if (m == STRAIT_MATCH_PROXY)
+		return STRAIT_DROP_PROXY_REQUIRED;
+	return STRAIT_DROP_NONE;
+}
+
+/*
+ * Judges a tracked flow again under policy revision rev, from its original
+ * direction (the entry's key). Flows without ports are left alone.
+ */
 static __always_inline enum strait_drop_reason
-strait_tc_judge(const struct strait_pkt *pkt, __u32 src_id, __u32 dst_id, __u64 now)
+strait_tc_rejudge(const struct strait_pkt *pkt, enum strait_ct_state state, __u32 src_id,
+		  __u32 dst_id)
+{
+	if (!strait_has_ports(pkt->tuple.protocol))
+		return STRAIT_DROP_NONE;
+	if (state == STRAIT_CT_REPLY)
+		return strait_tc_match_reason(strait_policy_check(dst_id, src_id, pkt->tuple.protocol,
+								  pkt->tuple.sport));
+	return strait_tc_match_reason(strait_policy_check(src_id, dst_id, pkt->tuple.protocol,
+							  pkt->policy_dport));
+}
+
+/*
+ * Returns STRAIT_DROP_NONE to let the packet pass, else why it is dropped.
+ * rev is strait_config.policy_rev; report_bit the STRAIT_CT_REPORTED_* bit of
+ * the calling hook. *report is set when this packet is the first of a non-TCP
+ * flow in its own direction that this hook sees: the caller reports the flow.
+ */
+static __always_inline enum strait_drop_reason
+strait_tc_judge(const struct strait_pkt *pkt, __u32 src_id, __u32 dst_id, __u64 now, __u32 rev,
+		__u32 report_bit, int *report)
 {
 	struct strait_frag_key fk = strait_frag_key_of(pkt);
 	struct strait_frag_entry fe;
-	enum strait_policy_match m;
+	enum strait_drop_reason reason;
+	enum strait_ct_state state;
+	struct strait_ct_key key;
+	struct strait_ct_entry *e;
 
+	*report = 0;
 	if (pkt->frag == STRAIT_FRAG_LATER)
 		return bpf_map_lookup_elem(&strait_frags, &fk) ? STRAIT_DROP_NONE
 							       : STRAIT_DROP_FRAG_NOT_FOUND;
@@ -80,12 +128,29 @@ strait_tc_judge(const struct strait_pkt *pkt, __u32 src_id, __u32 dst_id, __u64 
 		goto allowed;
 	if (pkt->has_inner && strait_ct_lookup(&pkt->inner, now) != STRAIT_CT_NEW)
 		goto allowed;
-	if (strait_ct_lookup(&pkt->tuple, now) != STRAIT_CT_NEW)
+	e = strait_ct_get(&pkt->tuple, now, &state, &key);
+	if (e) {
+		if (e->policy_rev != rev) {
+			reason = strait_tc_rejudge(pkt, state, src_id, dst_id);
+			if (reason != STRAIT_DROP_NONE) {
+				bpf_map_delete_elem(&strait_ct, &key);
+				return reason;
+			}
+			e->policy_rev = rev;
+		}
+		if (state == STRAIT_CT_ESTABLISHED && !(e->reported & report_bit) &&
+		    pkt->tuple.protocol != STRAIT_IPPROTO_TCP) {
+			e->reported |= report_bit;
+			*report = 1;
+		}
 		goto allowed;
-	m = strait_policy_check(src_id, dst_id, pkt->tuple.protocol, pkt->policy_dport);
-	if (!strait_match_allows(m))
-		return STRAIT_DROP_POLICY_DENIED;
-	strait_ct_create(&pkt->tuple, now);
+	}
+	reason = strait_tc_match_reason(
+		strait_policy_check(src_id, dst_id, pkt->tuple.protocol, pkt->policy_dport));
+	if (reason != STRAIT_DROP_NONE)
+		return reason;
+	*report = pkt->tuple.protocol != STRAIT_IPPROTO_TCP;
+	strait_ct_create(&pkt->tuple, now, rev, *report ? report_bit : 0);
 allowed:
 	if (pkt->frag == STRAIT_FRAG_FIRST) {
 		fe.sport = pkt->tuple.sport;

@@ -62,7 +62,7 @@ int strait_test_policy(struct __sk_buff *skb)
 		out.result = strait_connect4_policy(in.src_id, in.ip, in.dport, &out.identity);
 		break;
 	case STRAIT_MODE_CT_CREATE:
-		strait_ct_create(&in.tuple, in.now);
+		strait_ct_create(&in.tuple, in.now, 0, 0);
 		break;
 	case STRAIT_MODE_CT_LOOKUP:
 		out.result = strait_ct_lookup(&in.tuple, in.now);

@@ -98,7 +98,7 @@ fn fields() -> Vec<Field> {
     all.extend(fields!(
         CtEntry,
         "strait_ct_entry",
-        [created_ns, seen_ns, policy_rev, pad]
+        [created_ns, seen_ns, policy_rev, reported]
     ));
     all.extend(fields!(
         SockState,
@@ -177,6 +177,10 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_ORIG_MAX", u64::from(ORIG_MAX)),
         ("STRAIT_CFG_DISABLED", u64::from(CFG_DISABLED)),
         ("STRAIT_CFG_NO_FAST_PATH", u64::from(CFG_NO_FAST_PATH)),
+        ("STRAIT_ID_FIRST_WORKLOAD", u64::from(ID_FIRST_WORKLOAD)),
+        ("STRAIT_CT_REPORTED_EGRESS", u64::from(CT_REPORTED_EGRESS)),
+        ("STRAIT_CT_REPORTED_INGRESS", u64::from(CT_REPORTED_INGRESS)),
+        ("STRAIT_ID_CIDR_BASE", u64::from(ID_CIDR_BASE)),
         ("STRAIT_SOCK_CLIENT", u64::from(SOCK_CLIENT)),
         ("STRAIT_SOCK_SERVER", u64::from(SOCK_SERVER)),
         ("STRAIT_FLOW_EGRESS", u64::from(FLOW_EGRESS)),

@@ -24,9 +24,7 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
             None if ev.reason == DropReason::SourceIpInvalid => None,
             None => tables.endpoint(*ev.src.ip()),
         },
-        DropHook::TcToPod | DropHook::SockOps | DropHook::SockIter => {
-            tables.endpoint(*ev.src.ip())
-        }
+        DropHook::TcToPod | DropHook::SockOps | DropHook::SockIter => tables.endpoint(*ev.src.ip()),
     };
     let mut source = match src_ep {
         Some(ep) => peer(
