@@ -114,6 +114,14 @@ static __always_inline void strait_on_passive_established(struct bpf_sock_ops *s
 	strait_watch_close(skops);
 }
 
+/* Whether a socket leaving old_state for TCP_CLOSE had sent its FIN. */
+static __always_inline int strait_fin_sent(__u32 old_state)
+{
+	return old_state == BPF_TCP_FIN_WAIT1 || old_state == BPF_TCP_FIN_WAIT2 ||
+	       old_state == BPF_TCP_CLOSING || old_state == BPF_TCP_TIME_WAIT ||
+	       old_state == BPF_TCP_LAST_ACK;
+}
+
 /* Reports the flow of a kernel-path socket that reached TCP_CLOSE. */
 static __always_inline void strait_report_closed(struct bpf_sock_ops *skops)
 {
@@ -122,6 +130,7 @@ static __always_inline void strait_report_closed(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk = skops->sk;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 acked, received;
+	__u32 snd_una, snd_nxt, old_state;
 
 	if (!sk)
 		return;
@@ -139,6 +148,19 @@ static __always_inline void strait_report_closed(struct bpf_sock_ops *skops)
 	barrier_var(acked);
 	received = skops->bytes_received;
 	barrier_var(received);
+	snd_una = skops->snd_una;
+	barrier_var(snd_una);
+	snd_nxt = skops->snd_nxt;
+	barrier_var(snd_nxt);
+	old_state = skops->args[0];
+	/*
+	 * bytes_acked counts sequence numbers: the active opener's SYN, and a
+	 * FIN once acknowledged. Flows count data only.
+	 */
+	if (strait_fin_sent(old_state) && snd_una == snd_nxt && acked)
+		acked--;
+	if (s->role == STRAIT_SOCK_CLIENT && acked)
+		acked--;
 	if (s->role == STRAIT_SOCK_SERVER) {
 		ev.bytes_sent = received;
 		ev.bytes_received = acked;

@@ -78,7 +78,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             bypass: vec![*cfg.outbound.ip()],
         },
     )?);
+    datapath.set_fast_path(cfg.kernel_fast_path)?;
     let mut drops = datapath.drop_events()?;
+    let mut kernel_flows = datapath.flow_events()?;
     let programs: Vec<serde_json::Value> = datapath
         .programs()
         .into_iter()
@@ -248,6 +250,24 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     }
                     Err(e) => {
                         error!(error = %crate::errors::chain(&e), "drop events");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Connections of the kernel fast path become flows the same way.
+    {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                match kernel_flows.next().await {
+                    Ok(ev) => {
+                        let flow = crate::proxy::kflows::flow_from_kernel(&ev, &proxy.tables());
+                        proxy.flows().record(flow);
+                    }
+                    Err(e) => {
+                        error!(error = %crate::errors::chain(&e), "kernel flow events");
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                 }

@@ -49,10 +49,15 @@ pub struct AgentConfig {
     /// Label HTTP metrics with pod names too (unbounded cardinality; off by default).
     #[serde(default)]
     pub metrics_pod_labels: bool,
-    /// Close live proxied connections a new policy revision denies. Off by default: until the
-    /// kernel fast path lands, established connections are never cut by a policy change.
-    #[serde(default)]
+    /// Close live connections a new policy revision denies (proxied ones by the proxy,
+    /// kernel-path ones by the socket iterator and tc). On by default, as in Cilium.
+    #[serde(default = "default_true")]
     pub rejudge_on_update: bool,
+    /// Send connections that policy allows at L4 to a pod straight there, balanced in the
+    /// kernel (Cilium's socket LB), instead of through the proxy. On by default; off sends every
+    /// pod TCP connection through the proxy.
+    #[serde(default = "default_true")]
+    pub kernel_fast_path: bool,
     /// What the L7 proxy does with `%2F`, `%5C` and `\` in a request path (default: reject with
     /// `400`), since backends disagree on whether they separate path segments.
     #[serde(default)]
@@ -115,6 +120,10 @@ pub struct IssuerFiles {
 
 fn default_cert_validity() -> u64 {
     DEFAULT_CERT_VALIDITY_SECS
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_ring() -> usize {

@@ -61,7 +61,8 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         admin_tls: Some((n.underlay_ip, ADMIN_TLS_PORT).into()),
         flow_ring_capacity: DEFAULT_FLOW_RING,
         metrics_pod_labels: false,
-        rejudge_on_update: false,
+        rejudge_on_update: true,
+        kernel_fast_path: true,
         http_path_escaped_slashes: EscapedSlashes::default(),
         tls: TlsConfig {
             trust: vec![TrustedCaFile {

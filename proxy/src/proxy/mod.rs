@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod drops;
+pub mod kflows;
 pub mod l7;
 pub mod outbound;
 pub mod relay;
@@ -36,8 +37,8 @@ pub struct Proxy {
     pool: TunnelPool,
     original_dst: Arc<dyn OriginalDst>,
     conns: Arc<ConnRegistry>,
-    /// Whether new tables re-judge live connections (off: the README promises established
-    /// connections survive policy changes until the kernel fast path lands).
+    /// Whether new tables re-judge live connections and close those no longer allowed (the
+    /// agent's default; off for a proxy built without an agent, in tests and benchmarks).
     rejudge_on_update: bool,
     /// How L7 request paths are normalised before they are judged and forwarded.
     http_paths: l7::path::PathOptions,
