@@ -28,7 +28,11 @@ spec:
   endpointSelector: {matchLabels: {app: backend}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: '8080', protocol: TCP}]}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      # An L7 rule: the connection goes through the proxies and their mTLS tunnel (allowed at
+      # L4 only, it would take the kernel fast path, pod to pod).
+      rules: {http: [{method: GET}]}
 ";
 
 /// HTTP/2 with prior knowledge over plain TCP: the preface, SETTINGS, and one CONNECT whose
@@ -112,7 +116,7 @@ fn a_pod_cannot_forge_a_tunnel_and_lab_down_leaves_no_keys() {
     let backend = lab.pod_ip("c1", "demo", "backend");
     let frontend = lab.pod_ip("c1", "demo", "client-remote");
 
-    // The legitimate cross-node request works, through the mTLS tunnel.
+    // The legitimate cross-node request works, through the mTLS tunnel (the port has L7 rules).
     let out = lab.curl("c1/demo/client-remote", &format!("http://{backend}:8080/"));
     let (body, code) = curl_result(&out);
     assert_eq!(code, "200", "{}", text(&out));

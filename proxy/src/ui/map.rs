@@ -2,15 +2,15 @@
 //!
 //! A node is a workload: the pod's owning Deployment, else the pod itself; every address that is
 //! not a lab pod is the one node [`WORLD`]. An edge counts the flows from one node to another by
-//! verdict. A connection between nodes is recorded twice (`EGRESS` on the source node, `INGRESS`
-//! on the node the tunnel reached); the map counts it once, from the source node's record, unless
+//! verdict. A connection between pods is recorded twice (`EGRESS` on the source node, `INGRESS`
+//! on the destination's: through the tunnel, or by the kernel fast path); the map counts it once, from the source node's record, unless
 //! the receiving node is the one that dropped it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::flows::{Direction, DropReason, FlowPeer, FlowRecord, Verdict};
+use crate::flows::{DecidedBy, Direction, DropReason, FlowPeer, FlowRecord, Verdict};
 
 /// Node id and name of every address outside the lab's pods.
 pub const WORLD: &str = "world";
@@ -108,10 +108,13 @@ impl ServiceMap {
     }
 }
 
-/// Whether `f` counts on the map: the receiving node's record of a tunnelled connection repeats
-/// the source node's, unless the receiving node dropped it.
+/// Whether `f` counts on the map: the receiving node's record of a connection from a pod (through
+/// the tunnel, or pod to pod on the kernel fast path) repeats the source node's, unless the
+/// receiving node dropped it.
 pub fn counts_in_map(f: &FlowRecord) -> bool {
-    !(f.direction == Direction::Ingress && f.tunnel_peer.is_some() && f.verdict != Verdict::Dropped)
+    let repeats_source = f.tunnel_peer.is_some()
+        || (f.decided_by == Some(DecidedBy::Kernel) && !f.source.pod.is_empty());
+    !(f.direction == Direction::Ingress && repeats_source && f.verdict != Verdict::Dropped)
 }
 
 /// The node id of `peer`, as recorded by a node of cluster `recorded_in`.
