@@ -18,7 +18,10 @@ use std::{
     ffi::CString,
     fs::File,
     io::{self, Read},
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -124,6 +127,14 @@ impl Rejudged {
     /// Connections ended, all reasons together.
     pub fn destroyed(&self) -> usize {
         self.policy_denied + self.proxy_required + self.backend_removed
+    }
+
+    /// Adds the counts of `other` (another namespace's run).
+    pub fn merge(&mut self, other: Rejudged) {
+        self.policy_denied += other.policy_denied;
+        self.proxy_required += other.proxy_required;
+        self.backend_removed += other.backend_removed;
+        self.failed += other.failed;
     }
 
     fn add(&mut self, record: [u8; RECORD_SIZE]) {
@@ -274,6 +285,38 @@ pub fn cgroup_netns(cgroup: &Path) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::EmptyCgroup {
             path: cgroup.to_owned(),
         })
+}
+
+/// The distinct network namespaces of the pods below `node_cgroup`: one per child cgroup that
+/// has a process (pods sharing a namespace count once; an empty pod cgroup is skipped).
+pub(crate) fn pod_namespaces(node_cgroup: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = std::fs::read_dir(node_cgroup).map_err(|source| Error::ReadCgroup {
+        path: node_cgroup.to_owned(),
+        source,
+    })?;
+    let mut pods: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    pods.sort();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut namespaces = Vec::new();
+    for pod in pods {
+        let netns = match cgroup_netns(&pod) {
+            Ok(netns) => netns,
+            // A pod that has no process yet, or whose last one just exited.
+            Err(Error::EmptyCgroup { .. } | Error::ReadCgroup { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(meta) = std::fs::metadata(&netns) else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            namespaces.push(netns);
+        }
+    }
+    Ok(namespaces)
 }
 
 fn first_pid(cgroup: &Path) -> Result<Option<u32>, Error> {

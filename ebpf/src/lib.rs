@@ -382,6 +382,23 @@ impl Datapath {
         }
     }
 
+    /// [`Self::rejudge_sockets`] in the network namespace of every pod below the node cgroup
+    /// (each distinct namespace once), with the counts summed. A pod that goes away meanwhile
+    /// is skipped.
+    pub fn rejudge_pods(&self) -> Result<Rejudged, Error> {
+        let mut total = Rejudged::default();
+        for netns in iter::pod_namespaces(&self.cgroup)? {
+            match self.rejudge_sockets(&netns) {
+                Ok(counts) => total.merge(counts),
+                Err(Error::SockIter(iter::Error::OpenNetns { path, source })) => {
+                    tracing::debug!(netns = %path.display(), error = %source, "pod gone before its sockets were judged");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
     /// Name, hook and attach state of each program, for the agent's status endpoint.
     pub fn programs(&self) -> Vec<ProgramStatus> {
         program_status(&self.pin_dir)

@@ -10,6 +10,7 @@ mod support;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt,
     path::PathBuf,
     time::Duration,
 };
@@ -29,6 +30,10 @@ const SERVER_2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
 /// Was CLIENT's identity when its socket was allowed; relabelled since.
 const RELABELLED: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 4);
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 1), 80);
+/// A frontend the policy change deletes.
+const VIP_GONE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 2), 80);
+/// A frontend without ready backends.
+const VIP_EMPTY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 3), 80);
 const ID_CLIENT: u32 = 1001;
 const ID_SERVER: u32 = 1002;
 const ID_OTHER: u32 = 1003;
@@ -88,6 +93,11 @@ fn storage(fixture: &Fixture) -> SkStorage<MapData, SockState> {
 }
 
 fn image() -> PolicyImage {
+    let backend = ServiceBackend {
+        ip: SERVER,
+        identity: ID_SERVER,
+        port: PORT_L4,
+    };
     let rule = |dport: u16, action: PolicyAction| {
         (
             PolicyKey {
@@ -113,14 +123,11 @@ fn image() -> PolicyImage {
             rule(PORT_L4, PolicyAction::Allow),
             rule(PORT_L7, PolicyAction::Proxy),
         ],
-        services: vec![(
-            VIP,
-            vec![ServiceBackend {
-                ip: SERVER,
-                identity: ID_SERVER,
-                port: PORT_L4,
-            }],
-        )],
+        services: vec![
+            (VIP, vec![backend]),
+            (VIP_GONE, vec![backend]),
+            (VIP_EMPTY, vec![]),
+        ],
     }
 }
 
@@ -138,25 +145,161 @@ fn assert_alive(conn: &mut Conn, what: &str) {
     assert_eq!(&buf, b"pong", "{what}");
 }
 
-/// The client's socket was aborted (ECONNABORTED) and the server got a reset.
-fn assert_destroyed(conn: &mut Conn, what: &str) {
+/// The socket with the storage was aborted (ECONNABORTED) and its peer got a reset.
+fn assert_destroyed(conn: &mut Conn, side: Side, what: &str) {
+    let (destroyed, peer) = match side {
+        Side::Client => (&mut conn.client, &mut conn.server),
+        Side::Server => (&mut conn.server, &mut conn.client),
+    };
     let mut buf = [0u8; 4];
-    let client = conn.client.read(&mut buf);
+    let mine = destroyed.read(&mut buf);
     assert_eq!(
-        client.as_ref().map_err(|e| e.kind()).err(),
+        mine.as_ref().map_err(|e| e.kind()).err(),
         Some(ErrorKind::ConnectionAborted),
-        "{what}: client read gave {client:?}"
+        "{what}: read on the destroyed socket gave {mine:?}"
     );
-    let server = conn.server.read(&mut buf);
+    let theirs = peer.read(&mut buf);
     assert_eq!(
-        server.as_ref().map_err(|e| e.kind()).err(),
+        theirs.as_ref().map_err(|e| e.kind()).err(),
         Some(ErrorKind::ConnectionReset),
-        "{what}: server read gave {server:?}"
+        "{what}: read on its peer gave {theirs:?}"
     );
 }
 
-fn close_reason(map: &SkStorage<MapData, SockState>, conn: &Conn) -> u16 {
-    map.get(&conn.client, 0).unwrap().close_reason
+/// Which end of a connection is the kernel-path socket with storage.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Client,
+    Server,
+}
+
+struct Case {
+    what: &'static str,
+    storage: Option<(Side, SockState)>,
+    /// Why the first run ends it, if it does.
+    first: Option<DropReason>,
+    /// Why the run after the policy change ends it, if it does (and the first did not).
+    after_change: Option<DropReason>,
+}
+
+fn case(
+    what: &'static str,
+    storage: Option<(Side, SockState)>,
+    first: Option<DropReason>,
+    after_change: Option<DropReason>,
+) -> Case {
+    Case {
+        what,
+        storage,
+        first,
+        after_change,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use DropReason::{BackendRemoved, PolicyDenied, ProxyRequired};
+    let client = |src, dst, dport, svc| Some((Side::Client, state(src, dst, dport, svc)));
+    let mut server_side = state(CLIENT, SERVER, PORT_DENIED, None);
+    server_side.role = abi::SOCK_SERVER;
+    vec![
+        case("allowed", client(CLIENT, SERVER, PORT_L4, None), None, None),
+        case(
+            "denied port",
+            client(CLIENT, SERVER, PORT_DENIED, None),
+            Some(PolicyDenied),
+            None,
+        ),
+        case(
+            "L7 port",
+            client(CLIENT, SERVER, PORT_L7, None),
+            Some(ProxyRequired),
+            None,
+        ),
+        case(
+            "service backend kept, then removed",
+            client(CLIENT, SERVER, PORT_L4, Some(VIP)),
+            None,
+            Some(BackendRemoved),
+        ),
+        case(
+            "service backend removed",
+            client(CLIENT, SERVER_2, PORT_L4, Some(VIP)),
+            Some(BackendRemoved),
+            None,
+        ),
+        case(
+            "service frontend deleted",
+            client(CLIENT, SERVER, PORT_L4, Some(VIP_GONE)),
+            None,
+            Some(BackendRemoved),
+        ),
+        case(
+            "service without ready backends (count 0: cannot tell)",
+            client(CLIENT, SERVER, PORT_L4, Some(VIP_EMPTY)),
+            None,
+            None,
+        ),
+        case(
+            "source relabelled",
+            client(RELABELLED, SERVER, PORT_L4, None),
+            Some(PolicyDenied),
+            None,
+        ),
+        case(
+            "destination not policed",
+            client(CLIENT, RELABELLED, PORT_DENIED, None),
+            None,
+            None,
+        ),
+        case(
+            "server side, denied",
+            Some((Side::Server, server_side)),
+            Some(PolicyDenied),
+            None,
+        ),
+        case("no storage", None, None, None),
+    ]
+}
+
+fn storage_socket(conn: &Conn, side: Side) -> &TcpStream {
+    match side {
+        Side::Client => &conn.client,
+        Side::Server => &conn.server,
+    }
+}
+
+/// Checks each live connection after a run: ended with `reason` (then `ended` records it) or
+/// still carrying data with no close reason.
+fn check(
+    map: &SkStorage<MapData, SockState>,
+    conns: &mut [Conn],
+    cases: &[Case],
+    ended: &mut [bool],
+    reason_of: impl Fn(&Case) -> Option<DropReason>,
+) {
+    for ((conn, case), ended) in conns.iter_mut().zip(cases).zip(ended.iter_mut()) {
+        if *ended {
+            continue;
+        }
+        let what = case.what;
+        let stored = case
+            .storage
+            .map(|(side, _)| (side, map.get(storage_socket(conn, side), 0).unwrap()));
+        match reason_of(case) {
+            Some(reason) => {
+                let (side, st) = stored.unwrap();
+                assert_eq!(st.close_reason, reason as u16, "{what}");
+                assert_destroyed(conn, side, what);
+                *ended = true;
+            }
+            None => {
+                if let Some((_, st)) = stored {
+                    assert_eq!(st.close_reason, 0, "{what}");
+                }
+                assert_alive(conn, what);
+            }
+        }
+    }
 }
 
 #[test]
@@ -167,31 +310,11 @@ fn policy_and_service_changes_end_the_connections_they_no_longer_allow() {
     datapath.apply_policy(&image()).unwrap();
     let mut map = storage(&fixture);
 
-    let mut conns = connections(&fixture.netns, 9000, 7);
-    let cases = [
-        ("allowed", Some(state(CLIENT, SERVER, PORT_L4, None))),
-        (
-            "denied port",
-            Some(state(CLIENT, SERVER, PORT_DENIED, None)),
-        ),
-        ("L7 port", Some(state(CLIENT, SERVER, PORT_L7, None))),
-        (
-            "service backend kept",
-            Some(state(CLIENT, SERVER, PORT_L4, Some(VIP))),
-        ),
-        (
-            "service backend removed",
-            Some(state(CLIENT, SERVER_2, PORT_L4, Some(VIP))),
-        ),
-        (
-            "source relabelled",
-            Some(state(RELABELLED, SERVER, PORT_L4, None)),
-        ),
-        ("no storage", None),
-    ];
-    for (conn, (_, st)) in conns.iter().zip(&cases) {
-        if let Some(st) = st {
-            map.insert(&conn.client, st, 0).unwrap();
+    let cases = cases();
+    let mut conns = connections(&fixture.netns, 9000, cases.len());
+    for (conn, case) in conns.iter().zip(&cases) {
+        if let Some((side, st)) = case.storage {
+            map.insert(storage_socket(conn, side), st, 0).unwrap();
         }
     }
     let mut elsewhere = connections(&other.netns, 9000, 1);
@@ -202,88 +325,146 @@ fn policy_and_service_changes_end_the_connections_they_no_longer_allow() {
     )
     .unwrap();
 
-    let rejudged = datapath
-        .rejudge_sockets(&netns_path(&fixture.netns))
-        .unwrap();
+    let here = netns_path(&fixture.netns);
+    let rejudged = datapath.rejudge_sockets(&here).unwrap();
     assert_eq!(
         rejudged,
         Rejudged {
-            policy_denied: 2,
+            policy_denied: 3,
             proxy_required: 1,
             backend_removed: 1,
             failed: 0,
         }
     );
+    let mut ended = vec![false; cases.len()];
+    check(&map, &mut conns, &cases, &mut ended, |c| c.first);
 
-    let expect = [
-        None,
-        Some(DropReason::PolicyDenied),
-        Some(DropReason::ProxyRequired),
-        None,
-        Some(DropReason::BackendRemoved),
-        Some(DropReason::PolicyDenied),
-        None,
-    ];
-    for ((conn, (what, st)), reason) in conns.iter_mut().zip(&cases).zip(expect) {
-        match reason {
-            Some(reason) => {
-                assert_eq!(close_reason(&map, conn), reason as u16, "{what}");
-                assert_destroyed(conn, what);
-            }
-            None => {
-                if st.is_some() {
-                    assert_eq!(close_reason(&map, conn), 0, "{what}");
-                }
-                assert_alive(conn, what);
-            }
-        }
-    }
     // Another namespace's sockets are not walked...
     assert_alive(&mut elsewhere[0], "denied, in another namespace");
     // ...until the iterator runs there.
     let there = datapath.rejudge_sockets(&netns_path(&other.netns)).unwrap();
     assert_eq!(there.policy_denied, 1);
-    assert_destroyed(&mut elsewhere[0], "denied, in another namespace");
+    assert_destroyed(
+        &mut elsewhere[0],
+        Side::Client,
+        "denied, in another namespace",
+    );
 
-    // Nothing left to end: a second run is a no-op.
-    let again = datapath
-        .rejudge_sockets(&netns_path(&fixture.netns))
-        .unwrap();
-    assert_eq!(again, Rejudged::default());
+    // Nothing changed, nothing more to end.
+    assert_eq!(
+        datapath.rejudge_sockets(&here).unwrap(),
+        Rejudged::default()
+    );
+
+    // A service change: the frontend's backend moves, another frontend is deleted.
+    let mut changed = image();
+    changed.services = vec![
+        (
+            VIP,
+            vec![ServiceBackend {
+                ip: SERVER_2,
+                identity: ID_SERVER,
+                port: PORT_L4,
+            }],
+        ),
+        (VIP_EMPTY, vec![]),
+    ];
+    datapath.apply_policy(&changed).unwrap();
+    let rejudged = datapath.rejudge_sockets(&here).unwrap();
+    assert_eq!(
+        rejudged,
+        Rejudged {
+            backend_removed: 2,
+            ..Rejudged::default()
+        }
+    );
+    check(&map, &mut conns, &cases, &mut ended, |c| c.after_change);
+}
+
+/// A "pod": a process in cgroup `cgroup` (created here) and network namespace `netns`.
+struct PodProcess {
+    child: std::process::Child,
+    cgroup: PathBuf,
+}
+
+impl PodProcess {
+    fn start(cgroup: PathBuf, netns: &str) -> PodProcess {
+        std::fs::create_dir(&cgroup).unwrap();
+        let child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                r#"echo $$ > "$1" && exec ip netns exec "$2" sleep 30"#,
+                "sh",
+            ])
+            .arg(cgroup.join("cgroup.procs"))
+            .arg(netns)
+            .spawn()
+            .unwrap();
+        // Until `ip netns exec` has entered the namespace, the process is still in ours.
+        let want = std::fs::metadata(netns_path(netns)).unwrap().ino();
+        let entered = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::metadata(format!("/proc/{}/ns/net", child.id())).is_ok_and(|m| m.ino() == want)
+        });
+        assert!(entered, "pod process did not enter {netns}");
+        PodProcess { child, cgroup }
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
 }
 
 #[test]
-fn a_pod_cgroup_leads_to_its_network_namespace() {
+fn pods_are_found_by_their_cgroups_and_judged_in_their_namespaces() {
     let fixture = Fixture::new("sockdestroy-cg");
+    let other = Fixture::new("sockdestroy-cg2");
     assert!(matches!(
         strait_ebpf::cgroup_netns(&fixture.cgroup),
         Err(strait_ebpf::SockIterError::EmptyCgroup { .. })
     ));
-    let pod = fixture.cgroup.join("pod");
-    std::fs::create_dir(&pod).unwrap();
-    let mut child = std::process::Command::new("sh")
-        .args([
-            "-c",
-            r#"echo $$ > "$1" && exec ip netns exec "$2" sleep 30"#,
-            "sh",
-        ])
-        .arg(pod.join("cgroup.procs"))
-        .arg(&fixture.netns)
-        .spawn()
-        .unwrap();
-    let found = (0..50).find_map(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        let path = strait_ebpf::cgroup_netns(&fixture.cgroup).ok()?;
-        let ns = std::fs::metadata(&path).ok()?;
-        let want = std::fs::metadata(netns_path(&fixture.netns)).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        (ns.ino() == want.ino()).then_some(path)
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::remove_dir(&pod).unwrap();
-    assert!(
-        found.is_some(),
-        "the pod's process is in the test namespace"
+    let datapath = Datapath::load_and_attach(&fixture.config(15001)).unwrap();
+    datapath.apply_policy(&image()).unwrap();
+    let mut map = storage(&fixture);
+
+    // Two pods in one namespace, one in another, one without a process yet.
+    let pods = [
+        PodProcess::start(fixture.cgroup.join("pod-a"), &fixture.netns),
+        PodProcess::start(fixture.cgroup.join("pod-b"), &fixture.netns),
+        PodProcess::start(fixture.cgroup.join("pod-c"), &other.netns),
+    ];
+    let empty = fixture.cgroup.join("pod-d");
+    std::fs::create_dir(&empty).unwrap();
+    let found = strait_ebpf::cgroup_netns(&pods[2].cgroup).unwrap();
+    assert_eq!(
+        std::fs::metadata(&found).unwrap().ino(),
+        std::fs::metadata(netns_path(&other.netns)).unwrap().ino(),
+        "{}",
+        found.display()
     );
+
+    let mut conns = connections(&fixture.netns, 9000, 2);
+    conns.extend(connections(&other.netns, 9000, 1));
+    let denied = state(CLIENT, SERVER, PORT_DENIED, None);
+    for conn in &conns {
+        map.insert(&conn.client, denied, 0).unwrap();
+    }
+    // Both namespaces are walked (the shared one once), the empty pod skipped.
+    let rejudged = datapath.rejudge_pods().unwrap();
+    std::fs::remove_dir(&empty).unwrap();
+    drop(pods);
+    assert_eq!(
+        rejudged,
+        Rejudged {
+            policy_denied: 3,
+            ..Rejudged::default()
+        }
+    );
+    for conn in &mut conns {
+        assert_destroyed(conn, Side::Client, "denied, in a pod's namespace");
+    }
 }
