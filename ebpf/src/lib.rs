@@ -24,6 +24,7 @@
 
 pub mod abi;
 mod events;
+mod iter;
 mod loader;
 mod maps;
 mod policy;
@@ -35,13 +36,14 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, OnceLock, atomic::AtomicBool},
 };
 
 use parking_lot::Mutex;
 
 pub use abi::{DropHook, DropReason, PolicyAction};
 pub use events::{DropEvent, DropEvents, Error as EventsError, FlowEvents, FlowSide, KernelFlow};
+pub use iter::{Error as SockIterError, Rejudged, cgroup_netns};
 pub use policy::{
     ApplyStats, EndpointEntry, MapStats, PolicyDelta, PolicyError, PolicyImage, PolicyKey,
     ServiceBackend,
@@ -89,6 +91,12 @@ pub enum Error {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Events(#[from] events::Error),
+    #[error(transparent)]
+    SockIter(#[from] iter::Error),
+    #[error(
+        "the socket iterator could not be loaded: live kernel-path connections are not re-judged"
+    )]
+    SockIterUnavailable(#[source] Arc<iter::Error>),
     #[error("invalid data path config: {reason}")]
     InvalidConfig { reason: String },
     #[error("interface {ifname} not found (the agent must run in the node's network namespace)")]
@@ -120,6 +128,8 @@ pub struct Datapath {
     /// Index of each pod interface with tc attached, as resolved when it was attached (or at
     /// load): detaching removes its pod entry even once the name no longer resolves.
     ifindexes: Mutex<BTreeMap<String, u32>>,
+    /// The socket iterator, loaded on first use (or why it could not be).
+    sock_iter: OnceLock<Result<iter::SockIter, Arc<iter::Error>>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -188,6 +198,7 @@ impl Datapath {
             events_busy: Arc::new(AtomicBool::new(false)),
             flows_busy: Arc::new(AtomicBool::new(false)),
             ifindexes: Mutex::new(ifindexes),
+            sock_iter: OnceLock::new(),
         })
     }
 
@@ -387,6 +398,45 @@ impl Datapath {
     /// (map name, entries, capacity) of each map that fills up, for metrics.
     pub fn map_fill(&self) -> Vec<(&'static str, usize, usize)> {
         self.maps.fill()
+    }
+
+    /// Judges every kernel-path TCP connection in the network namespace `netns` (a
+    /// `/proc/<pid>/ns/net` or `/run/netns/<name>` path; see [`cgroup_netns`]) against the policy
+    /// and service maps as they are now, and ends those no longer allowed with `bpf_sock_destroy`
+    /// (their close flow names the reason). Call it after installing a policy or service change,
+    /// for each local pod's namespace. Blocking (it runs on a thread of its own that enters
+    /// `netns`); the first call loads the iterator program (parsing kernel BTF, ~0.1 s). Needs
+    /// kernel 6.5+ with BTF: elsewhere every call returns [`Error::SockIterUnavailable`], and
+    /// the first one logs why.
+    pub fn rejudge_sockets(&self, netns: &Path) -> Result<Rejudged, Error> {
+        let loaded = self.sock_iter.get_or_init(|| {
+            iter::SockIter::load(&self.pin_dir).map_err(|error| {
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error),
+                    "socket iterator unavailable: policy changes will not end live kernel-path connections");
+                Arc::new(error)
+            })
+        });
+        match loaded {
+            Ok(sock_iter) => Ok(sock_iter.run_in(netns)?),
+            Err(error) => Err(Error::SockIterUnavailable(error.clone())),
+        }
+    }
+
+    /// [`Self::rejudge_sockets`] in the network namespace of every pod below the node cgroup
+    /// (each distinct namespace once), with the counts summed. A pod that goes away meanwhile
+    /// is skipped.
+    pub fn rejudge_pods(&self) -> Result<Rejudged, Error> {
+        let mut total = Rejudged::default();
+        for netns in iter::pod_namespaces(&self.cgroup)? {
+            match self.rejudge_sockets(&netns) {
+                Ok(counts) => total.merge(counts),
+                Err(Error::SockIter(iter::Error::OpenNetns { path, source })) => {
+                    tracing::debug!(netns = %path.display(), error = %source, "pod gone before its sockets were judged");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
     }
 
     /// Name, hook and attach state of each program, for the agent's status endpoint.

@@ -309,6 +309,16 @@ struct strait_sock {
 };
 _Static_assert(sizeof(struct strait_sock) == 40, "strait_sock layout");
 
+/*
+ * What the socket iterator (iter.bpf.c) writes to its reader for each socket
+ * it destroyed.
+ */
+struct strait_iter_record {
+	__u16 reason;		/* enum strait_drop_reason set as close_reason */
+	__s16 error;		/* bpf_sock_destroy(): 0, or a negative errno */
+};
+_Static_assert(sizeof(struct strait_iter_record) == 4, "strait_iter_record layout");
+
 /* --- strait_flow_event.direction, from the point of view of the reporting node */
 #define STRAIT_FLOW_EGRESS	1	/* the source pod is on this node */
 #define STRAIT_FLOW_INGRESS	2	/* the destination pod is on this node */
