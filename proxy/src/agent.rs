@@ -143,8 +143,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let ready = ready.clone();
         let compile_stats = compile_stats.clone();
         let node = cfg.node.clone();
+        let rejudge_sockets = cfg.rejudge_on_update.then(|| datapath.clone());
         tokio::spawn(async move {
             let report = |state: &CompiledState, installed: Installed| {
+                if installed.map_changes > 0
+                    && let Some(datapath) = rejudge_sockets.clone()
+                {
+                    tokio::task::spawn_blocking(move || end_revoked_sockets(&datapath));
+                }
                 let st = &state.stats;
                 metrics::histogram!(crate::metrics::names::POLICY_COMPILE)
                     .record(st.compile_us as f64 / 1e6);
@@ -332,6 +338,26 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 
 /// Loads (or creates, 0600) the node key, issues a fresh certificate with the configured CA and
 /// builds the tunnel's TLS around it.
+/// Ends the kernel-path connections the maps just installed no longer allow (policy, or a
+/// Service backend gone), in every pod's network namespace. Their flows say why (sockops reports
+/// the close with the reason the iterator set).
+fn end_revoked_sockets(datapath: &strait_ebpf::Datapath) {
+    match datapath.rejudge_pods() {
+        Ok(n) if n.destroyed() > 0 => info!(
+            policy_denied = n.policy_denied,
+            proxy_required = n.proxy_required,
+            backend_removed = n.backend_removed,
+            failed = n.failed,
+            "ended live connections the new revision no longer allows"
+        ),
+        Ok(_) => {}
+        // Logged once by the data path: the kernel lacks the socket iterator or bpf_sock_destroy;
+        // tc still stops the packets of such connections.
+        Err(strait_ebpf::Error::SockIterUnavailable(_)) => {}
+        Err(e) => warn!(error = %crate::errors::chain(&e), "cannot judge live connections again"),
+    }
+}
+
 fn start_tls(cfg: &AgentConfig) -> Result<(Arc<NodeTls>, NodeIssuer), AgentError> {
     let t = &cfg.tls;
     let local = NodeIdentity {
