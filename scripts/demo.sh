@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: two clusters (c1, c2) of two nodes each, the frontend/backend demo app in both,
-# traffic through the eBPF redirect and the node proxies, and the flows it left.
+# traffic balanced and forwarded by the kernel (socket LB, fast path) or, on L7 ports, the node
+# proxies, and the flows it left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -302,7 +302,7 @@ spec:
 }
 
 #[test]
-fn policy_update_never_breaks_an_established_stream_and_applies_to_new_connections() {
+fn policy_update_ends_the_streams_it_denies_and_applies_to_new_connections() {
     let lab = lab_with_app("update_stream");
     lab.apply_ok("c1", ALLOW_FRONTEND_TO_BACKEND);
     let stream = Command::new(STRAIT)
@@ -342,15 +342,33 @@ spec:
 "#,
     );
     let applied = started.elapsed();
+    assert!(applied < Duration::from_secs(2), "apply took {applied:?}");
+    // The established stream is judged again and ended (3 s of stream would be 60 lines)...
+    let out = stream.wait_with_output().unwrap();
+    let ended = started.elapsed();
+    assert!(!out.status.success(), "the stream went on: {out:?}");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(lines < 55, "the stream was not cut: {lines} lines");
+    assert!(
+        ended < applied + Duration::from_secs(1),
+        "ended {ended:?} after the apply started, which took {applied:?}"
+    );
+    // ... and new connections are refused at connect().
     assert_eq!(
         py_connect(&lab, "frontend", "backend", 80),
         "PermissionError 1"
     );
-    assert!(applied < Duration::from_secs(2), "apply took {applied:?}");
-    let out = stream.wait_with_output().unwrap();
-    assert!(out.status.success(), "the stream broke: {:?}", out);
-    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert!(lines >= 55, "the stream was cut short: {lines} lines");
+    let cut = lab.wait_flow("the stream's end", |f| {
+        f.source.pod == "frontend" && f.verdict == Verdict::Dropped && f.bytes_received > 0
+    });
+    assert_eq!(cut.drop_reason, Some(DropReason::PolicyDenied));
+    assert!(
+        cut.policies
+            .iter()
+            .any(|p| p.contains("allow-frontend-to-backend")),
+        "{:?}",
+        cut.policies
+    );
 }
 
 #[test]

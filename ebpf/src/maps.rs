@@ -533,7 +533,10 @@ impl Maps {
 
 fn svc_entry(backends: &[ServiceBackend]) -> SvcEntry {
     let mut entry = SvcEntry::default();
-    if backends.len() <= entry.backends.len() {
+    if backends.len() > entry.backends.len() {
+        // "More than fit": the kernel leaves balancing to the proxy, and keeps connections.
+        entry.count = abi::SVC_BACKENDS_MAX + 1;
+    } else {
         for (slot, b) in entry.backends.iter_mut().zip(backends) {
             *slot = SvcBackend {
                 ip4: abi::ip_to_net(b.ip),

@@ -439,14 +439,12 @@ pub(crate) fn deny_wins(policy: &mut BTreeMap<PolicyKey, PolicyAction>) {
     }
 }
 
-/// Distinct, sorted; more than fit → empty (the kernel cannot tell; the proxy decides).
+/// Distinct, sorted. More than [`abi::SVC_BACKENDS_MAX`] are written as "too many" (the proxy
+/// balances them).
 pub(crate) fn normalize_backends(backends: &[ServiceBackend]) -> Vec<ServiceBackend> {
     let mut distinct = backends.to_vec();
     distinct.sort();
     distinct.dedup();
-    if distinct.len() > abi::SVC_BACKENDS_MAX as usize {
-        distinct.clear();
-    }
     distinct
 }
 

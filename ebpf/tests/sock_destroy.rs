@@ -234,9 +234,9 @@ fn cases() -> Vec<Case> {
             Some(BackendRemoved),
         ),
         case(
-            "service without ready backends (count 0: cannot tell)",
+            "service without ready backends left",
             client(CLIENT, SERVER, PORT_L4, Some(VIP_EMPTY)),
-            None,
+            Some(BackendRemoved),
             None,
         ),
         case(
@@ -332,7 +332,8 @@ fn policy_and_service_changes_end_the_connections_they_no_longer_allow() {
         Rejudged {
             policy_denied: 3,
             proxy_required: 1,
-            backend_removed: 1,
+            // The removed backend and the service left without a ready backend.
+            backend_removed: 2,
             failed: 0,
         }
     );

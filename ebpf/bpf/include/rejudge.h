@@ -14,11 +14,10 @@
  *   2. a socket that dialed a Service (svc_ip4 != 0) whose backend
  *      {dst_ip4, dport} is not among the frontend's backends, or whose
  *      frontend is gone -> BACKEND_REMOVED (as Cilium's socket LB ends
- *      connections to removed backends). A frontend with count 0 (no ready
- *      backend, or more than fit: strait_svc_entry cannot tell which) or an
- *      impossible count is left alone: cutting every connection when a
- *      Service grows past STRAIT_SVC_BACKENDS_MAX would be worse than
- *      keeping one to a backend that is no longer ready.
+ *      connections to removed backends); so is a socket whose frontend has
+ *      no ready backend left (count 0). A frontend with more backends than
+ *      the kernel balances (count > STRAIT_SVC_BACKENDS_MAX, balanced by the
+ *      proxy) is left alone: the map does not list them.
  *   3. otherwise NONE: the socket stays.
  */
 #ifndef STRAIT_REJUDGE_H
@@ -45,7 +44,7 @@ static __always_inline int strait_backend_kept(__be32 vip, __be16 vport, __be32 
 
 	if (!svc)
 		return 0;
-	if (svc->count == 0 || svc->count > STRAIT_SVC_BACKENDS_MAX)
+	if (svc->count > STRAIT_SVC_BACKENDS_MAX)
 		return 1;
 	for (i = 0; i < STRAIT_SVC_BACKENDS_MAX; i++) {
 		if (i >= svc->count)

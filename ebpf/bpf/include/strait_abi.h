@@ -222,9 +222,10 @@ _Static_assert(sizeof(struct strait_svc_backend) == 12, "strait_svc_backend layo
 
 /*
  * Value of strait_svc_ids: the ready backends of a service frontend, which
- * connect4 balances over (socket LB) and judges policy against. count 0 means
- * "the kernel cannot balance it" (no ready backend, or more than fit): the
- * connect then goes to the node proxy, which balances and judges it.
+ * connect4 balances over (socket LB) and judges policy against. The kernel
+ * cannot balance count 0 (no ready backend) nor STRAIT_SVC_BACKENDS_MAX + 1
+ * (more backends than fit, none listed): the connect then goes to the node
+ * proxy, which balances and judges it (or refuses it: no backend).
  */
 struct strait_svc_entry {
 	__u32 count;		/* 0..=STRAIT_SVC_BACKENDS_MAX */
