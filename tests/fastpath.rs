@@ -43,7 +43,9 @@ kind: Service
 metadata: {name: store, namespace: shop}
 spec:
   selector: {app: store}
-  ports: [{port: 9443, targetPort: api}]
+  ports:
+  - {name: api, port: 9443, targetPort: api}
+  - {name: api-udp, port: 9443, targetPort: 7070, protocol: UDP}
 ";
 
 /// One of SHOP's store pods, for `lab delete`.
@@ -296,5 +298,61 @@ fn deleting_the_backend_of_a_balanced_connection_ends_it() {
     assert!(
         cut_after <= delete_took.as_secs_f64() + 1.0,
         "ended {cut_after:.2} s after the delete started (it took {delete_took:?}): {out}"
+    );
+}
+
+#[test]
+fn udp_to_a_service_is_balanced_in_the_kernel_and_answers_from_the_vip() {
+    let lab = TestLab::up("fastpath_udp", ONE_CLUSTER);
+    lab.apply_ok("c1", SHOP);
+    let vip = lab.service_ip("shop", "store");
+    // Unconnected sockets (sendmsg4/recvmsg4), one per datagram, then a connected one.
+    let script = format!(
+        "import socket\n\
+         for i in range(16):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.settimeout(2)\n\
+         \x20   s.sendto(b'ping%d' % i, ('{vip}', 9443))\n\
+         \x20   data, src = s.recvfrom(100)\n\
+         \x20   print('from', '%s:%d' % src, data.decode())\n\
+         c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         c.settimeout(2)\n\
+         c.connect(('{vip}', 9443))\n\
+         c.send(b'connected')\n\
+         print('peer', '%s:%d' % c.getpeername(), c.recv(100).decode())\n"
+    );
+    let out = lab.exec("c1/shop/shopper", &["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let from = format!("from {vip}:9443 ping");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with(&from)).count(),
+        16,
+        "every reply reads as the VIP's: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("peer {vip}:9443 connected")),
+        "{stdout}"
+    );
+    // Each socket was sent to a backend by the kernel; tc reports each flow's first packet.
+    let mut reached = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reached.len() < 2 && Instant::now() < deadline {
+        for f in lab.flows() {
+            if f.protocol == "UDP"
+                && f.source.pod == "shopper"
+                && f.direction == Direction::Egress
+                && f.destination.port == 7070
+            {
+                assert_eq!(f.decided_by, Some(DecidedBy::Kernel));
+                reached.insert(f.destination.pod.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        reached,
+        BTreeSet::from(["store-a".to_string(), "store-b".to_string()]),
+        "spread over both backends"
     );
 }

@@ -16,6 +16,12 @@
  *                cookie.
  *   getpeername4 a redirected or balanced socket reports the address it
  *                dialed (the Service VIP, as Cilium's socket LB does).
+ *   connect4 / sendmsg4 (UDP)  a datagram socket connecting or sending to a
+ *                Service frontend is balanced over its backends the same way
+ *                (refused with EPERM when policy denies every backend); the
+ *                backend is recorded per socket in strait_udp_rnat.
+ *   recvmsg4     a datagram from such a backend reports the frontend as its
+ *                source, so replies look as if the VIP answered.
  *   connect6     IPv4-mapped TCP connects, which would bypass connect4, are
  *                rejected unless connect4 would let them pass.
  *
@@ -44,6 +50,28 @@ static __always_inline const struct strait_config *strait_config_get(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&strait_cfg, &zero);
+}
+
+static __always_inline void strait_connect_refused(__u8 hook, __u8 protocol, __u32 reason,
+						   __be32 dst_ip, __be16 dst_port, __u64 cgroup_id,
+						   const struct strait_endpoint *ep,
+						   __u32 dst_id)
+{
+	struct strait_drop_event ev = {
+		.dst_ip = dst_ip,
+		.dport = dst_port,
+		.protocol = protocol,
+		.hook = hook,
+		.reason = reason,
+		.dst_identity = dst_id,
+		.cgroup_id = cgroup_id,
+	};
+
+	if (ep) {
+		ev.src_ip = ep->ip4;
+		ev.src_identity = ep->identity;
+	}
+	strait_drop_notify(&ev);
 }
 
 static __always_inline int strait_fast_path_on(const struct strait_config *cfg)
@@ -86,26 +114,87 @@ static __always_inline int strait_is_bypassed(__be32 ip4)
 }
 
 /* Reports a refused connect to dst_ip:dst_port (network order). */
-static __always_inline void strait_connect_refused(__u8 hook, __u32 reason, __be32 dst_ip,
-						   __be16 dst_port, __u64 cgroup_id,
-						   const struct strait_endpoint *ep,
-						   __u32 dst_id)
-{
-	struct strait_drop_event ev = {
-		.dst_ip = dst_ip,
-		.dport = dst_port,
-		.protocol = STRAIT_IPPROTO_TCP,
-		.hook = hook,
-		.reason = reason,
-		.dst_identity = dst_id,
-		.cgroup_id = cgroup_id,
-	};
 
-	if (ep) {
-		ev.src_ip = ep->ip4;
-		ev.src_identity = ep->identity;
+/*
+ * UDP socket LB for connect4 and sendmsg4: a datagram socket dialing a
+ * Service frontend goes to a backend. Returns STRAIT_SOCK_REJECT when policy
+ * denies every backend of the pod's Service.
+ */
+static __always_inline int strait_udp_balance(struct bpf_sock_addr *ctx, __u8 hook)
+{
+	const struct strait_config *cfg = strait_config_get();
+	const struct strait_endpoint *ep;
+	struct strait_udp_rnat_key key = {};
+	struct strait_orig_dst vip = {};
+	struct strait_route route = {};
+	enum strait_policy_match m;
+	struct strait_svc_key svc_key = {
+		.vip = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+		.protocol = STRAIT_IPPROTO_UDP,
+	};
+	__u64 cgroup_id;
+	__u32 src_id;
+
+	if (!cfg || (cfg->flags & STRAIT_CFG_DISABLED))
+		return STRAIT_SOCK_ALLOW;
+	/* The common case, a datagram to anything but a Service: one lookup. */
+	if (!bpf_map_lookup_elem(&strait_svc_ids, &svc_key))
+		return STRAIT_SOCK_ALLOW;
+	cgroup_id = bpf_get_current_cgroup_id();
+	ep = bpf_map_lookup_elem(&strait_endpoint, &cgroup_id);
+	/* Not a known pod: balanced all the same, tc judges what leaves. */
+	src_id = ep ? ep->identity : STRAIT_ID_HOST;
+	m = strait_connect4_route(src_id, svc_key.vip, svc_key.port, STRAIT_IPPROTO_UDP,
+				  bpf_get_prandom_u32(), &route);
+	if (!route.is_service)
+		return STRAIT_SOCK_ALLOW;	/* no ready backend: nothing to balance */
+	if (!strait_match_allows(m)) {
+		strait_connect_refused(hook, STRAIT_IPPROTO_UDP, STRAIT_DROP_POLICY_DENIED, svc_key.vip, svc_key.port,
+				       cgroup_id, ep, route.dst_identity);
+		return STRAIT_SOCK_REJECT;
 	}
-	strait_drop_notify(&ev);
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.ip4 = route.ip4;
+	key.port = route.port;
+	vip.ip4 = svc_key.vip;
+	vip.port = svc_key.port;
+	bpf_map_update_elem(&strait_udp_rnat, &key, &vip, BPF_ANY);
+	ctx->user_ip4 = route.ip4;
+	ctx->user_port = (__u32)route.port;
+	return STRAIT_SOCK_ALLOW;
+}
+
+/* recvmsg4 / getpeername4 of a balanced UDP socket: the backend reads as the frontend. */
+static __always_inline void strait_udp_reverse(struct bpf_sock_addr *ctx)
+{
+	struct strait_udp_rnat_key key = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.ip4 = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	const struct strait_orig_dst *vip = bpf_map_lookup_elem(&strait_udp_rnat, &key);
+
+	if (vip) {
+		ctx->user_ip4 = vip->ip4;
+		ctx->user_port = (__u32)vip->port;
+	}
+}
+
+SEC("cgroup/sendmsg4")
+int strait_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (!strait_is_udp(ctx->type, ctx->protocol))
+		return STRAIT_SOCK_ALLOW;
+	return strait_udp_balance(ctx, STRAIT_HOOK_SENDMSG4);
+}
+
+SEC("cgroup/recvmsg4")
+int strait_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	if (strait_is_udp(ctx->type, ctx->protocol))
+		strait_udp_reverse(ctx);
+	return STRAIT_SOCK_ALLOW;
 }
 
 SEC("cgroup/connect4")
@@ -123,6 +212,8 @@ int strait_connect4(struct bpf_sock_addr *ctx)
 	__u64 cookie;
 	__u64 cgroup_id;
 
+	if (strait_is_udp(ctx->type, ctx->protocol))
+		return strait_udp_balance(ctx, STRAIT_HOOK_CONNECT4);
 	if (!strait_is_tcp(ctx->type, ctx->protocol))
 		return STRAIT_SOCK_ALLOW;
 
@@ -137,7 +228,7 @@ int strait_connect4(struct bpf_sock_addr *ctx)
 	if (d.verdict == STRAIT_CONNECT_REDIRECT && ep) {
 		if (strait_fast_path_on(cfg)) {
 			m = strait_connect4_route(ep->identity, dst_ip, dst_port,
-						  bpf_get_prandom_u32(), &route);
+						  STRAIT_IPPROTO_TCP, bpf_get_prandom_u32(), &route);
 			dst_id = route.dst_identity;
 		} else {
 			m = strait_connect4_policy(ep->identity, dst_ip, dst_port, &dst_id);
@@ -170,7 +261,7 @@ int strait_connect4(struct bpf_sock_addr *ctx)
 	return STRAIT_SOCK_ALLOW;
 
 refuse:
-	strait_connect_refused(STRAIT_HOOK_CONNECT4, d.reason, dst_ip, dst_port, cgroup_id,
+	strait_connect_refused(STRAIT_HOOK_CONNECT4, STRAIT_IPPROTO_TCP, d.reason, dst_ip, dst_port, cgroup_id,
 			       ep, dst_id);
 	return STRAIT_SOCK_REJECT;
 }
@@ -182,6 +273,10 @@ int strait_getpeername4(struct bpf_sock_addr *ctx)
 	const struct strait_sock *s;
 	__u64 cookie;
 
+	if (strait_is_udp(ctx->type, ctx->protocol)) {
+		strait_udp_reverse(ctx);
+		return STRAIT_SOCK_ALLOW;
+	}
 	if (!strait_is_tcp(ctx->type, ctx->protocol))
 		return STRAIT_SOCK_ALLOW;
 
@@ -223,7 +318,7 @@ int strait_connect6(struct bpf_sock_addr *ctx)
 	if (d.verdict == STRAIT_CONNECT_PASS)
 		return STRAIT_SOCK_ALLOW;
 	cgroup_id = bpf_get_current_cgroup_id();
-	strait_connect_refused(STRAIT_HOOK_CONNECT6, d.reason, dst_ip, dst_port, cgroup_id,
+	strait_connect_refused(STRAIT_HOOK_CONNECT6, STRAIT_IPPROTO_TCP, d.reason, dst_ip, dst_port, cgroup_id,
 			       bpf_map_lookup_elem(&strait_endpoint, &cgroup_id), 0);
 	return STRAIT_SOCK_REJECT;
 }

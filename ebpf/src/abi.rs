@@ -16,6 +16,8 @@ pub const CONFIG_MAX: u32 = 1;
 pub const BYPASS_MAX: u32 = 64;
 /// `STRAIT_ORIG_MAX`: capacity of each original-destination LRU map.
 pub const ORIG_MAX: u32 = 65536;
+/// Entries of `strait_udp_rnat`.
+pub const UDP_RNAT_MAX: u32 = 65536;
 /// `STRAIT_CFG_DISABLED`: redirection switched off on purpose.
 pub const CFG_DISABLED: u32 = 1 << 0;
 /// `STRAIT_IPCACHE_MAX`: capacity of the ipcache LPM trie.
@@ -233,13 +235,18 @@ pub struct SvcKey {
 }
 
 impl SvcKey {
-    pub fn tcp(frontend: SocketAddrV4) -> Self {
+    /// The key of a frontend of `protocol` (`IPPROTO_TCP` or `IPPROTO_UDP`).
+    pub fn new(protocol: u8, frontend: SocketAddrV4) -> Self {
         Self {
             vip: ip_to_net(*frontend.ip()),
             port: frontend.port().to_be(),
-            protocol: IPPROTO_TCP,
+            protocol,
             pad: 0,
         }
+    }
+
+    pub fn tcp(frontend: SocketAddrV4) -> Self {
+        Self::new(IPPROTO_TCP, frontend)
     }
 
     pub fn addr(&self) -> SocketAddrV4 {
@@ -335,6 +342,18 @@ pub struct FragKey {
 pub struct FragEntry {
     pub sport: u16,
     pub dport: u16,
+}
+
+/// `struct strait_udp_rnat_key`: a balanced UDP socket and the backend it sends to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpRnatKey {
+    pub cookie: u64,
+    /// Network order.
+    pub ip4: u32,
+    /// Network order.
+    pub port: u16,
+    pub pad: u16,
 }
 
 /// `struct strait_sock`: a TCP socket on the kernel fast path (socket storage).
@@ -465,16 +484,19 @@ pub enum DropHook {
     SockOps = 5,
     /// The socket iterator that judges live kernel-path connections again.
     SockIter = 6,
+    /// `cgroup/sendmsg4`: a UDP send to a Service failed (EPERM).
+    Sendmsg4 = 7,
 }
 
 impl DropHook {
-    pub const ALL: [DropHook; 6] = [
+    pub const ALL: [DropHook; 7] = [
         DropHook::Connect4,
         DropHook::TcFromPod,
         DropHook::TcToPod,
         DropHook::Connect6,
         DropHook::SockOps,
         DropHook::SockIter,
+        DropHook::Sendmsg4,
     ];
 
     /// The C enumerator without its `STRAIT_HOOK_` prefix.
@@ -486,6 +508,7 @@ impl DropHook {
             DropHook::Connect6 => "CONNECT6",
             DropHook::SockOps => "SOCKOPS",
             DropHook::SockIter => "SOCK_ITER",
+            DropHook::Sendmsg4 => "SENDMSG4",
         }
     }
 }
@@ -671,6 +694,9 @@ unsafe impl aya::Pod for DropEventRecord {}
 // SAFETY: see `Config` above.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for SockState {}
+// SAFETY: see `Config` above (u64, u32, u16, u16: no gap).
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for UdpRnatKey {}
 // SAFETY: see `Config` above.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for FlowEventRecord {}

@@ -46,7 +46,7 @@ pub use events::{DropEvent, DropEvents, Error as EventsError, FlowEvents, FlowSi
 pub use iter::{Error as SockIterError, Rejudged, cgroup_netns};
 pub use policy::{
     ApplyStats, EndpointEntry, MapStats, PolicyDelta, PolicyError, PolicyImage, PolicyKey,
-    ServiceBackend,
+    ServiceBackend, ServiceFrontend,
 };
 
 /// Everything needed to set up one node's data path.

@@ -86,7 +86,7 @@ pub(crate) struct ProgramSpec {
 }
 
 /// Every program Strait attaches to a node cgroup, in attach order.
-pub(crate) const PROGRAMS: [ProgramSpec; 4] = [
+pub(crate) const PROGRAMS: [ProgramSpec; 6] = [
     ProgramSpec {
         name: "strait_connect4",
         hook: "cgroup/connect4",
@@ -96,6 +96,18 @@ pub(crate) const PROGRAMS: [ProgramSpec; 4] = [
     ProgramSpec {
         name: "strait_getpeername4",
         hook: "cgroup/getpeername4",
+        object: Object::Sock,
+        kind: AttachKind::CgroupSockAddr,
+    },
+    ProgramSpec {
+        name: "strait_sendmsg4",
+        hook: "cgroup/sendmsg4",
+        object: Object::Sock,
+        kind: AttachKind::CgroupSockAddr,
+    },
+    ProgramSpec {
+        name: "strait_recvmsg4",
+        hook: "cgroup/recvmsg4",
         object: Object::Sock,
         kind: AttachKind::CgroupSockAddr,
     },

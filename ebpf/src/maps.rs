@@ -21,7 +21,7 @@ use crate::{
         self, Config, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, OrigDst, PodIf,
         PolicyAction, PolicyKeyData, SockKey, SvcBackend, SvcEntry, SvcKey,
     },
-    policy::{PolicyKey, ServiceBackend, State, Step},
+    policy::{PolicyKey, ServiceBackend, ServiceFrontend, State, Step},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +170,13 @@ pub(crate) const SOCKETS: MapSpec = MapSpec {
     value_size: size::<abi::SockState>(),
     max_entries: 0,
 };
+pub(crate) const UDP_RNAT: MapSpec = MapSpec {
+    name: "strait_udp_rnat",
+    map_type: MapType::LruHash,
+    key_size: size::<abi::UdpRnatKey>(),
+    value_size: size::<OrigDst>(),
+    max_entries: abi::UDP_RNAT_MAX,
+};
 pub(crate) const FLOW_EVENTS: MapSpec = MapSpec {
     name: "strait_flowev",
     map_type: MapType::RingBuf,
@@ -179,7 +186,7 @@ pub(crate) const FLOW_EVENTS: MapSpec = MapSpec {
 };
 
 /// Every map of `maps.h`, all pinned by name.
-pub(crate) const ALL: [MapSpec; 16] = [
+pub(crate) const ALL: [MapSpec; 17] = [
     CONFIG,
     BYPASS,
     ORIG_BY_COOKIE,
@@ -196,6 +203,7 @@ pub(crate) const ALL: [MapSpec; 16] = [
     DROPS,
     SOCKETS,
     FLOW_EVENTS,
+    UDP_RNAT,
 ];
 
 /// The maps user space reads and writes.
@@ -410,8 +418,12 @@ impl Maps {
         }
         for entry in self.services.lock().iter() {
             let (key, svc) = entry.map_err(op_err(&SERVICES, "list"))?;
-            if key.protocol != abi::IPPROTO_TCP {
-                tracing::warn!(map = SERVICES.name, ?key, "ignoring a non-TCP entry");
+            if key.protocol != abi::IPPROTO_TCP && key.protocol != abi::IPPROTO_UDP {
+                tracing::warn!(
+                    map = SERVICES.name,
+                    ?key,
+                    "ignoring an entry of another protocol"
+                );
                 continue;
             }
             let count = svc.count as usize;
@@ -426,7 +438,12 @@ impl Maps {
                     port: u16::from_be(b.port),
                 })
                 .collect();
-            state.services.insert(key.addr(), backends);
+            // "More than fit" (count > max) reads back empty: the next full apply rewrites it.
+            let frontend = ServiceFrontend {
+                protocol: key.protocol,
+                addr: key.addr(),
+            };
+            state.services.insert(frontend, backends);
         }
         Ok(state)
     }
@@ -481,7 +498,7 @@ impl Maps {
                 }
             }
             Step::Service(frontend, value) => {
-                let key = SvcKey::tcp(*frontend);
+                let key = SvcKey::new(frontend.protocol, frontend.addr);
                 let mut map = self.services.lock();
                 match value {
                     Some(backends) => map

@@ -198,6 +198,64 @@ fn mask_port(port: u16, prefix_len: u8) -> u16 {
     }
 }
 
+/// A Service frontend: protocol, ClusterIP and port (the key of `strait_svc_ids`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceFrontend {
+    /// `abi::IPPROTO_TCP` or `abi::IPPROTO_UDP`.
+    pub protocol: u8,
+    pub addr: SocketAddrV4,
+}
+
+impl ServiceFrontend {
+    /// A TCP frontend.
+    pub const fn tcp(addr: SocketAddrV4) -> Self {
+        Self {
+            protocol: abi::IPPROTO_TCP,
+            addr,
+        }
+    }
+
+    /// A UDP frontend.
+    pub const fn udp(addr: SocketAddrV4) -> Self {
+        Self {
+            protocol: abi::IPPROTO_UDP,
+            addr,
+        }
+    }
+}
+
+impl From<SocketAddrV4> for ServiceFrontend {
+    /// A TCP frontend, the common case.
+    fn from(addr: SocketAddrV4) -> Self {
+        Self::tcp(addr)
+    }
+}
+
+impl std::fmt::Display for ServiceFrontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, abi::ip_protocol_name(self.protocol))
+    }
+}
+
+/// Parses `ip:port` (TCP) or `ip:port/UDP` (`/TCP` also accepted).
+impl std::str::FromStr for ServiceFrontend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+        let addr: SocketAddrV4 = addr
+            .parse()
+            .map_err(|e| format!("service frontend {s:?}: {e}"))?;
+        match proto.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Self::tcp(addr)),
+            "UDP" => Ok(Self::udp(addr)),
+            other => Err(format!(
+                "service frontend {s:?}: protocol {other} is not TCP or UDP"
+            )),
+        }
+    }
+}
+
 /// One ready backend of a service: where socket LB sends a connection, and what policy judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceBackend {
@@ -225,7 +283,7 @@ pub struct PolicyImage {
     /// connect to a frontend is refused in the kernel only when policy denies all of them. More
     /// than [`abi::SVC_BACKENDS_MAX`] backends, or none, leave balancing and the decision to
     /// the proxy.
-    pub services: Vec<(SocketAddrV4, Vec<ServiceBackend>)>,
+    pub services: Vec<(ServiceFrontend, Vec<ServiceBackend>)>,
 }
 
 /// Entries added, replaced and removed in one map by one apply.
@@ -297,7 +355,7 @@ pub(crate) struct State {
     pub policed: BTreeMap<u32, u32>,
     pub policy: BTreeMap<PolicyKey, PolicyAction>,
     /// Distinct backends, sorted; empty = the kernel cannot tell.
-    pub services: BTreeMap<SocketAddrV4, Vec<ServiceBackend>>,
+    pub services: BTreeMap<ServiceFrontend, Vec<ServiceBackend>>,
 }
 
 impl State {
@@ -455,7 +513,7 @@ pub(crate) enum Step {
     Policy(PolicyKey, Option<PolicyAction>),
     Ipcache(Ipv4Net, Option<u32>),
     Endpoint(u64, Option<(u32, Ipv4Addr)>),
-    Service(SocketAddrV4, Option<Vec<ServiceBackend>>),
+    Service(ServiceFrontend, Option<Vec<ServiceBackend>>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

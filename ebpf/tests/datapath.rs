@@ -40,7 +40,7 @@ fn redirects_to_proxy_and_survives_agent_restart() {
         "{:?}",
         datapath.programs()
     );
-    assert_eq!(fx.attached_programs(), 4);
+    assert_eq!(fx.attached_programs(), 6);
 
     // A pod connect to the target lands on the proxy.
     let proxy = fx.listen(SocketAddrV4::new(PROXY_IP, PROXY_PORT), "proxy");
@@ -69,7 +69,7 @@ fn redirects_to_proxy_and_survives_agent_restart() {
         Err("ECONNREFUSED".into())
     );
     target.assert_idle();
-    assert_eq!(fx.attached_programs(), 4);
+    assert_eq!(fx.attached_programs(), 6);
     assert!(
         strait_ebpf::program_status(&fx.pin_dir)
             .iter()
@@ -80,7 +80,7 @@ fn redirects_to_proxy_and_survives_agent_restart() {
     let datapath = Datapath::load_and_attach(&fx.config(PROXY_PORT)).unwrap();
     assert_eq!(
         fx.attached_programs(),
-        4,
+        6,
         "the previous agent's links must be detached"
     );
     // ... and reuses the pinned maps: the pending connection is still known.

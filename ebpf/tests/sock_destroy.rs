@@ -124,9 +124,9 @@ fn image() -> PolicyImage {
             rule(PORT_L7, PolicyAction::Proxy),
         ],
         services: vec![
-            (VIP, vec![backend]),
-            (VIP_GONE, vec![backend]),
-            (VIP_EMPTY, vec![]),
+            (VIP.into(), vec![backend]),
+            (VIP_GONE.into(), vec![backend]),
+            (VIP_EMPTY.into(), vec![]),
         ],
     }
 }
@@ -361,14 +361,14 @@ fn policy_and_service_changes_end_the_connections_they_no_longer_allow() {
     let mut changed = image();
     changed.services = vec![
         (
-            VIP,
+            VIP.into(),
             vec![ServiceBackend {
                 ip: SERVER_2,
                 identity: ID_SERVER,
                 port: PORT_L4,
             }],
         ),
-        (VIP_EMPTY, vec![]),
+        (VIP_EMPTY.into(), vec![]),
     ];
     datapath.apply_policy(&changed).unwrap();
     let rejudged = datapath.rejudge_sockets(&here).unwrap();

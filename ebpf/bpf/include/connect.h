@@ -19,6 +19,7 @@
 #define STRAIT_AF_INET		2
 #define STRAIT_AF_INET6		10
 #define STRAIT_SOCK_STREAM	1
+#define STRAIT_SOCK_DGRAM	2
 
 /* Return values of cgroup sock_addr programs. */
 #define STRAIT_SOCK_REJECT	0	/* the syscall fails with EPERM */
@@ -40,6 +41,11 @@ struct strait_connect_decision {
 static __always_inline int strait_is_tcp(__u32 type, __u32 protocol)
 {
 	return type == STRAIT_SOCK_STREAM && protocol == STRAIT_IPPROTO_TCP;
+}
+
+static __always_inline int strait_is_udp(__u32 type, __u32 protocol)
+{
+	return type == STRAIT_SOCK_DGRAM && protocol == STRAIT_IPPROTO_UDP;
 }
 
 /* 127.0.0.0/8 and 0.0.0.0 (which connect() treats as this host). */

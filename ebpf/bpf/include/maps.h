@@ -68,6 +68,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_orig_tp SEC(".maps");
 
+/*
+ * UDP socket LB: {socket cookie, backend} -> the Service frontend dialed,
+ * written by connect4 / sendmsg4 when they send a UDP socket to a backend,
+ * read by recvmsg4 and getpeername4. LRU evicts old sockets.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, STRAIT_UDP_RNAT_MAX);
+	__type(key, struct strait_udp_rnat_key);
+	__type(value, struct strait_orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_udp_rnat SEC(".maps");
+
 /* --- pod interfaces: written by user space only (Datapath::attach_pod_interface) */
 
 /*

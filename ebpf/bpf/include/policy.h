@@ -168,9 +168,9 @@ struct strait_route {
 };
 
 /*
- * Route and verdict of a pod (identity src_id) connecting over TCP to
- * dst_ip:dst_port (network order), with the kernel fast path on: Cilium's
- * socket LB and L4 policy in one step.
+ * Route and verdict of a pod (identity src_id) connecting over protocol
+ * (TCP or UDP) to dst_ip:dst_port (network order), with the kernel fast path
+ * on: Cilium's socket LB and L4 policy in one step.
  *
  * A Service frontend with backends in strait_svc_ids is balanced here: from a
  * random backend (seed), the first one policy allows is chosen, so a
@@ -182,13 +182,13 @@ struct strait_route {
  * balance; HOST, world, CIDRs) goes to the proxy.
  */
 static __always_inline enum strait_policy_match
-strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u32 seed,
+strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u8 protocol, __u32 seed,
 		      struct strait_route *route)
 {
 	struct strait_svc_key svc_key = {
 		.vip = dst_ip,
 		.port = dst_port,
-		.protocol = STRAIT_IPPROTO_TCP,
+		.protocol = protocol,
 		.pad = 0,
 	};
 	const struct strait_svc_entry *svc;
@@ -204,8 +204,7 @@ strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u32 seed,
 	svc = bpf_map_lookup_elem(&strait_svc_ids, &svc_key);
 	if (!svc) {
 		route->dst_identity = strait_ipcache_identity(dst_ip);
-		return strait_policy_check(src_id, route->dst_identity, STRAIT_IPPROTO_TCP,
-					   dst_port);
+		return strait_policy_check(src_id, route->dst_identity, protocol, dst_port);
 	}
 	route->dst_identity = 0;
 	count = svc->count;
@@ -222,7 +221,7 @@ strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u32 seed,
 		if (idx >= STRAIT_SVC_BACKENDS_MAX)
 			break;
 		b = &svc->backends[idx];
-		m = strait_policy_check(src_id, b->identity, STRAIT_IPPROTO_TCP, b->port);
+		m = strait_policy_check(src_id, b->identity, protocol, b->port);
 		if (i == 0 || strait_match_allows(m)) {
 			route->ip4 = b->ip4;
 			route->port = b->port;

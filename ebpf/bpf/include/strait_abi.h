@@ -21,6 +21,7 @@
 #define STRAIT_CONFIG_MAX	1	/* strait_cfg: one entry, index 0 */
 #define STRAIT_BYPASS_MAX	64	/* strait_bypass */
 #define STRAIT_ORIG_MAX		65536	/* strait_orig_ck and strait_orig_tp (LRU) */
+#define STRAIT_UDP_RNAT_MAX	65536	/* strait_udp_rnat (LRU) */
 #define STRAIT_IPCACHE_MAX	65536	/* strait_ipcache (LPM trie) */
 #define STRAIT_ENDPOINTS_MAX	4096	/* strait_endpoint */
 #define STRAIT_POD_IFS_MAX	4096	/* strait_pod_ifs */
@@ -79,6 +80,20 @@ struct strait_sock_key {
 	__u16 pad;		/* zero: part of the hash key */
 };
 _Static_assert(sizeof(struct strait_sock_key) == 8, "strait_sock_key layout");
+
+/*
+ * Key of strait_udp_rnat: a UDP socket (its cookie) and the backend socket LB
+ * sent its datagrams to. The value (struct strait_orig_dst) is the Service
+ * frontend it dialed, which recvmsg4 and getpeername4 report instead of the
+ * backend, so replies look as if they came from the address dialed.
+ */
+struct strait_udp_rnat_key {
+	__u64 cookie;
+	__be32 ip4;		/* the backend, network order */
+	__be16 port;		/* network order */
+	__u16 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_udp_rnat_key) == 16, "strait_udp_rnat_key layout");
 
 /*
  * IP protocol numbers (the uapi headers need libc for these), as an X-macro
@@ -359,6 +374,7 @@ enum strait_hook {
 	STRAIT_HOOK_CONNECT6 = 4,	/* cgroup/connect6 (IPv4-mapped destinations) */
 	STRAIT_HOOK_SOCKOPS = 5,	/* sockops: a kernel-path TCP connection closed */
 	STRAIT_HOOK_SOCK_ITER = 6,	/* the socket iterator re-judging live connections */
+	STRAIT_HOOK_SENDMSG4 = 7,	/* cgroup/sendmsg4 (UDP to a Service): the send failed */
 };
 
 /* One record of the strait_events ring buffer. */

@@ -52,6 +52,7 @@ fn structs() -> Vec<(&'static str, usize)> {
         ("strait_frag_entry", size_of::<FragEntry>()),
         ("strait_drop_event", size_of::<DropEventRecord>()),
         ("strait_sock", size_of::<SockState>()),
+        ("strait_udp_rnat_key", size_of::<UdpRnatKey>()),
         ("strait_flow_event", size_of::<FlowEventRecord>()),
     ]
 }
@@ -99,6 +100,11 @@ fn fields() -> Vec<Field> {
         CtEntry,
         "strait_ct_entry",
         [created_ns, seen_ns, policy_rev, reported]
+    ));
+    all.extend(fields!(
+        UdpRnatKey,
+        "strait_udp_rnat_key",
+        [cookie, ip4, port, pad]
     ));
     all.extend(fields!(
         SockState,
@@ -175,6 +181,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_CONFIG_MAX", u64::from(CONFIG_MAX)),
         ("STRAIT_BYPASS_MAX", u64::from(BYPASS_MAX)),
         ("STRAIT_ORIG_MAX", u64::from(ORIG_MAX)),
+        ("STRAIT_UDP_RNAT_MAX", u64::from(UDP_RNAT_MAX)),
         ("STRAIT_CFG_DISABLED", u64::from(CFG_DISABLED)),
         ("STRAIT_CFG_NO_FAST_PATH", u64::from(CFG_NO_FAST_PATH)),
         ("STRAIT_ID_FIRST_WORKLOAD", u64::from(ID_FIRST_WORKLOAD)),

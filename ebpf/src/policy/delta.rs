@@ -6,13 +6,13 @@
 //! update ordering and "deny wins" rules are exactly those of a full apply.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use super::{
-    PolicyAction, PolicyError, PolicyKey, ServiceBackend, State, Totals, deny_wins,
-    normalize_backends, policed_flags, stronger,
+    PolicyAction, PolicyError, PolicyKey, ServiceBackend, ServiceFrontend, State, Totals,
+    deny_wins, normalize_backends, policed_flags, stronger,
 };
 
 /// The rules of one identity pair `(src, dst)`.
@@ -28,7 +28,7 @@ pub struct PolicyDelta {
     pub policed: Vec<(u32, Option<(bool, bool)>)>,
     /// Identity pairs `(src, dst)` whose rules are replaced whole; an empty list removes them.
     pub pairs: Vec<PairRules>,
-    pub services: Vec<(SocketAddrV4, Option<Vec<ServiceBackend>>)>,
+    pub services: Vec<(ServiceFrontend, Option<Vec<ServiceBackend>>)>,
 }
 
 impl PolicyDelta {

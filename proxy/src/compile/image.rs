@@ -5,11 +5,11 @@
 //! Kept in persistent maps: an update patches what changed, and the installer computes what to
 //! write by diffing against the image it installed last, which skips everything the two share.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use imbl::OrdMap;
 use ipnet::Ipv4Net;
-use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend};
+use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend, ServiceFrontend};
 
 use super::Delta;
 use super::tables::service_frontends;
@@ -28,7 +28,7 @@ pub struct KernelImage {
     pub policed: OrdMap<u32, (bool, bool)>,
     /// Entries of the identity pairs with an end on this node.
     pub rules: OrdMap<(u32, u32), PairRules>,
-    pub services: OrdMap<SocketAddrV4, Vec<ServiceBackend>>,
+    pub services: OrdMap<ServiceFrontend, Vec<ServiceBackend>>,
     /// Local pods per identity: the node only needs entries of pairs with a local end.
     local: OrdMap<u32, usize>,
     /// The CIDR identities the ipcache was built with.

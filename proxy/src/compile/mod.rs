@@ -12,7 +12,7 @@ mod image;
 mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -316,7 +316,7 @@ impl Delta<'_> {
 
     /// Frontends of the services that changed, as they were: to be removed before the
     /// services are set again (another service may take one of them over in the same batch).
-    pub fn old_frontends(&self) -> Vec<SocketAddrV4> {
+    pub fn old_frontends(&self) -> Vec<strait_ebpf::ServiceFrontend> {
         self.keys
             .iter()
             .filter_map(|k| match k {

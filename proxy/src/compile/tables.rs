@@ -3,6 +3,7 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
+use strait_ebpf::ServiceFrontend;
 
 use super::Delta;
 use crate::config::TUNNEL_PORT;
@@ -60,7 +61,9 @@ pub(crate) fn update(
         }
     }
     for frontend in delta.old_frontends() {
-        t.services.remove(&frontend);
+        if frontend.protocol == strait_ebpf::abi::IPPROTO_TCP {
+            t.services.remove(&frontend.addr);
+        }
     }
     for k in delta.endpoints() {
         if let Some(e) = model.endpoints.get(k) {
@@ -107,7 +110,12 @@ fn add_endpoint(t: &mut ProxyTables, e: &Endpoint) {
 }
 
 fn set_service(t: &mut ProxyTables, model: &Model, svc: &Service) {
+    // The proxy carries TCP; UDP frontends are balanced in the kernel only.
     for (frontend, ready) in service_frontends(model, svc) {
+        if frontend.protocol != strait_ebpf::abi::IPPROTO_TCP {
+            continue;
+        }
+        let frontend = frontend.addr;
         let mut backends: Vec<Backend> = ready
             .into_iter()
             .filter_map(|(ep, target)| {
@@ -128,9 +136,9 @@ fn set_service(t: &mut ProxyTables, model: &Model, svc: &Service) {
 }
 
 /// A service frontend and its ready backends with the port each receives on.
-pub type Frontend<'m> = (SocketAddrV4, Vec<(&'m Arc<Endpoint>, u16)>);
+pub type Frontend<'m> = (ServiceFrontend, Vec<(&'m Arc<Endpoint>, u16)>);
 
-/// Every TCP frontend (`clusterIP:port`) of `svc` with its ready endpoints and the target port
+/// Every frontend (protocol, `clusterIP:port`) of `svc` with its ready endpoints and the target port
 /// each one receives on (named target ports resolved); endpoints without that port are left out.
 /// A headless service has no frontend: clients reach its pods by their own addresses.
 pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m>> {
@@ -147,13 +155,17 @@ pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m
         .collect();
     svc.ports
         .iter()
-        .filter(|p| p.protocol == Protocol::Tcp)
         .map(|port| {
             let ready = selected
                 .iter()
                 .filter_map(|ep| Some((*ep, port.target_on(ep)?)))
                 .collect();
-            (SocketAddrV4::new(svc.cluster_ip, port.port), ready)
+            let addr = SocketAddrV4::new(svc.cluster_ip, port.port);
+            let frontend = match port.protocol {
+                Protocol::Tcp => ServiceFrontend::tcp(addr),
+                Protocol::Udp => ServiceFrontend::udp(addr),
+            };
+            (frontend, ready)
         })
         .collect()
 }

@@ -409,7 +409,7 @@ type Maps = (
     BTreeMap<u64, (u32, Ipv4Addr)>,
     BTreeMap<u32, (bool, bool)>,
     BTreeMap<PolicyKey, PolicyAction>,
-    BTreeMap<SocketAddrV4, Vec<strait_ebpf::ServiceBackend>>,
+    BTreeMap<strait_ebpf::ServiceFrontend, Vec<strait_ebpf::ServiceBackend>>,
 );
 
 fn maps(image: &PolicyImage) -> Maps {

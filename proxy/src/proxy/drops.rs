@@ -14,7 +14,7 @@ pub fn flow_from_drop(ev: &DropEvent, tables: &ProxyTables) -> FlowRecord {
     let cluster = tables.cluster.name.as_str();
     let src_ep = match ev.hook {
         // connect hooks know the pod by its cgroup; its address is not bound yet.
-        DropHook::Connect4 | DropHook::Connect6 => tables
+        DropHook::Connect4 | DropHook::Connect6 | DropHook::Sendmsg4 => tables
             .endpoint_by_cgroup(ev.cgroup_id)
             .or_else(|| tables.endpoint(*ev.src.ip())),
         // Leaving a pod, the sender is the pod behind the interface, whatever source address
