@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Bottom first; a module may use any module listed before it, never one after it.
 const LAYERS: &[&str] = &[
-    "errors", "pki", "config", "model", "identity", "policy", "flows", "dns", "metrics", "admin",
+    "errors", "pki", "config", "model", "identity", "mesh", "policy", "flows", "dns", "metrics", "admin",
     "proxy", "compile", "datapath", "sources", "lab", "ui", "agent", "cli",
 ];
 
