@@ -37,7 +37,10 @@ fn ca(dir: &TempDir, cluster: &str) -> ClusterCa {
         dir.0.join(format!("{cluster}-ca.crt")),
         dir.0.join(format!("{cluster}-ca.key")),
     );
-    ClusterCa::create(cluster).unwrap().save(&crt, &key).unwrap();
+    ClusterCa::create(cluster)
+        .unwrap()
+        .save(&crt, &key)
+        .unwrap();
     ClusterCa::load(&crt, &key).unwrap()
 }
 
@@ -89,7 +92,10 @@ fn loopback() -> SocketAddr {
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -116,14 +122,8 @@ async fn snapshot_then_ordered_deltas_then_resync_after_a_server_restart() {
     publisher.publish(c2_state(3));
     let server = MeshServer::bind(loopback(), tls2.clone(), publisher.clone()).unwrap();
     let addr = server.local_addr().unwrap();
-    let client = MeshClient::spawn(
-        tls1,
-        ClusterId::new("c1", 1).unwrap(),
-        "c2",
-        addr,
-        fast(),
-    )
-    .unwrap();
+    let client =
+        MeshClient::spawn(tls1, ClusterId::new("c1", 1).unwrap(), "c2", addr, fast()).unwrap();
 
     // Snapshot.
     let mut rx = client.state();
@@ -161,7 +161,12 @@ async fn snapshot_then_ordered_deltas_then_resync_after_a_server_restart() {
     assert!(!withdrawn);
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
     assert_eq!(seen.last(), Some(&21));
-    assert!(rx.borrow().as_ref().unwrap().same_content(&publisher.current()));
+    assert!(
+        rx.borrow()
+            .as_ref()
+            .unwrap()
+            .same_content(&publisher.current())
+    );
 
     // Restart: the server goes away; the client keeps serving what it had, then the new
     // incarnation (new epoch, changed content) resyncs it with no gap and no withdrawal.
@@ -188,12 +193,22 @@ async fn snapshot_then_ordered_deltas_then_resync_after_a_server_restart() {
             .is_some_and(|s| s.epoch == restarted.current().epoch)
     })
     .await;
-    assert!(client.state().borrow().as_ref().unwrap().same_content(&restarted.current()));
+    assert!(
+        client
+            .state()
+            .borrow()
+            .as_ref()
+            .unwrap()
+            .same_content(&restarted.current())
+    );
     let st = client.status();
     assert!(st.ready && st.connected && !st.withdrawn, "{st:?}");
     assert!(st.failures >= 1);
     gap_watch.abort();
-    assert!(!gap_watch.await.unwrap_or(false), "state withdrawn during the restart");
+    assert!(
+        !gap_watch.await.unwrap_or(false),
+        "state withdrawn during the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,7 +263,14 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        self.issue_leaf(&what(), format!("{cluster}/mesh"), sans, ekus, key, validity)
+        self.issue_leaf(
+            &what(),
+            format!("{cluster}/mesh"),
+            sans,
+            ekus,
+            key,
+            validity,
+        )
     }
 
     fn issue_leaf(

@@ -27,7 +27,7 @@ pub enum ClientError {
         local: String,
         remote: String,
         #[source]
-        source: MeshTlsError,
+        source: Box<MeshTlsError>,
     },
     #[error("mesh client of cluster {local}: bind a UDP socket")]
     Bind {
@@ -73,7 +73,7 @@ impl MeshClient {
             .map_err(|source| ClientError::Tls {
                 local: local.name.clone(),
                 remote: remote.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let bind: SocketAddr = if addr.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -126,7 +126,8 @@ impl Drop for MeshClient {
         for t in &self.tasks {
             t.abort();
         }
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"disconnected");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"disconnected");
     }
 }
 
@@ -185,7 +186,12 @@ impl Session {
         };
         match self.tls.peer_cluster(&conn) {
             Ok(c) if c == self.remote_name => {}
-            Ok(c) => return format!("the endpoint at {} is cluster {c}, not {}", self.addr, self.remote_name),
+            Ok(c) => {
+                return format!(
+                    "the endpoint at {} is cluster {c}, not {}",
+                    self.addr, self.remote_name
+                );
+            }
             Err(why) => return why,
         }
         let reason = match self.stream(&conn).await {
@@ -212,10 +218,14 @@ impl Session {
         };
         wire::write(&mut send, &wire::encode("hello", &hello)?).await?;
         self.remote.lock().connected();
+        let mut udp_seen = 0;
         loop {
-            let (frame, _) = wire::read::<ServerFrame>("server frame", &mut recv).await?;
+            let (frame, len) = wire::read::<ServerFrame>("server frame", &mut recv).await?;
+            let udp = conn.stats().udp_rx.bytes;
             let served = {
                 let mut r = self.remote.lock();
+                r.received(len as u64, udp - udp_seen);
+                udp_seen = udp;
                 match frame {
                     ServerFrame::Refused { reason } => {
                         return Ok(format!("refused by cluster {}: {reason}", self.remote_name));

@@ -63,6 +63,10 @@ pub struct RemoteStatus {
     pub last_error: Option<String>,
     /// Whether the state was withdrawn after the TTL.
     pub withdrawn: bool,
+    /// Sync frame bytes received since start.
+    pub bytes_received: u64,
+    /// UDP payload bytes received since start (QUIC and TLS overhead included).
+    pub udp_bytes_received: u64,
 }
 
 // === impl RemoteCluster ===
@@ -84,6 +88,8 @@ pub struct RemoteCluster {
     /// Since when the remote has been unreachable or unsynced; cleared by a completed sync.
     down_since: Option<Instant>,
     withdrawn: bool,
+    bytes_received: u64,
+    udp_bytes_received: u64,
 }
 
 impl RemoteCluster {
@@ -101,7 +107,15 @@ impl RemoteCluster {
             last_error: None,
             down_since: None,
             withdrawn: false,
+            bytes_received: 0,
+            udp_bytes_received: 0,
         }
+    }
+
+    /// Counts received traffic: `frame` bytes of sync frames, `udp` bytes of datagrams.
+    pub fn received(&mut self, frame: u64, udp: u64) {
+        self.bytes_received += frame;
+        self.udp_bytes_received += udp;
     }
 
     /// The state served now: the last complete sync, unless withdrawn.
@@ -140,7 +154,10 @@ impl RemoteCluster {
         };
         held.apply(delta)?;
         // An empty delta only confirms the client is current: no copy needed.
-        let unchanged = self.state.as_ref().is_some_and(|s| s.revision == held.revision);
+        let unchanged = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.revision == held.revision);
         if !unchanged {
             self.state = Some(Arc::new(held.clone()));
         }
@@ -208,6 +225,8 @@ impl RemoteCluster {
             failures: self.failures,
             last_error: self.last_error.clone(),
             withdrawn: self.withdrawn,
+            bytes_received: self.bytes_received,
+            udp_bytes_received: self.udp_bytes_received,
         }
     }
 }
@@ -253,11 +272,17 @@ mod tests {
         r.failed("timed out".into(), down + Duration::from_secs(10));
         assert!(!r.expire(down + TTL), "never before (at exactly the TTL)");
         assert_eq!(r.state().unwrap().ipcache.len(), 3);
-        assert!(r.expire(down + TTL + Duration::from_millis(1)), "always after");
+        assert!(
+            r.expire(down + TTL + Duration::from_millis(1)),
+            "always after"
+        );
         assert!(r.state().is_none() && r.have().is_none());
         let st = r.status();
         assert!(st.withdrawn && !st.serving && !st.connected);
-        assert_eq!((st.failures, st.last_error.as_deref()), (2, Some("timed out")));
+        assert_eq!(
+            (st.failures, st.last_error.as_deref()),
+            (2, Some("timed out"))
+        );
     }
 
     #[test]
@@ -270,7 +295,11 @@ mod tests {
         r.failed("reset by peer".into(), t0 + Duration::from_secs(1));
         // The server restarted (new epoch): the client reconnects within the TTL.
         r.connected();
-        assert_eq!(r.state().unwrap().revision, 4, "old state served while syncing");
+        assert_eq!(
+            r.state().unwrap().revision,
+            4,
+            "old state served while syncing"
+        );
         assert!(!r.status().ready);
         // Still unsynced past the TTL counted from the disconnect: withdrawn after all.
         let mut late = RemoteCluster::new("c2", TTL);
@@ -288,7 +317,6 @@ mod tests {
 
     #[test]
     fn deltas_apply_in_order_and_a_gap_changes_nothing() {
-        let t0 = Instant::now();
         let wall = SystemTime::UNIX_EPOCH;
         let mut r = RemoteCluster::new("c2", TTL);
         let (a, b, c) = (state(1, 1, 1), state(1, 2, 2), state(1, 3, 3));

@@ -28,7 +28,7 @@ pub enum ServerError {
     Tls {
         cluster: String,
         #[source]
-        source: MeshTlsError,
+        source: Box<MeshTlsError>,
     },
     #[error("mesh endpoint of cluster {cluster}: bind {addr}")]
     Bind {
@@ -152,15 +152,14 @@ impl MeshServer {
         let cluster = tls.cluster.clone();
         let config = tls.server_config().map_err(|source| ServerError::Tls {
             cluster: cluster.clone(),
-            source,
+            source: Box::new(source),
         })?;
-        let endpoint = quinn::Endpoint::server(config, addr).map_err(|source| {
-            ServerError::Bind {
+        let endpoint =
+            quinn::Endpoint::server(config, addr).map_err(|source| ServerError::Bind {
                 cluster,
                 addr,
                 source,
-            }
-        })?;
+            })?;
         let task = tokio::spawn(accept_loop(endpoint.clone(), tls, publisher));
         Ok(Self { endpoint, task })
     }
@@ -173,7 +172,8 @@ impl MeshServer {
 
 impl Drop for MeshServer {
     fn drop(&mut self) {
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"mesh endpoint stopped");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"mesh endpoint stopped");
         self.task.abort();
     }
 }
@@ -306,9 +306,15 @@ mod tests {
         let Catchup::Deltas(d) = p.catchup(Some((epoch, 0))) else {
             panic!("deltas expected")
         };
-        assert_eq!(d.iter().map(|d| (d.from, d.to)).collect::<Vec<_>>(), [(0, 1), (1, 2)]);
+        assert_eq!(
+            d.iter().map(|d| (d.from, d.to)).collect::<Vec<_>>(),
+            [(0, 1), (1, 2)]
+        );
         assert!(matches!(p.catchup(None), Catchup::Snapshot(s) if s.revision == 2));
-        assert!(matches!(p.catchup(Some((epoch + 2, 2))), Catchup::Snapshot(_)));
+        assert!(matches!(
+            p.catchup(Some((epoch + 2, 2))),
+            Catchup::Snapshot(_)
+        ));
         for i in 0..HISTORY {
             p.publish(with_pods(i as u8 % 2 + 5));
         }

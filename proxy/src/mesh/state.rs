@@ -4,14 +4,14 @@
 //! Every collection is a map keyed the way a delta names a change, so a delta is "these keys
 //! now hold these values, these keys are gone", and applying it is a pure function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterId;
-use crate::model::{Labels, NamespacedName, Protocol, Snapshot};
+use crate::model::{Endpoint, Labels, NamespacedName, Protocol, Service, Snapshot};
 
 /// Annotation making a service global: `"true"` merges same-named services across clusters.
 pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
@@ -117,9 +117,7 @@ pub struct Delta {
 /// A delta that does not fit the state it is applied to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeltaError {
-    #[error(
-        "delta {epoch}/{from}->{to} does not apply to the state held at {held_epoch}/{held}"
-    )]
+    #[error("delta {epoch}/{from}->{to} does not apply to the state held at {held_epoch}/{held}")]
     Gap {
         epoch: u64,
         from: u64,
@@ -264,6 +262,17 @@ impl MeshState {
                 },
             );
         }
+        // Candidates per (namespace, label, value): a service's endpoints are found from its
+        // first selector label instead of scanning every pod for every service.
+        let mut by_label: HashMap<(&str, &str, &str), Vec<&Endpoint>> = HashMap::new();
+        for ep in model.endpoints.values() {
+            for (k, v) in &ep.labels {
+                by_label
+                    .entry((ep.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(ep);
+            }
+        }
         for (key, svc) in &model.services {
             let Some(ann) = annotations.get(key) else {
                 continue;
@@ -278,10 +287,8 @@ impl MeshState {
                 _ => Affinity::None,
             };
             let endpoints = if shared {
-                model
-                    .endpoints
-                    .values()
-                    .filter(|ep| svc.selects(ep))
+                selected(&by_label, svc)
+                    .into_iter()
                     .map(|ep| MeshEndpoint {
                         ip: ep.ip,
                         ports: svc.ports.iter().map(|p| p.target_on(ep)).collect(),
@@ -360,6 +367,20 @@ impl MeshState {
     pub fn endpoint_count(&self) -> usize {
         self.services.values().map(|s| s.endpoints.len()).sum()
     }
+}
+
+/// The endpoints `svc` selects, in key order.
+fn selected<'a>(
+    by_label: &HashMap<(&str, &str, &str), Vec<&'a Endpoint>>,
+    svc: &Service,
+) -> Vec<&'a Endpoint> {
+    let Some((k, v)) = svc.selector.iter().next() else {
+        return Vec::new();
+    };
+    by_label
+        .get(&(svc.namespace.as_str(), k.as_str(), v.as_str()))
+        .map(|eps| eps.iter().copied().filter(|ep| svc.selects(ep)).collect())
+        .unwrap_or_default()
 }
 
 /// The key of a global service in [`MeshState::services`]: `namespace/name`.

@@ -236,9 +236,7 @@ impl MeshTls {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
-    t.max_idle_timeout(
-        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(3)).ok(),
-    );
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(std::time::Duration::from_secs(3)).ok());
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);

@@ -7,8 +7,8 @@
 //! readable, and unknown fields added later are skipped by older peers; the sync benchmark
 //! reports its size on the wire.
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterId;
 use super::state::{Delta, MeshState};
@@ -96,7 +96,8 @@ pub async fn read<T: DeserializeOwned>(
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await?;
-    let frame = serde_json::from_slice(&buf).map_err(|source| WireError::Decode { what, source })?;
+    let frame =
+        serde_json::from_slice(&buf).map_err(|source| WireError::Decode { what, source })?;
     Ok((frame, len + 4))
 }
 

@@ -155,8 +155,10 @@ fn random_state(rng: &mut StdRng, epoch: u64, revision: u64) -> MeshState {
     }
     for _ in 0..rng.random_range(0..8) {
         let id = rng.random_range(0..10u32);
-        s.identities
-            .insert(id, labels(&[("app", &format!("a{}", rng.random_range(0..3)))]));
+        s.identities.insert(
+            id,
+            labels(&[("app", &format!("a{}", rng.random_range(0..3)))]),
+        );
         s.ipcache.insert(
             [10, 2, 0, rng.random_range(0..12)].into(),
             IpEntry {
@@ -219,7 +221,10 @@ fn a_delta_that_does_not_start_at_the_held_revision_is_refused_and_changes_nothi
     );
     let mut held = a.clone();
     let skip = b.delta_to(&c);
-    assert!(matches!(held.apply(&skip), Err(DeltaError::Gap { held: 1, .. })));
+    assert!(matches!(
+        held.apply(&skip),
+        Err(DeltaError::Gap { held: 1, .. })
+    ));
     assert_eq!(held, a);
     let mut other_epoch = a.delta_to(&b);
     other_epoch.epoch = 2;
