@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use imbl::OrdMap;
+use imbl::ordmap::DiffItem;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -20,20 +22,21 @@ pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
 /// Annotation `local|remote|none`: which cluster's endpoints a global service prefers.
 pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 
-/// Everything one cluster publishes at one revision.
+/// Everything one cluster publishes at one revision. Persistent maps: a copy (what the client
+/// hands out after every delta) shares everything unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshState {
     pub cluster: ClusterId,
     /// Chosen anew each time a publisher starts: revisions of different epochs are unrelated.
     pub epoch: u64,
     pub revision: u64,
-    pub nodes: BTreeMap<String, MeshNode>,
+    pub nodes: OrdMap<String, MeshNode>,
     /// Numeric identity → its label set.
-    pub identities: BTreeMap<u32, Labels>,
+    pub identities: OrdMap<u32, Labels>,
     /// Pod IP → what owns it.
-    pub ipcache: BTreeMap<Ipv4Addr, IpEntry>,
+    pub ipcache: OrdMap<Ipv4Addr, IpEntry>,
     /// Global services by `namespace/name`.
-    pub services: BTreeMap<String, GlobalService>,
+    pub services: OrdMap<String, GlobalService>,
 }
 
 /// A node as other clusters need it: where to route its pods' addresses.
@@ -140,22 +143,23 @@ impl<K: Ord, V> Default for Changes<K, V> {
 
 impl<K: Ord + Clone, V: Clone + PartialEq> Changes<K, V> {
     /// The changes from `old` to `new`.
-    pub fn between(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Self {
-        let upserted = new
-            .iter()
-            .filter(|(k, v)| old.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let removed = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .cloned()
-            .collect();
-        Self { upserted, removed }
+    pub fn between(old: &OrdMap<K, V>, new: &OrdMap<K, V>) -> Self {
+        // `diff` skips subtrees the two maps share, so a state derived from the other by a
+        // delta is compared in time proportional to the change.
+        let mut out = Self::default();
+        for item in old.diff(new) {
+            match item {
+                DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                    out.upserted.insert(k.clone(), v.clone());
+                }
+                DiffItem::Remove(k, _) => out.removed.push(k.clone()),
+            }
+        }
+        out
     }
 
     /// Applies the changes to `map`.
-    pub fn apply_to(&self, map: &mut BTreeMap<K, V>) {
+    pub fn apply_to(&self, map: &mut OrdMap<K, V>) {
         for k in &self.removed {
             map.remove(k);
         }
@@ -214,10 +218,10 @@ impl MeshState {
             cluster,
             epoch: 0,
             revision: 0,
-            nodes: BTreeMap::new(),
-            identities: BTreeMap::new(),
-            ipcache: BTreeMap::new(),
-            services: BTreeMap::new(),
+            nodes: OrdMap::new(),
+            identities: OrdMap::new(),
+            ipcache: OrdMap::new(),
+            services: OrdMap::new(),
         }
     }
 
