@@ -276,3 +276,41 @@ async fn peers_with_another_cas_certificate_are_refused_with_a_reason() {
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_is_withdrawn_after_the_ttl_and_not_before() {
+    let dir = TempDir::new("ttl");
+    let (ca1, ca2) = (ca(&dir, "c1"), ca(&dir, "c2"));
+    let trust = [("c1", &ca1), ("c2", &ca2)];
+    let publisher = Arc::new(Publisher::new(ClusterId::new("c2", 2).unwrap()));
+    publisher.publish(c2_state(3));
+    let server = MeshServer::bind(loopback(), mesh_tls("c2", &ca2, &trust), publisher).unwrap();
+    let ttl = Duration::from_millis(1500);
+    let client = MeshClient::spawn(
+        mesh_tls("c1", &ca1, &trust),
+        ClusterId::new("c1", 1).unwrap(),
+        "c2",
+        server.local_addr().unwrap(),
+        RemoteConfig { ttl, ..fast() },
+    )
+    .unwrap();
+    wait_for("the snapshot", || client.status().ready).await;
+    let down = std::time::Instant::now();
+    drop(server);
+    wait_for("the disconnect", || !client.status().connected).await;
+    tokio::time::sleep(ttl / 2).await;
+    assert!(
+        client.state().borrow().is_some(),
+        "withdrawn before the TTL"
+    );
+    assert!(client.status().serving);
+    wait_for("the withdrawal", || client.state().borrow().is_none()).await;
+    assert!(
+        down.elapsed() >= ttl,
+        "withdrawn after {:?}",
+        down.elapsed()
+    );
+    let st = client.status();
+    assert!(st.withdrawn && !st.serving && st.endpoints == 0, "{st:?}");
+    assert!(st.last_error.is_some());
+}

@@ -156,7 +156,11 @@ impl Session {
 
     /// Withdraws the remote's state once it has been down for longer than the TTL.
     async fn expire_loop(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(EXPIRY_TICK.min(self.settings.ttl / 4));
+        // Never a zero period (tokio refuses one), even with a zero TTL.
+        let period = EXPIRY_TICK
+            .min(self.settings.ttl / 4)
+            .max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
