@@ -11,6 +11,7 @@ pub mod errors;
 pub mod flows;
 pub mod identity;
 pub mod lab;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod pki;

@@ -52,6 +52,16 @@ pub fn node_server_name(cluster: &str, node: &str) -> String {
     format!("{node}.{cluster}.strait")
 }
 
+/// The URI SAN of `cluster`'s mesh endpoint.
+pub fn mesh_uri(cluster: &str) -> String {
+    format!("spiffe://{cluster}/mesh")
+}
+
+/// The DNS SAN (and TLS server name) of `cluster`'s mesh endpoint.
+pub fn mesh_server_name(cluster: &str) -> String {
+    format!("mesh.{cluster}.strait")
+}
+
 /// `(cluster, node)` from a node URI SAN, if it is one.
 pub fn parse_node_uri(uri: &str) -> Option<(&str, &str)> {
     let rest = uri.strip_prefix("spiffe://")?;
@@ -223,6 +233,39 @@ impl ClusterCa {
         self.issue_leaf(
             &what(),
             format!("{cluster}/client/{name}"),
+            sans,
+            ekus,
+            key,
+            validity,
+        )
+    }
+
+    /// A certificate for `cluster`'s mesh endpoint (URI SAN `spiffe://<cluster>/mesh`, DNS SAN
+    /// `mesh.<cluster>.strait`, server and client authentication) over `key`'s public key,
+    /// valid `validity` from now (PEM).
+    pub fn issue_mesh(
+        &self,
+        cluster: &str,
+        key: &KeyPair,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        check_name(cluster)?;
+        let what = || format!("mesh certificate of cluster {cluster}");
+        let sans = vec![
+            SanType::URI(mesh_uri(cluster).try_into().map_err(cert_err(what()))?),
+            SanType::DnsName(
+                mesh_server_name(cluster)
+                    .try_into()
+                    .map_err(cert_err(what()))?,
+            ),
+        ];
+        let ekus = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue_leaf(
+            &what(),
+            format!("{cluster}/mesh"),
             sans,
             ekus,
             key,

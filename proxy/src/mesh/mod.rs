@@ -1,0 +1,21 @@
+//! Cluster mesh: this cluster's state published to connected clusters over QUIC with mutual TLS,
+//! and the state of remote clusters kept in sync, with Cilium's cluster identity rules.
+//!
+//! `cluster` validates names and IDs and the connect check; `state` is what a cluster publishes
+//! and the deltas between revisions; `wire` the frames; `server` the mesh endpoint and its
+//! publisher; `client` the sync of one remote; `remote` the per-remote state and TTL rule.
+
+pub mod client;
+pub mod cluster;
+pub mod remote;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod wire;
+
+pub use client::{ClientError, MeshClient};
+pub use cluster::{ClusterId, ClusterIdError, ClusterSpec, ConnectError, check_connect};
+pub use remote::{DEFAULT_TTL, RemoteCluster, RemoteConfig, RemoteStatus};
+pub use server::{MeshServer, Publisher, ServerError};
+pub use state::{Delta, MeshState};
+pub use tls::{MeshTls, MeshTlsError, MeshTrust};

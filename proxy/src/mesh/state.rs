@@ -1,0 +1,396 @@
+//! What a cluster publishes to the mesh, as plain serde data, and deltas between two published
+//! states.
+//!
+//! Every collection is a map keyed the way a delta names a change, so a delta is "these keys
+//! now hold these values, these keys are gone", and applying it is a pure function.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use imbl::OrdMap;
+use imbl::ordmap::DiffItem;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::cluster::ClusterId;
+use crate::model::{Endpoint, Labels, NamespacedName, Protocol, Service, Snapshot};
+
+/// Annotation making a service global: `"true"` merges same-named services across clusters.
+pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
+/// Annotation `"false"` keeps a global service's local endpoints out of what is published.
+pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
+/// Annotation `local|remote|none`: which cluster's endpoints a global service prefers.
+pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
+
+/// Everything one cluster publishes at one revision. Persistent maps: a copy (what the client
+/// hands out after every delta) shares everything unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshState {
+    pub cluster: ClusterId,
+    /// Chosen anew each time a publisher starts: revisions of different epochs are unrelated.
+    pub epoch: u64,
+    pub revision: u64,
+    pub nodes: OrdMap<String, MeshNode>,
+    /// Numeric identity → its label set.
+    pub identities: OrdMap<u32, Labels>,
+    /// Pod IP → what owns it.
+    pub ipcache: OrdMap<Ipv4Addr, IpEntry>,
+    /// Global services by `namespace/name`.
+    pub services: OrdMap<String, GlobalService>,
+}
+
+/// A node as other clusters need it: where to route its pods' addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshNode {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+/// One pod address: its identity and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpEntry {
+    pub identity: u32,
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Which cluster's endpoints a global service prefers (`service.cilium.io/affinity`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    #[default]
+    None,
+    Local,
+    Remote,
+}
+
+/// A port of a global service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A global service and, unless it is not shared, its local endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalService {
+    pub namespace: String,
+    pub name: String,
+    pub ports: Vec<MeshServicePort>,
+    pub shared: bool,
+    pub affinity: Affinity,
+    pub endpoints: Vec<MeshEndpoint>,
+}
+
+/// One backend of a global service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshEndpoint {
+    pub ip: Ipv4Addr,
+    /// Target port per service port, in the order of [`GlobalService::ports`]; `None` where a
+    /// named target port does not exist on this pod.
+    pub ports: Vec<Option<u16>>,
+    pub node: String,
+    pub ready: bool,
+}
+
+/// Changes of one collection: keys now holding these values, keys gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes<K: Ord, V> {
+    #[serde(default = "BTreeMap::new", skip_serializing_if = "BTreeMap::is_empty")]
+    pub upserted: BTreeMap<K, V>,
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<K>,
+}
+
+/// What turns the state at revision `from` into the state at revision `to` of one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub epoch: u64,
+    pub from: u64,
+    pub to: u64,
+    pub nodes: Changes<String, MeshNode>,
+    pub identities: Changes<u32, Labels>,
+    pub ipcache: Changes<Ipv4Addr, IpEntry>,
+    pub services: Changes<String, GlobalService>,
+}
+
+/// A delta that does not fit the state it is applied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta {epoch}/{from}->{to} does not apply to the state held at {held_epoch}/{held}")]
+    Gap {
+        epoch: u64,
+        from: u64,
+        to: u64,
+        held_epoch: u64,
+        held: u64,
+    },
+}
+
+// === impl Changes ===
+
+impl<K: Ord, V> Default for Changes<K, V> {
+    fn default() -> Self {
+        Self {
+            upserted: BTreeMap::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Changes<K, V> {
+    /// The changes from `old` to `new`.
+    pub fn between(old: &OrdMap<K, V>, new: &OrdMap<K, V>) -> Self {
+        // `diff` skips subtrees the two maps share, so a state derived from the other by a
+        // delta is compared in time proportional to the change.
+        let mut out = Self::default();
+        for item in old.diff(new) {
+            match item {
+                DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                    out.upserted.insert(k.clone(), v.clone());
+                }
+                DiffItem::Remove(k, _) => out.removed.push(k.clone()),
+            }
+        }
+        out
+    }
+
+    /// Applies the changes to `map`.
+    pub fn apply_to(&self, map: &mut OrdMap<K, V>) {
+        for k in &self.removed {
+            map.remove(k);
+        }
+        for (k, v) in &self.upserted {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+
+    /// Number of keys changed or removed.
+    pub fn len(&self) -> usize {
+        self.upserted.len() + self.removed.len()
+    }
+}
+
+// === impl Delta ===
+
+impl Delta {
+    /// A delta changing nothing at `revision` of `epoch`: tells a current client it is synced.
+    pub fn empty(epoch: u64, revision: u64) -> Self {
+        Self {
+            epoch,
+            from: revision,
+            to: revision,
+            nodes: Changes::default(),
+            identities: Changes::default(),
+            ipcache: Changes::default(),
+            services: Changes::default(),
+        }
+    }
+
+    /// Whether the delta changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.identities.is_empty()
+            && self.ipcache.is_empty()
+            && self.services.is_empty()
+    }
+
+    /// Number of keys changed or removed, over all collections.
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.identities.len() + self.ipcache.len() + self.services.len()
+    }
+}
+
+// === impl MeshState ===
+
+impl MeshState {
+    /// An empty state of `cluster` at revision 0.
+    pub fn empty(cluster: ClusterId) -> Self {
+        Self {
+            cluster,
+            epoch: 0,
+            revision: 0,
+            nodes: OrdMap::new(),
+            identities: OrdMap::new(),
+            ipcache: OrdMap::new(),
+            services: OrdMap::new(),
+        }
+    }
+
+    /// What the local cluster of `snap` publishes. `annotations` holds the annotations of
+    /// services by `(namespace, name)`: services annotated `service.cilium.io/global: "true"` are
+    /// published, with no endpoints when annotated `service.cilium.io/shared: "false"`. Epoch and
+    /// revision are left at 0 for the publisher to stamp.
+    pub fn from_snapshot(snap: &Snapshot, annotations: &BTreeMap<NamespacedName, Labels>) -> Self {
+        let model = &snap.model;
+        let mut out = Self::empty(ClusterId::from(&model.cluster));
+        for node in model.nodes.values() {
+            out.nodes.insert(
+                node.name.clone(),
+                MeshNode {
+                    name: node.name.clone(),
+                    underlay_ip: node.underlay_ip,
+                    pod_cidrs: vec![node.pod_cidr],
+                },
+            );
+        }
+        let empty = Labels::new();
+        for ep in model.endpoints.values() {
+            let ns_labels = model
+                .namespaces
+                .get(&ep.namespace)
+                .map_or(&empty, |n| &n.labels);
+            out.identities.entry(ep.identity).or_insert_with(|| {
+                crate::identity::identity_labels(
+                    &ep.labels,
+                    &ep.namespace,
+                    ns_labels,
+                    &model.cluster.name,
+                )
+            });
+            out.ipcache.insert(
+                ep.ip,
+                IpEntry {
+                    identity: ep.identity,
+                    node: ep.node.clone(),
+                    namespace: ep.namespace.clone(),
+                    pod: ep.name.clone(),
+                },
+            );
+        }
+        // Candidates per (namespace, label, value): a service's endpoints are found from its
+        // first selector label instead of scanning every pod for every service.
+        let mut by_label: HashMap<(&str, &str, &str), Vec<&Endpoint>> = HashMap::new();
+        for ep in model.endpoints.values() {
+            for (k, v) in &ep.labels {
+                by_label
+                    .entry((ep.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(ep);
+            }
+        }
+        for (key, svc) in &model.services {
+            let Some(ann) = annotations.get(key) else {
+                continue;
+            };
+            if ann.get(GLOBAL_ANNOTATION).map(String::as_str) != Some("true") {
+                continue;
+            }
+            let shared = ann.get(SHARED_ANNOTATION).map(String::as_str) != Some("false");
+            let affinity = match ann.get(AFFINITY_ANNOTATION).map(String::as_str) {
+                Some("local") => Affinity::Local,
+                Some("remote") => Affinity::Remote,
+                _ => Affinity::None,
+            };
+            let endpoints = if shared {
+                selected(&by_label, svc)
+                    .into_iter()
+                    .map(|ep| MeshEndpoint {
+                        ip: ep.ip,
+                        ports: svc.ports.iter().map(|p| p.target_on(ep)).collect(),
+                        node: ep.node.clone(),
+                        ready: ep.ready,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            out.services.insert(
+                service_key(&svc.namespace, &svc.name),
+                GlobalService {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    ports: svc
+                        .ports
+                        .iter()
+                        .map(|p| MeshServicePort {
+                            name: p.name.clone(),
+                            port: p.port,
+                            protocol: p.protocol,
+                        })
+                        .collect(),
+                    shared,
+                    affinity,
+                    endpoints,
+                },
+            );
+        }
+        out
+    }
+
+    /// The delta from `self` to `new` (same epoch assumed; `new` carries the target revision).
+    pub fn delta_to(&self, new: &MeshState) -> Delta {
+        Delta {
+            epoch: new.epoch,
+            from: self.revision,
+            to: new.revision,
+            nodes: Changes::between(&self.nodes, &new.nodes),
+            identities: Changes::between(&self.identities, &new.identities),
+            ipcache: Changes::between(&self.ipcache, &new.ipcache),
+            services: Changes::between(&self.services, &new.services),
+        }
+    }
+
+    /// Applies `delta`, which must start at the revision held; nothing changes on error.
+    pub fn apply(&mut self, delta: &Delta) -> Result<(), DeltaError> {
+        if delta.epoch != self.epoch || delta.from != self.revision {
+            return Err(DeltaError::Gap {
+                epoch: delta.epoch,
+                from: delta.from,
+                to: delta.to,
+                held_epoch: self.epoch,
+                held: self.revision,
+            });
+        }
+        delta.nodes.apply_to(&mut self.nodes);
+        delta.identities.apply_to(&mut self.identities);
+        delta.ipcache.apply_to(&mut self.ipcache);
+        delta.services.apply_to(&mut self.services);
+        self.revision = delta.to;
+        Ok(())
+    }
+
+    /// Whether the published content (not epoch or revision) equals `other`'s.
+    pub fn same_content(&self, other: &MeshState) -> bool {
+        self.cluster == other.cluster
+            && self.nodes == other.nodes
+            && self.identities == other.identities
+            && self.ipcache == other.ipcache
+            && self.services == other.services
+    }
+
+    /// Number of endpoints over all global services.
+    pub fn endpoint_count(&self) -> usize {
+        self.services.values().map(|s| s.endpoints.len()).sum()
+    }
+}
+
+/// The endpoints `svc` selects, in key order.
+fn selected<'a>(
+    by_label: &HashMap<(&str, &str, &str), Vec<&'a Endpoint>>,
+    svc: &Service,
+) -> Vec<&'a Endpoint> {
+    let Some((k, v)) = svc.selector.iter().next() else {
+        return Vec::new();
+    };
+    by_label
+        .get(&(svc.namespace.as_str(), k.as_str(), v.as_str()))
+        .map(|eps| eps.iter().copied().filter(|ep| svc.selects(ep)).collect())
+        .unwrap_or_default()
+}
+
+/// The key of a global service in [`MeshState::services`]: `namespace/name`.
+pub fn service_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+#[cfg(test)]
+mod tests;
