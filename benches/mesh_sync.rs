@@ -12,7 +12,6 @@
 //! `cargo bench -p strait --bench mesh_sync`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +75,11 @@ fn service(s: usize) -> Service {
             protocol: Protocol::Tcp,
         }],
         selector: [("group".to_string(), format!("g{group}"))].into(),
+        annotations: [
+            (GLOBAL_ANNOTATION.to_string(), "true".to_string()),
+            (AFFINITY_ANNOTATION.to_string(), "local".to_string()),
+        ]
+        .into(),
     }
 }
 
@@ -156,23 +160,8 @@ async fn run() {
     let store = Store::new();
     store.apply(Update::ReplaceCluster(cluster_state(None)));
     let snap = store.current().unwrap();
-    let annotations: BTreeMap<NamespacedName, Labels> = snap
-        .model
-        .services
-        .keys()
-        .map(|k| {
-            (
-                k.clone(),
-                [
-                    (GLOBAL_ANNOTATION.to_string(), "true".to_string()),
-                    (AFFINITY_ANNOTATION.to_string(), "local".to_string()),
-                ]
-                .into(),
-            )
-        })
-        .collect();
     let t = Instant::now();
-    let state = MeshState::from_snapshot(&snap, &annotations);
+    let state = MeshState::from_snapshot(&snap);
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(state.services.len(), SERVICES);
     assert_eq!(state.endpoint_count(), SERVICES * PER_SERVICE);
@@ -215,7 +204,7 @@ async fn run() {
         store.apply(Update::ReplaceCluster(cluster_state(
             (round % 2 == 0).then_some(changed),
         )));
-        let next = MeshState::from_snapshot(&store.current().unwrap(), &annotations);
+        let next = MeshState::from_snapshot(&store.current().unwrap());
         let before = client.status();
         let t_pub = Instant::now();
         let rev = publisher.publish(next);

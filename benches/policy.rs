@@ -120,6 +120,7 @@ fn service(svc: u32) -> Service {
             protocol: Protocol::Tcp,
         }],
         selector: [("app".to_string(), format!("svc-{svc}"))].into(),
+        annotations: Default::default(),
     }
 }
 

@@ -453,6 +453,7 @@ mod tests {
             cluster_ip: ip.into(),
             ports: vec![],
             selector: labels(app),
+            annotations: Default::default(),
         }
     }
 

@@ -234,6 +234,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                 }],
                 selector: [("app".to_string(), "backend".to_string())].into(),
+                annotations: Default::default(),
             }],
             policies: vec![],
         }

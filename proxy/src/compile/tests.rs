@@ -198,6 +198,7 @@ fn service(i: usize, app: &str, headless: bool) -> Service {
             protocol: Protocol::Tcp,
         }],
         selector: [("app".to_string(), app.to_string())].into(),
+        annotations: Default::default(),
     }
 }
 

@@ -97,6 +97,7 @@ pub enum Object {
         cluster_ip: Option<Ipv4Addr>,
         ports: Vec<ServicePort>,
         selector: Labels,
+        annotations: Labels,
     },
     /// A CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy: validated, and
     /// the object as applied (with its namespace set), which is what the agents receive.
@@ -368,6 +369,12 @@ fn convert(origin: &Origin, value: serde_yaml::Value) -> Result<Object, Manifest
                 cluster_ip,
                 ports,
                 selector: spec.selector.unwrap_or_default().into_iter().collect(),
+                annotations: svc
+                    .metadata
+                    .annotations
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             })
         }
         _ => Err(ctx.err("kind", "unsupported")),

@@ -130,6 +130,12 @@ pub fn service(s: &model::Service) -> Service {
         metadata: ObjectMeta {
             name: Some(s.name.clone()),
             namespace: Some(s.namespace.clone()),
+            annotations: (!s.annotations.is_empty()).then(|| {
+                s.annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
             ..ObjectMeta::default()
         },
         spec: Some(ServiceSpec {

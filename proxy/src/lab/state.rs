@@ -282,6 +282,7 @@ pub fn plan(
                 cluster_ip,
                 ports,
                 selector,
+                annotations,
             } => {
                 if delete {
                     r.services.remove(&key);
@@ -297,6 +298,7 @@ pub fn plan(
                         cluster_ip: ip,
                         ports: ports.clone(),
                         selector: selector.clone(),
+                        annotations: annotations.clone(),
                     },
                 );
             }

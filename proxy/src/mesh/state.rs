@@ -9,11 +9,13 @@ use std::net::Ipv4Addr;
 
 use imbl::OrdMap;
 use imbl::ordmap::DiffItem;
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterId;
-use crate::model::{Endpoint, Labels, NamespacedName, Protocol, Service, Snapshot};
+pub use crate::model::remote::{
+    Affinity, GlobalService, IpEntry, MeshEndpoint, MeshNode, MeshServicePort,
+};
+use crate::model::{Endpoint, Labels, Service, Snapshot};
 
 /// Annotation making a service global: `"true"` merges same-named services across clusters.
 pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
@@ -37,63 +39,6 @@ pub struct MeshState {
     pub ipcache: OrdMap<Ipv4Addr, IpEntry>,
     /// Global services by `namespace/name`.
     pub services: OrdMap<String, GlobalService>,
-}
-
-/// A node as other clusters need it: where to route its pods' addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshNode {
-    pub name: String,
-    pub underlay_ip: Ipv4Addr,
-    pub pod_cidrs: Vec<Ipv4Net>,
-}
-
-/// One pod address: its identity and where it lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpEntry {
-    pub identity: u32,
-    pub node: String,
-    pub namespace: String,
-    pub pod: String,
-}
-
-/// Which cluster's endpoints a global service prefers (`service.cilium.io/affinity`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Affinity {
-    #[default]
-    None,
-    Local,
-    Remote,
-}
-
-/// A port of a global service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshServicePort {
-    pub name: Option<String>,
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-/// A global service and, unless it is not shared, its local endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GlobalService {
-    pub namespace: String,
-    pub name: String,
-    pub ports: Vec<MeshServicePort>,
-    pub shared: bool,
-    pub affinity: Affinity,
-    pub endpoints: Vec<MeshEndpoint>,
-}
-
-/// One backend of a global service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshEndpoint {
-    pub ip: Ipv4Addr,
-    /// Target port per service port, in the order of [`GlobalService::ports`]; `None` where a
-    /// named target port does not exist on this pod.
-    pub ports: Vec<Option<u16>>,
-    pub node: String,
-    pub ready: bool,
 }
 
 /// Changes of one collection: keys now holding these values, keys gone.
@@ -225,11 +170,11 @@ impl MeshState {
         }
     }
 
-    /// What the local cluster of `snap` publishes. `annotations` holds the annotations of
-    /// services by `(namespace, name)`: services annotated `service.cilium.io/global: "true"` are
-    /// published, with no endpoints when annotated `service.cilium.io/shared: "false"`. Epoch and
-    /// revision are left at 0 for the publisher to stamp.
-    pub fn from_snapshot(snap: &Snapshot, annotations: &BTreeMap<NamespacedName, Labels>) -> Self {
+    /// What the local cluster of `snap` publishes: services annotated
+    /// `service.cilium.io/global: "true"` are published, with no endpoints when annotated
+    /// `service.cilium.io/shared: "false"`. Epoch and revision are left at 0 for the publisher
+    /// to stamp.
+    pub fn from_snapshot(snap: &Snapshot) -> Self {
         let model = &snap.model;
         let mut out = Self::empty(ClusterId::from(&model.cluster));
         for node in model.nodes.values() {
@@ -277,10 +222,8 @@ impl MeshState {
                     .push(ep);
             }
         }
-        for (key, svc) in &model.services {
-            let Some(ann) = annotations.get(key) else {
-                continue;
-            };
+        for svc in model.services.values() {
+            let ann = &svc.annotations;
             if ann.get(GLOBAL_ANNOTATION).map(String::as_str) != Some("true") {
                 continue;
             }

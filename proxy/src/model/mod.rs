@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod policy;
+pub mod remote;
 pub mod selector;
 mod store;
 
@@ -119,6 +120,9 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     #[serde(default)]
     pub selector: Labels,
+    /// `metadata.annotations` (cluster mesh: `service.cilium.io/global`, `shared`, `affinity`).
+    #[serde(default)]
+    pub annotations: Labels,
 }
 
 /// Everything one cluster's agents need to know; the unit a source replaces atomically.

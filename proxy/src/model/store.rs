@@ -12,6 +12,7 @@ use imbl::{OrdMap, Vector};
 use tokio::sync::watch;
 
 use super::policy::{Policy, PolicyKind};
+use super::remote::RemoteCluster;
 use super::{ClusterInfo, ClusterState, Endpoint, Namespace, Node, Service, Update};
 
 /// How many revisions of change history a snapshot carries.
@@ -33,6 +34,8 @@ pub enum ObjectKey {
     Endpoint(NamespacedName),
     Service(NamespacedName),
     Policy(PolicyId),
+    /// Another cluster of the mesh, by name: its whole synced state.
+    Remote(String),
 }
 
 /// One object, as sources hand them over one at a time.
@@ -43,6 +46,8 @@ pub enum Object {
     Endpoint(Endpoint),
     Service(Service),
     Policy(Policy),
+    /// Another cluster's synced state (from the mesh), replacing what was held for it.
+    Remote(RemoteCluster),
 }
 
 /// The model at one revision: everything known about the cluster.
@@ -56,6 +61,9 @@ pub struct Model {
     pub endpoints: OrdMap<NamespacedName, Arc<Endpoint>>,
     pub services: OrdMap<NamespacedName, Arc<Service>>,
     pub policies: OrdMap<PolicyId, Arc<Policy>>,
+    /// Other clusters of the mesh, by name (a source of their own: replacing the local
+    /// cluster's state leaves them alone).
+    pub remotes: OrdMap<String, Arc<RemoteCluster>>,
 }
 
 /// An immutable view of the model at one revision.
@@ -87,6 +95,7 @@ impl Model {
             endpoints: OrdMap::new(),
             services: OrdMap::new(),
             policies: OrdMap::new(),
+            remotes: OrdMap::new(),
         }
     }
 
@@ -169,6 +178,7 @@ impl Model {
             Object::Endpoint(e) => ObjectKey::Endpoint((e.namespace.clone(), e.name.clone())),
             Object::Service(s) => ObjectKey::Service((s.namespace.clone(), s.name.clone())),
             Object::Policy(p) => ObjectKey::Policy((p.kind, p.key())),
+            Object::Remote(r) => ObjectKey::Remote(r.cluster.name.clone()),
         };
         let changed = match (object, key.clone()) {
             (Object::Node(n), ObjectKey::Node(k)) => put(&mut self.nodes, k, n),
@@ -176,6 +186,7 @@ impl Model {
             (Object::Endpoint(e), ObjectKey::Endpoint(k)) => put(&mut self.endpoints, k, e),
             (Object::Service(s), ObjectKey::Service(k)) => put(&mut self.services, k, s),
             (Object::Policy(p), ObjectKey::Policy(k)) => put(&mut self.policies, k, p),
+            (Object::Remote(r), ObjectKey::Remote(k)) => put(&mut self.remotes, k, r),
             _ => false,
         };
         changed.then_some(key)
@@ -190,6 +201,7 @@ impl Model {
             ObjectKey::Endpoint(k) => self.endpoints.remove(k).is_some(),
             ObjectKey::Service(k) => self.services.remove(k).is_some(),
             ObjectKey::Policy(k) => self.policies.remove(k).is_some(),
+            ObjectKey::Remote(k) => self.remotes.remove(k).is_some(),
         };
         existed.then_some(key)
     }

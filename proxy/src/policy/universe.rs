@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 
 use crate::identity::{identity_labels, reserved};
 use crate::model::policy::{Peer, Policy};
+use crate::model::remote::RemoteCluster;
 use crate::model::{Endpoint, Labels, Model, NamedPort, NamespacedName, ObjectKey};
 
 /// First identity number of CIDR identities (Cilium's local scope).
@@ -49,6 +50,8 @@ pub struct Universe {
     by_ip: OrdMap<Ipv4Addr, u32>,
     /// The endpoints holding each pod identity, so one leaving recomputes only its identity.
     members: OrdMap<u32, OrdSet<NamespacedName>>,
+    /// The identities each remote cluster of the mesh brought.
+    remote_ids: OrdMap<String, OrdSet<u32>>,
 }
 
 impl Universe {
@@ -73,6 +76,7 @@ impl Universe {
             cidrs: OrdMap::new(),
             by_ip: OrdMap::new(),
             members: OrdMap::new(),
+            remote_ids: OrdMap::new(),
         }
     }
 
@@ -89,7 +93,75 @@ impl Universe {
             u.refresh(id, model);
         }
         u.insert_cidrs(cidr_set(model.policies.values().map(|p| &**p)));
+        for (name, remote) in &model.remotes {
+            u.set_remote(name, Some(remote), model.cluster.id);
+        }
         u
+    }
+
+    /// Replaces the identities remote cluster `name` brought with those of `remote` (none:
+    /// withdrawn); returns the identities added, changed or removed.
+    ///
+    /// A remote cluster is believed only about itself: identities whose cluster ID bits are not
+    /// its own, and addresses a local pod holds, are left out (logged).
+    fn set_remote(
+        &mut self,
+        name: &str,
+        remote: Option<&RemoteCluster>,
+        local_id: u8,
+    ) -> BTreeSet<u32> {
+        let mut touched = BTreeSet::new();
+        for id in self.remote_ids.remove(name).unwrap_or_default() {
+            if let Some(old) = self.ids.remove(&id) {
+                for ip in &old.ips {
+                    if self.by_ip.get(ip) == Some(&id) {
+                        self.by_ip.remove(ip);
+                    }
+                }
+            }
+            touched.insert(id);
+        }
+        let Some(remote) = remote else {
+            return touched;
+        };
+        let cluster_id = u32::from(remote.cluster.id);
+        let mut infos: OrdMap<u32, IdentityInfo> = OrdMap::new();
+        for (ip, entry) in &remote.ipcache {
+            let id = entry.identity;
+            let owner = (id >> 16) & 0xff;
+            if owner != cluster_id || remote.cluster.id == local_id || self.by_ip.contains_key(ip) {
+                tracing::warn!(cluster = name, %ip, identity = id,
+                    "ignoring a remote endpoint: not the remote cluster's identity or address");
+                continue;
+            }
+            let Some(labels) = remote.identities.get(&id) else {
+                continue;
+            };
+            infos
+                .entry(id)
+                .or_insert_with(|| IdentityInfo {
+                    id,
+                    labels: labels.clone(),
+                    kind: IdentityKind::Endpoint {
+                        cluster: remote.cluster.name.clone(),
+                    },
+                    ips: BTreeSet::new(),
+                    ports: vec![],
+                })
+                .ips
+                .insert(*ip);
+        }
+        let mut ids = OrdSet::new();
+        for (id, info) in infos {
+            for ip in &info.ips {
+                self.by_ip.insert(*ip, id);
+            }
+            ids.insert(id);
+            touched.insert(id);
+            self.ids.insert(id, Arc::new(info));
+        }
+        self.remote_ids.insert(name.to_string(), ids);
+        touched
     }
 
     /// The universe of `model`, given that this one was built from `prev` and `changes` are
@@ -145,10 +217,23 @@ impl Universe {
                     }
                 }
                 ObjectKey::Policy(_) => policies_changed = true,
-                ObjectKey::Cluster | ObjectKey::Node(_) | ObjectKey::Service(_) => {}
+                ObjectKey::Remote(_)
+                | ObjectKey::Cluster
+                | ObjectKey::Node(_)
+                | ObjectKey::Service(_) => {}
             }
         }
-        let mut changed = BTreeSet::new();
+        let mut remote_changed = BTreeSet::new();
+        for key in changes {
+            if let ObjectKey::Remote(name) = key {
+                remote_changed.extend(u.set_remote(
+                    name,
+                    model.remotes.get(name).map(|r| &**r),
+                    model.cluster.id,
+                ));
+            }
+        }
+        let mut changed = remote_changed;
         for id in touched {
             if u.refresh(id, model) {
                 changed.insert(id);

@@ -3,10 +3,12 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use ipnet::Ipv4Net;
+
 use super::*;
 use crate::model::{
-    ClusterInfo, ClusterState, Endpoint, NamedPort, Namespace, Node, Service, ServicePort,
-    TargetPort, Update,
+    ClusterInfo, ClusterState, Endpoint, NamedPort, Namespace, Node, Protocol, Service,
+    ServicePort, TargetPort, Update,
 };
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
@@ -55,6 +57,12 @@ fn service(name: &str, app: &str) -> Service {
             },
         ],
         selector: labels(&[("app", app)]),
+        // As the test below expects: two global services (one not shared), one local.
+        annotations: match name {
+            "backend" => labels(&[(GLOBAL_ANNOTATION, "true"), (AFFINITY_ANNOTATION, "local")]),
+            "private" => labels(&[(GLOBAL_ANNOTATION, "true"), (SHARED_ANNOTATION, "false")]),
+            _ => labels(&[(GLOBAL_ANNOTATION, "false")]),
+        },
     }
 }
 
@@ -93,21 +101,7 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn publishes_global_services_with_annotations_and_every_pod() {
-    let ann = BTreeMap::from([
-        (
-            ("demo".to_string(), "backend".to_string()),
-            labels(&[(GLOBAL_ANNOTATION, "true"), (AFFINITY_ANNOTATION, "local")]),
-        ),
-        (
-            ("demo".to_string(), "private".to_string()),
-            labels(&[(GLOBAL_ANNOTATION, "true"), (SHARED_ANNOTATION, "false")]),
-        ),
-        (
-            ("demo".to_string(), "local-only".to_string()),
-            labels(&[(GLOBAL_ANNOTATION, "false")]),
-        ),
-    ]);
-    let s = MeshState::from_snapshot(&snapshot(), &ann);
+    let s = MeshState::from_snapshot(&snapshot());
     assert_eq!(s.cluster, ClusterId::new("c1", 1).unwrap());
     assert_eq!(
         s.nodes["node-1"].pod_cidrs,

@@ -33,6 +33,13 @@ impl TryFrom<&Service> for model::Service {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            annotations: svc
+                .metadata
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
         })
     }
 }
