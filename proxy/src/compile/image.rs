@@ -72,7 +72,9 @@ impl KernelImage {
         let mut image = self.clone();
         let (prev, model) = (delta.prev, delta.model);
         let cidrs = universe.cidr_entries();
-        if delta.any(|k| matches!(k, ObjectKey::Node(_))) || cidrs != image.cidrs {
+        if delta.any(|k| matches!(k, ObjectKey::Node(_) | ObjectKey::Remote(_)))
+            || cidrs != image.cidrs
+        {
             image.ipcache = ipcache(model, delta.node, universe);
             image.cidrs = cidrs;
         }
@@ -247,10 +249,10 @@ impl KernelImage {
         for (frontend, ready) in service_frontends(model, svc) {
             let mut backends: Vec<ServiceBackend> = ready
                 .into_iter()
-                .map(|(ep, port)| ServiceBackend {
-                    ip: ep.ip,
-                    identity: ep.identity,
-                    port,
+                .map(|b| ServiceBackend {
+                    ip: b.ip,
+                    identity: b.identity,
+                    port: b.port,
                 })
                 .collect();
             backends.sort();
@@ -271,13 +273,27 @@ fn ipcache(model: &Model, node: &str, universe: &Universe) -> OrdMap<Ipv4Net, u3
     for e in model.endpoints.values() {
         out.insert(Ipv4Net::from(e.ip), e.identity);
     }
+    // Other clusters' pods, as far as the universe believed their clusters.
+    for remote in model.remotes.values() {
+        for (ip, e) in &remote.ipcache {
+            if universe.endpoint_identity(*ip) == Some(e.identity) {
+                out.insert(Ipv4Net::from(*ip), e.identity);
+            }
+        }
+    }
     out
 }
 
 /// Node addresses with their reserved identities. The agent's own node shows as `host`
-/// through its gateway; other nodes (gateway and underlay address) as `remote-node`.
+/// through its gateway; other nodes (gateway and underlay address), also those of other
+/// clusters of the mesh, as `remote-node`.
 fn node_addresses(model: &Model, node: &str) -> Vec<(Ipv4Addr, u32)> {
     let mut out = Vec::new();
+    for remote in model.remotes.values() {
+        for n in remote.nodes.values() {
+            out.push((n.underlay_ip, reserved::REMOTE_NODE));
+        }
+    }
     for n in model.nodes.values() {
         if n.name == node {
             out.push((n.gateway, reserved::HOST));

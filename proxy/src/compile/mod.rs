@@ -309,6 +309,14 @@ impl Delta<'_> {
         })
     }
 
+    /// Remote clusters of the mesh whose state changed (or that came or went).
+    pub fn remotes(&self) -> impl Iterator<Item = &String> {
+        self.keys.iter().filter_map(|k| match k {
+            ObjectKey::Remote(name) => Some(name),
+            _ => None,
+        })
+    }
+
     /// Whether any key of this kind changed.
     pub fn any(&self, f: impl Fn(&ObjectKey) -> bool) -> bool {
         self.keys.iter().any(f)
@@ -332,6 +340,16 @@ impl Delta<'_> {
     /// enters or leaves.
     pub fn services_to_refresh(&self) -> BTreeSet<NamespacedName> {
         let mut out = BTreeSet::new();
+        // Another cluster's endpoints changed: every global service may merge them.
+        if self.remotes().next().is_some() {
+            out.extend(
+                self.model
+                    .services
+                    .iter()
+                    .filter(|(_, svc)| tables::is_global(svc))
+                    .map(|(k, _)| k.clone()),
+            );
+        }
         for key in self.keys {
             match key {
                 ObjectKey::Service(k) => {

@@ -1,15 +1,18 @@
 //! Model → proxy tables: built whole, or updated from the previous tables for what changed
 //! (entries left alone are shared with them).
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use strait_ebpf::ServiceFrontend;
 
 use super::Delta;
 use crate::config::TUNNEL_PORT;
 use crate::flows::ServiceRef;
-use crate::model::{Endpoint, Model, ObjectKey, Protocol, Service};
-use crate::policy::Engine;
+use crate::model::remote::{
+    AFFINITY_ANNOTATION, Affinity, GLOBAL_ANNOTATION, GlobalService, RemoteCluster,
+};
+use crate::model::{Endpoint, Labels, Model, ObjectKey, Protocol, Service, ServicePort};
+use crate::policy::{Engine, Universe};
 use crate::proxy::tables::{Backend, EndpointInfo, NodeEntry, ProxyTables, ServiceEntry};
 
 /// The tables the proxy of `local_node` uses.
@@ -21,10 +24,70 @@ pub fn build(model: &Model, local_node: &str, revision: u64, policy: Arc<Engine>
     for e in model.endpoints.values() {
         add_endpoint(&mut t, e);
     }
+    let universe = policy_universe(&t);
+    for remote in model.remotes.values() {
+        add_remote_endpoints(&mut t, remote, &universe);
+    }
     for svc in model.services.values() {
         set_service(&mut t, model, svc);
     }
     t
+}
+
+fn policy_universe(t: &ProxyTables) -> Arc<crate::policy::Universe> {
+    t.policy.universe.clone()
+}
+
+/// Another cluster's pods, for routing and flows: those the universe accepted from it.
+fn add_remote_endpoints(t: &mut ProxyTables, remote: &RemoteCluster, universe: &Universe) {
+    for (ip, e) in &remote.ipcache {
+        if universe.endpoint_identity(*ip) != Some(e.identity) || t.endpoints.contains_key(ip) {
+            continue;
+        }
+        let labels = remote
+            .identities
+            .get(&e.identity)
+            .map(pod_labels)
+            .unwrap_or_default();
+        t.endpoints.insert(
+            *ip,
+            Arc::new(EndpointInfo {
+                namespace: e.namespace.clone(),
+                name: e.pod.clone(),
+                node: e.node.clone(),
+                ip: *ip,
+                labels,
+                identity: e.identity,
+                workload: None,
+                cluster: Some(remote.cluster.name.clone()),
+            }),
+        );
+    }
+}
+
+fn remove_remote_endpoints(t: &mut ProxyTables, remote: &RemoteCluster) {
+    for ip in remote.ipcache.keys() {
+        if t.endpoints
+            .get(ip)
+            .is_some_and(|i| i.cluster.as_deref() == Some(remote.cluster.name.as_str()))
+        {
+            t.endpoints.remove(ip);
+        }
+    }
+}
+
+/// A pod's own labels from its identity labels (`k8s:app=x` → `app=x`; namespace and cluster
+/// labels left out).
+fn pod_labels(identity: &Labels) -> Labels {
+    identity
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("k8s:").unwrap_or(k);
+            let derived = k.starts_with("io.kubernetes.pod.namespace")
+                || k.starts_with("io.cilium.k8s.");
+            (!derived).then(|| (k.to_string(), v.clone()))
+        })
+        .collect()
 }
 
 /// `prev` brought up to date with `delta`.
@@ -70,6 +133,15 @@ pub(crate) fn update(
             add_endpoint(&mut t, e);
         }
     }
+    let universe = policy_universe(&t);
+    for name in delta.remotes() {
+        if let Some(old) = old_model.remotes.get(name) {
+            remove_remote_endpoints(&mut t, old);
+        }
+        if let Some(new) = model.remotes.get(name) {
+            add_remote_endpoints(&mut t, new, &universe);
+        }
+    }
     for k in &delta.services_to_refresh() {
         if let Some(svc) = model.services.get(k) {
             set_service(&mut t, model, svc);
@@ -100,6 +172,7 @@ fn add_endpoint(t: &mut ProxyTables, e: &Endpoint) {
         labels: e.labels.clone(),
         identity: e.identity,
         workload: e.workload.clone(),
+        cluster: None,
     });
     if e.node == t.local_node
         && let Some(cg) = e.cgroup_id
@@ -118,10 +191,10 @@ fn set_service(t: &mut ProxyTables, model: &Model, svc: &Service) {
         let frontend = frontend.addr;
         let mut backends: Vec<Backend> = ready
             .into_iter()
-            .filter_map(|(ep, target)| {
+            .filter_map(|b| {
                 Some(Backend {
-                    addr: SocketAddrV4::new(ep.ip, target),
-                    endpoint: t.endpoints.get(&ep.ip)?.clone(),
+                    addr: SocketAddrV4::new(b.ip, b.port),
+                    endpoint: t.endpoints.get(&b.ip)?.clone(),
                 })
             })
             .collect();
@@ -135,13 +208,28 @@ fn set_service(t: &mut ProxyTables, model: &Model, svc: &Service) {
     }
 }
 
-/// A service frontend and its ready backends with the port each receives on.
-pub type Frontend<'m> = (ServiceFrontend, Vec<(&'m Arc<Endpoint>, u16)>);
+/// One ready backend of a service frontend: a pod of this cluster or, for a global service,
+/// of another cluster of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendRef {
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+    /// The target port on that pod.
+    pub port: u16,
+}
 
-/// Every frontend (protocol, `clusterIP:port`) of `svc` with its ready endpoints and the target port
-/// each one receives on (named target ports resolved); endpoints without that port are left out.
-/// A headless service has no frontend: clients reach its pods by their own addresses.
-pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m>> {
+/// A service frontend and its ready backends.
+pub type Frontend = (ServiceFrontend, Vec<BackendRef>);
+
+/// Every frontend (protocol, `clusterIP:port`) of `svc` with its ready backends and the target
+/// port each one receives on (named target ports resolved); endpoints without that port are left
+/// out. A headless service has no frontend: clients reach its pods by their own addresses.
+///
+/// A global service (`service.cilium.io/global: "true"`) also gets the ready endpoints other
+/// clusters of the mesh share for the same `namespace/name`, chosen by its
+/// `service.cilium.io/affinity`: `local` uses this cluster's while it has a ready one, `remote`
+/// the others' while they have one, `none` (the default) all.
+pub fn service_frontends(model: &Model, svc: &Service) -> Vec<Frontend> {
     if svc.cluster_ip.is_unspecified() {
         return Vec::new();
     }
@@ -153,13 +241,45 @@ pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m
         .map(|(_, e)| e)
         .filter(|ep| ep.ready && svc.selects(ep))
         .collect();
+    let global = is_global(svc);
+    let key = format!("{}/{}", svc.namespace, svc.name);
+    let remote_services: Vec<&GlobalService> = if global {
+        model
+            .remotes
+            .values()
+            .filter_map(|r| r.services.get(&key))
+            .filter(|g| g.shared)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let affinity = match svc.annotations.get(AFFINITY_ANNOTATION).map(String::as_str) {
+        Some("local") => Affinity::Local,
+        Some("remote") => Affinity::Remote,
+        _ => Affinity::None,
+    };
     svc.ports
         .iter()
         .map(|port| {
-            let ready = selected
+            let local: Vec<BackendRef> = selected
                 .iter()
-                .filter_map(|ep| Some((*ep, port.target_on(ep)?)))
+                .filter_map(|ep| {
+                    Some(BackendRef {
+                        ip: ep.ip,
+                        identity: ep.identity,
+                        port: port.target_on(ep)?,
+                    })
+                })
                 .collect();
+            let remote: Vec<BackendRef> = remote_services
+                .iter()
+                .flat_map(|g| remote_backends(model, g, port))
+                .collect();
+            let ready = match affinity {
+                Affinity::Local if !local.is_empty() => local,
+                Affinity::Remote if !remote.is_empty() => remote,
+                _ => local.into_iter().chain(remote).collect(),
+            };
             let addr = SocketAddrV4::new(svc.cluster_ip, port.port);
             let frontend = match port.protocol {
                 Protocol::Tcp => ServiceFrontend::tcp(addr),
@@ -168,6 +288,37 @@ pub fn service_frontends<'m>(model: &'m Model, svc: &Service) -> Vec<Frontend<'m
             (frontend, ready)
         })
         .collect()
+}
+
+/// Whether `svc` merges its endpoints with same-named services of other clusters.
+pub fn is_global(svc: &Service) -> bool {
+    svc.annotations.get(GLOBAL_ANNOTATION).map(String::as_str) == Some("true")
+}
+
+/// The ready endpoints another cluster shares for the service port matching `port` (by name,
+/// else by number and protocol), with identities the universe will hold for them.
+fn remote_backends<'a>(
+    model: &'a Model,
+    g: &'a GlobalService,
+    port: &'a ServicePort,
+) -> impl Iterator<Item = BackendRef> + 'a {
+    let index = g.ports.iter().position(|p| match (&p.name, &port.name) {
+        (Some(a), Some(b)) => a == b,
+        _ => p.port == port.port && p.protocol == port.protocol,
+    });
+    g.endpoints.iter().filter_map(move |e| {
+        let target = (*e.ports.get(index?)?)?;
+        let identity = model
+            .remotes
+            .values()
+            .find_map(|r| r.ipcache.get(&e.ip))?
+            .identity;
+        e.ready.then_some(BackendRef {
+            ip: e.ip,
+            identity,
+            port: target,
+        })
+    })
 }
 
 #[cfg(test)]

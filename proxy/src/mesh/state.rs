@@ -13,16 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterId;
 pub use crate::model::remote::{
-    Affinity, GlobalService, IpEntry, MeshEndpoint, MeshNode, MeshServicePort,
+    AFFINITY_ANNOTATION, Affinity, GLOBAL_ANNOTATION, GlobalService, IpEntry, MeshEndpoint,
+    MeshNode, MeshServicePort, SHARED_ANNOTATION,
 };
 use crate::model::{Endpoint, Labels, Service, Snapshot};
-
-/// Annotation making a service global: `"true"` merges same-named services across clusters.
-pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
-/// Annotation `"false"` keeps a global service's local endpoints out of what is published.
-pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
-/// Annotation `local|remote|none`: which cluster's endpoints a global service prefers.
-pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 
 /// Everything one cluster publishes at one revision. Persistent maps: a copy (what the client
 /// hands out after every delta) shares everything unchanged.

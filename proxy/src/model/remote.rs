@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClusterInfo, Labels, Protocol};
 
+/// Annotation making a service global: `"true"` merges same-named services across clusters.
+pub const GLOBAL_ANNOTATION: &str = "service.cilium.io/global";
+/// Annotation `"false"` keeps a global service's local endpoints out of what is published.
+pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
+/// Annotation `local|remote|none`: which cluster's endpoints a global service prefers.
+pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
+
 /// Another cluster's published state, as last synced (one unit: a sync replaces it whole).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteCluster {

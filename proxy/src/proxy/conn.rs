@@ -28,7 +28,7 @@ pub fn peer(cluster: &str, endpoint: Option<&EndpointInfo>, addr: SocketAddr) ->
         Some(ep) => FlowPeer {
             ip: Some(addr.ip()),
             port: addr.port(),
-            cluster: cluster.to_string(),
+            cluster: ep.cluster.as_deref().unwrap_or(cluster).to_string(),
             namespace: ep.namespace.clone(),
             pod: ep.name.clone(),
             workload: ep.workload.clone(),

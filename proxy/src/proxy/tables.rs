@@ -24,6 +24,8 @@ pub struct EndpointInfo {
     pub labels: Labels,
     pub identity: u32,
     pub workload: Option<String>,
+    /// The pod's cluster when it is another cluster of the mesh; `None`: this cluster.
+    pub cluster: Option<String>,
 }
 
 /// One backend of a service port.
