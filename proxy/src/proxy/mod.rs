@@ -6,6 +6,7 @@ pub mod drops;
 pub mod l7;
 pub mod outbound;
 pub mod relay;
+pub mod splice;
 pub mod tables;
 pub mod tls;
 pub mod tunnel;
@@ -34,6 +35,8 @@ pub struct Proxy {
     tables: ArcSwap<ProxyTables>,
     flows: Arc<FlowRing>,
     pool: TunnelPool,
+    /// Upstream HTTP connections of L7 ports, shared across client connections.
+    http_pool: Arc<l7::pool::UpstreamPool>,
     original_dst: Arc<dyn OriginalDst>,
     conns: Arc<ConnRegistry>,
     /// Whether new tables re-judge live connections (off: the README promises established
@@ -56,6 +59,7 @@ impl Proxy {
             tables: ArcSwap::from_pointee(tables),
             flows,
             pool: TunnelPool::new(Transport::InsecurePlaintext),
+            http_pool: Arc::default(),
             original_dst,
             conns: Arc::default(),
             rejudge_on_update: false,
