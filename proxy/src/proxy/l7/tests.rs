@@ -140,7 +140,7 @@ async fn one_request(proxy: SocketAddr, path: &str, headers: &str) -> u16 {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     // Headers, then a body of Content-Length bytes (none after a 101).
-    let status = loop {
+    loop {
         let n = s.read(&mut chunk).await.unwrap();
         assert!(
             n > 0,
@@ -160,8 +160,7 @@ async fn one_request(proxy: SocketAddr, path: &str, headers: &str) -> u16 {
         if status == 101 || body.len() >= length {
             break status;
         }
-    };
-    status
+    }
 }
 
 #[tokio::test]
