@@ -12,7 +12,7 @@ use strait_ebpf::abi::IPPROTO_TCP as TCP;
 
 use super::Proxy;
 use super::conn::{Admission, peer};
-use super::l7::pool::{PoolKey, TunnelKey, Upstream};
+use super::l7::pool::{PoolKey, Upstream};
 use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::tables::{Judged, Route};
 use super::tls::NodeIdentity;
@@ -60,9 +60,9 @@ impl FlowSink for RingSink {
     }
 }
 
-/// The upstream of an L7 connection: pooled connections to the pod directly, or through a
-/// tunnel to its node (shared only by connections of the same source pod, which the tunnel
-/// stream names).
+/// The upstream of an L7 connection: connections to a local pod come from the node's pool,
+/// shared with other client connections; a tunnelled one stays this client connection's own
+/// (the far node records the stream as one flow of this source when it ends).
 fn l7_upstream(
     proxy: Arc<Proxy>,
     target: SocketAddrV4,
@@ -71,14 +71,12 @@ fn l7_upstream(
 ) -> Upstream {
     let key = PoolKey {
         target,
-        tunnel: via.as_ref().map(|t| TunnelKey {
-            peer: t.addr,
-            source: source.addr.ip(),
-            identity: source.identity,
-            original_dst: source.original_dst.clone(),
-        }),
+        tunnel: via.as_ref().map(|t| t.addr),
     };
-    let pool = proxy.http_pool.clone();
+    let pool = match via {
+        None => proxy.http_pool.clone(),
+        Some(_) => Arc::default(),
+    };
     Upstream::new(pool, key, upstream_connector(proxy, target, via, source))
 }
 

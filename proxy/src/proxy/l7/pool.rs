@@ -6,9 +6,14 @@
 //! A connection is never returned after `Connection: close` (either side), an upgrade, a
 //! response read only in part, or an error: such a connection is dropped and hyper closes it.
 //! Policy and flows stay per request: the pool only decides which connection carries it.
+//!
+//! A pool may be the node's (shared by all client connections) or one client connection's
+//! own: the outbound proxy gives tunnelled upstreams a pool per client connection, because the
+//! far node records one flow per tunnel stream, named by the source that opened it, when the
+//! stream ends; the tunnel's HTTP/2 connection to the peer node is shared in any case.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,25 +36,12 @@ const MAX_IDLE_PER_KEY: usize = 16;
 /// tens of seconds; nginx after 75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Which connections may carry a request: the same destination pod and, through a tunnel, the
-/// same peer node and the same source (the far end judges and records the stream by the
-/// source it names when the stream opens).
+/// Which connections may carry a request: the same destination pod, reached the same way
+/// (directly, or through the tunnel to the peer node at this address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub target: SocketAddrV4,
-    pub tunnel: Option<TunnelKey>,
-}
-
-/// The tunnel part of a [`PoolKey`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TunnelKey {
-    /// The peer node's tunnel address.
-    pub peer: SocketAddr,
-    /// The source pod's address and identity the stream carries.
-    pub source: IpAddr,
-    pub identity: u32,
-    /// The address the client dialed, which the far end records.
-    pub original_dst: String,
+    pub tunnel: Option<SocketAddr>,
 }
 
 /// A node proxy's pooled upstream connections.
