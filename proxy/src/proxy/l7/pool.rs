@@ -74,18 +74,23 @@ fn wants_close(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
-/// Whether the connection that carried `req` and `resp` may carry another request: both sides
-/// keep it alive (HTTP/1.1 without `Connection: close`) and neither upgraded it.
-pub fn reusable(req_version: Version, req_headers: &HeaderMap, resp: &Response<Incoming>) -> bool {
-    reusable_parts(
-        req_version,
-        req_headers,
-        resp.version(),
-        resp.status(),
-        resp.headers(),
-    )
+/// Whether a request leaves its connection reusable: HTTP/1.1 without `Connection: close` or an
+/// upgrade.
+fn request_keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && !wants_close(headers)
+        && !headers.contains_key(http::header::UPGRADE)
 }
 
+/// Whether a response leaves its connection reusable: HTTP/1.1, no `Connection: close`, not
+/// `101 Switching Protocols`.
+fn response_keeps_alive(version: Version, status: StatusCode, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && !wants_close(headers)
+        && status != StatusCode::SWITCHING_PROTOCOLS
+}
+
+#[cfg(test)]
 fn reusable_parts(
     req_version: Version,
     req_headers: &HeaderMap,
@@ -93,12 +98,8 @@ fn reusable_parts(
     status: StatusCode,
     resp_headers: &HeaderMap,
 ) -> bool {
-    req_version == Version::HTTP_11
-        && resp_version == Version::HTTP_11
-        && !wants_close(req_headers)
-        && !wants_close(resp_headers)
-        && !req_headers.contains_key(http::header::UPGRADE)
-        && status != StatusCode::SWITCHING_PROTOCOLS
+    request_keeps_alive(req_version, req_headers)
+        && response_keeps_alive(resp_version, status, resp_headers)
 }
 
 // === impl UpstreamPool ===
@@ -161,9 +162,9 @@ impl Upstream {
         if req.version() == Version::HTTP_2 {
             return self.send_h2(req).await;
         }
-        let (version, headers) = (req.version(), req.headers().clone());
+        let keep_alive = request_keeps_alive(req.version(), req.headers());
         let (sender, resp) = self.send_h1(req).await?;
-        if !reusable(version, &headers, &resp) {
+        if !(keep_alive && response_keeps_alive(resp.version(), resp.status(), resp.headers())) {
             // Dropping the sender lets hyper close the connection once this exchange is over.
             return Ok(resp.map(BodyExt::boxed));
         }
