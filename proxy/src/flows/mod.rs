@@ -12,7 +12,9 @@ mod ring;
 
 pub use filter::{Criterion, FilterError, FlowFilter, PodSelector, VERDICTS, verdict_name};
 pub use query::{FlowsQuery, QueryError};
-pub use record::{DecidedBy, Direction, FlowPeer, FlowRecord, HttpFlow, ServiceRef, Verdict};
+pub use record::{
+    DecidedBy, Direction, FlowPeer, FlowRecord, HttpFlow, ServiceRef, SharedLabels, Verdict,
+};
 pub use ring::{
     DEFAULT_FEED_CAPACITY, FlowEvent, FlowObserver, FlowRing, FlowSubscription, RingStats,
 };

@@ -1,8 +1,12 @@
 //! The flow record: one per proxied connection, the unit `strait observe` shows.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use strait_ebpf::DropReason;
@@ -71,10 +75,77 @@ pub struct FlowPeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
-    pub labels: Labels,
+    pub labels: SharedLabels,
     /// Numeric security identity; 0 when unknown.
     #[serde(default)]
     pub identity: u32,
+}
+
+/// A pod's labels as a flow carries them: one allocation shared by every flow of pods with the
+/// same labels (a full ring otherwise holds thousands of copies of the same few maps). Reads
+/// and writes like a [`Labels`] map; serialises as one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedLabels(Arc<Labels>);
+
+/// Label sets handed out by [`SharedLabels::interned`]; cleared when it reaches this many.
+const INTERNED_MAX: usize = 4096;
+
+static INTERNED: LazyLock<Mutex<HashMap<Labels, SharedLabels>>> = LazyLock::new(Mutex::default);
+
+// === impl SharedLabels ===
+
+impl SharedLabels {
+    /// `labels` shared with every earlier flow that carried an equal set.
+    pub fn interned(labels: &Labels) -> Self {
+        if labels.is_empty() {
+            return Self::default();
+        }
+        let mut interned = INTERNED.lock();
+        if let Some(shared) = interned.get(labels) {
+            return shared.clone();
+        }
+        // Label sets come from pods, so this stays small; a churn of pods cannot grow it forever.
+        if interned.len() >= INTERNED_MAX {
+            interned.clear();
+        }
+        let shared = Self(Arc::new(labels.clone()));
+        interned.insert(labels.clone(), shared.clone());
+        shared
+    }
+}
+
+impl Deref for SharedLabels {
+    type Target = Labels;
+
+    fn deref(&self) -> &Labels {
+        &self.0
+    }
+}
+
+impl DerefMut for SharedLabels {
+    /// Copies the set first when other flows share it.
+    fn deref_mut(&mut self) -> &mut Labels {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<Labels> for SharedLabels {
+    fn from(labels: Labels) -> Self {
+        Self(Arc::new(labels))
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for SharedLabels {
+    fn from(pairs: [(String, String); N]) -> Self {
+        Self(Arc::new(pairs.into()))
+    }
+}
+
+impl FromIterator<(String, String)> for SharedLabels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self(Arc::new(iter.into_iter().collect()))
+    }
 }
 
 /// A service the client addressed.
@@ -188,5 +259,27 @@ mod tests {
         let mut unknown = json;
         unknown["drop_reason"] = "NOT_A_REASON".into();
         assert!(serde_json::from_value::<FlowRecord>(unknown).is_err());
+    }
+
+    #[test]
+    fn shared_labels_serialise_as_a_map_and_are_shared_between_flows() {
+        let labels: Labels = [("app".to_string(), "web".to_string())].into();
+        let (a, b) = (
+            SharedLabels::interned(&labels),
+            SharedLabels::interned(&labels),
+        );
+        assert!(Arc::ptr_eq(&a.0, &b.0), "equal label sets share one map");
+        let mut f = crate::flows::test_flow(1, 1);
+        f.source.labels = a.clone();
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["source"]["labels"], serde_json::json!({"app": "web"}));
+        assert!(json["destination"].get("labels").is_none());
+        let back: FlowRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.source.labels, a);
+        // Writing through one flow's labels leaves the others alone.
+        let mut c = b.clone();
+        c.insert("tier".into(), "front".into());
+        assert_eq!(b.len(), 1);
+        assert_eq!(c.len(), 2);
     }
 }

@@ -18,7 +18,8 @@ use strait_ebpf::abi::IPPROTO_TCP;
 use tokio::sync::watch;
 
 use crate::flows::{
-    DecidedBy, Direction, DropReason, FlowPeer, FlowRecord, FlowRing, ServiceRef, Verdict,
+    DecidedBy, Direction, DropReason, FlowPeer, FlowRecord, FlowRing, ServiceRef, SharedLabels,
+    Verdict,
 };
 use crate::proxy::tables::{EndpointInfo, ProxyTables};
 
@@ -33,7 +34,7 @@ pub fn peer(cluster: &str, endpoint: Option<&EndpointInfo>, addr: SocketAddr) ->
             pod: ep.name.clone(),
             workload: ep.workload.clone(),
             node: Some(ep.node.clone()),
-            labels: ep.labels.clone(),
+            labels: SharedLabels::interned(&ep.labels),
             identity: ep.identity,
         },
         None => FlowPeer {

@@ -1,13 +1,15 @@
 //! HTTP-aware forwarding for connections whose port carries L7 rules: every request is judged,
 //! denied ones get `403 Access denied` (as Cilium answers) and the connection stays usable.
 //!
-//! The client side speaks HTTP/1.1 (keep-alive, pipelining) or HTTP/2 (prior knowledge); the
-//! upstream connection, opened on the first allowed request, speaks the same version.
+//! The client side speaks HTTP/1.1 (keep-alive, pipelining) or HTTP/2 (prior knowledge); each
+//! allowed request goes upstream in the same version, on a connection of the node's
+//! [`pool::UpstreamPool`] shared with other client connections to the same destination.
 //!
 //! Each request path is normalised ([`path`]) before it is judged, and the normalised path is
 //! what goes upstream; a path that cannot be normalised gets `400 Bad Request`.
 
 pub mod path;
+pub mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +37,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A boxed upstream stream.
 pub type BoxIo = Box<dyn Io>;
-/// Opens the upstream stream when the first request is allowed.
+/// Opens a new upstream stream when the pool has no connection for a request.
 pub type Connector =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<BoxIo, String>> + Send>> + Send + Sync>;
 /// Response body: the upstream's or our own.
@@ -61,74 +63,6 @@ pub trait HttpJudge: Send + Sync {
 pub trait FlowSink: Send + Sync {
     /// Records one finished request.
     fn record(&self, flow: FlowRecord);
-}
-
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
-}
-
-struct Upstream {
-    connect: Connector,
-    sender: tokio::sync::Mutex<Option<Sender>>,
-}
-
-impl Upstream {
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
-        let mut guard = self.sender.lock().await;
-        if guard.is_none() {
-            let io = TokioIo::new((self.connect)().await?);
-            let sender = if req.version() == Version::HTTP_2 {
-                let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| format!("HTTP/2 handshake with upstream: {e}"))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream HTTP/2 connection ended");
-                    }
-                });
-                Sender::H2(s)
-            } else {
-                let (s, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| format!("HTTP/1.1 handshake with upstream: {e}"))?;
-                tokio::spawn(async move {
-                    match conn.without_shutdown().await {
-                        Ok(parts) => close_gracefully(parts.io.into_inner()).await,
-                        Err(e) => debug!(error = %e, "upstream HTTP/1.1 connection ended"),
-                    }
-                });
-                Sender::H1(s)
-            };
-            *guard = Some(sender);
-        }
-        match guard.as_mut() {
-            Some(Sender::H2(s)) => {
-                let mut s = s.clone();
-                // HTTP/2 multiplexes: release the lock before waiting for the answer.
-                drop(guard);
-                s.send_request(req).await.map_err(|e| e.to_string())
-            }
-            Some(Sender::H1(s)) => {
-                // HTTP/1.1 carries one request at a time; the lock keeps them in order.
-                s.ready().await.map_err(|e| e.to_string())?;
-                s.send_request(req).await.map_err(|e| e.to_string())
-            }
-            None => Err("no upstream connection".into()),
-        }
-    }
-}
-
-/// Closes our side of an upstream stream and waits (briefly) for the peer to close its side, so
-/// a tunnel stream ends with both halves closed rather than reset under the peer's last write.
-async fn close_gracefully(mut io: BoxIo) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = io.shutdown().await;
-    let drain = async {
-        let mut buf = [0u8; 1024];
-        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
 /// The request as rules see it, with `path` (and query) already normalised.
@@ -213,16 +147,13 @@ fn bad_gateway() -> Response<ProxyBody> {
 /// details.
 pub async fn serve(
     client: TcpStream,
-    connect: Connector,
+    upstream: pool::Upstream,
     judge: Arc<dyn HttpJudge>,
     sink: Arc<dyn FlowSink>,
     template: FlowRecord,
     paths: PathOptions,
 ) -> Result<(), String> {
-    let upstream = Arc::new(Upstream {
-        connect,
-        sender: tokio::sync::Mutex::new(None),
-    });
+    let upstream = Arc::new(upstream);
     let template = Arc::new(template);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let upstream = upstream.clone();
@@ -283,7 +214,7 @@ pub async fn serve(
                 match upstream.send(req).await {
                     Ok(resp) => {
                         flow.verdict = Verdict::Forwarded;
-                        resp.map(|b| b.boxed())
+                        resp
                     }
                     Err(e) => {
                         flow.verdict = Verdict::Error;

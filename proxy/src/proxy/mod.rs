@@ -7,6 +7,7 @@ pub mod kflows;
 pub mod l7;
 pub mod outbound;
 pub mod relay;
+pub mod splice;
 pub mod tables;
 pub mod tls;
 pub mod tunnel;
@@ -35,6 +36,8 @@ pub struct Proxy {
     tables: ArcSwap<ProxyTables>,
     flows: Arc<FlowRing>,
     pool: TunnelPool,
+    /// Upstream HTTP connections of L7 ports, shared across client connections.
+    http_pool: Arc<l7::pool::UpstreamPool>,
     original_dst: Arc<dyn OriginalDst>,
     conns: Arc<ConnRegistry>,
     /// Whether new tables re-judge live connections and close those no longer allowed (the
@@ -57,6 +60,7 @@ impl Proxy {
             tables: ArcSwap::from_pointee(tables),
             flows,
             pool: TunnelPool::new(Transport::InsecurePlaintext),
+            http_pool: Arc::default(),
             original_dst,
             conns: Arc::default(),
             rejudge_on_update: false,

@@ -12,6 +12,7 @@ use strait_ebpf::abi::IPPROTO_TCP as TCP;
 
 use super::Proxy;
 use super::conn::{Admission, peer};
+use super::l7::pool::{PoolKey, Upstream};
 use super::l7::{self, BoxIo, Connector, FlowSink, HttpJudge, Judgement, RequestInfo};
 use super::tables::{Judged, Route};
 use super::tls::NodeIdentity;
@@ -59,7 +60,27 @@ impl FlowSink for RingSink {
     }
 }
 
-/// Opens the upstream of an L7 connection: the pod directly, or a tunnel to its node.
+/// The upstream of an L7 connection: connections to a local pod come from the node's pool,
+/// shared with other client connections; a tunnelled one stays this client connection's own
+/// (the far node records the stream as one flow of this source when it ends).
+fn l7_upstream(
+    proxy: Arc<Proxy>,
+    target: SocketAddrV4,
+    via: Option<TunnelPeer>,
+    source: TunnelSource,
+) -> Upstream {
+    let key = PoolKey {
+        target,
+        tunnel: via.as_ref().map(|t| t.addr),
+    };
+    let pool = match via {
+        None => proxy.http_pool.clone(),
+        Some(_) => Arc::default(),
+    };
+    Upstream::new(pool, key, upstream_connector(proxy, target, via, source))
+}
+
+/// Opens a new upstream stream of an L7 connection.
 fn upstream_connector(
     proxy: Arc<Proxy>,
     target: SocketAddrV4,
@@ -206,7 +227,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         if let Some(peer) = &via {
             rec.record.tunnel_peer = Some(peer.node.node.clone());
         }
-        let connect = upstream_connector(proxy.clone(), target, via, source);
+        let upstream = l7_upstream(proxy.clone(), target, via, source);
         let judge = Arc::new(PolicyJudge {
             proxy: proxy.clone(),
             src: src_identity,
@@ -217,7 +238,7 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
         let template = rec.per_request();
         tokio::select! {
             // Boxed: the HTTP server's state would otherwise size every L4 connection's task.
-            result = Box::pin(l7::serve(client, connect, judge, sink, template, proxy.http_paths)) => {
+            result = Box::pin(l7::serve(client, upstream, judge, sink, template, proxy.http_paths)) => {
                 if let Err(e) = result {
                     debug!(error = %e, "HTTP connection ended");
                 }
@@ -274,7 +295,16 @@ async fn forward_direct(
         .await
         .map_err(|e| format!("connect {target}: {e}"))?;
     let _ = upstream.set_nodelay(true);
-    copy(client, &mut upstream).await
+    // Two plain sockets: the kernel moves the bytes; anything else gets the buffered relay.
+    match super::splice::probe(client) {
+        Ok(()) => super::splice::relay(client, &upstream)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => {
+            debug!(error = %e, "buffered relay");
+            copy(client, &mut upstream).await
+        }
+    }
 }
 
 async fn copy<U>(client: &mut TcpStream, upstream: &mut U) -> Result<(u64, u64), String>

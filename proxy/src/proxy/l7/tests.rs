@@ -49,8 +49,18 @@ async fn setup_with(sink: Arc<Sink>, paths: PathOptions) -> SocketAddr {
         .unwrap();
     let backend = SocketAddr::from((Ipv4Addr::LOCALHOST, backend.port()));
     tokio::spawn(echo.serve());
+    proxy_to(backend, sink, paths).await
+}
+
+/// An L7 proxy (judging with [`PublicOnly`]) in front of `backend`, its client connections
+/// sharing one upstream pool; returns the proxy's address.
+async fn proxy_to(backend: SocketAddr, sink: Arc<Sink>, paths: PathOptions) -> SocketAddr {
+    let SocketAddr::V4(target) = backend else {
+        panic!("IPv4 backend expected")
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let pool = Arc::new(pool::UpstreamPool::default());
     tokio::spawn(async move {
         loop {
             let (client, _) = listener.accept().await.unwrap();
@@ -64,9 +74,13 @@ async fn setup_with(sink: Arc<Sink>, paths: PathOptions) -> SocketAddr {
                         .map_err(|e| e.to_string())
                 })
             });
+            let key = pool::PoolKey {
+                target,
+                tunnel: None,
+            };
             tokio::spawn(serve(
                 client,
-                connect,
+                pool::Upstream::new(pool.clone(), key, connect),
                 Arc::new(PublicOnly),
                 sink.clone(),
                 template,
@@ -75,6 +89,130 @@ async fn setup_with(sink: Arc<Sink>, paths: PathOptions) -> SocketAddr {
         }
     });
     addr
+}
+
+/// An HTTP/1.1 backend counting the connections it accepts; `/public/close` answers with
+/// `Connection: close`, `/public/upgrade` with `101 Switching Protocols`.
+async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                match req.uri().path() {
+                    "/public/close" => {
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, "close".parse().unwrap());
+                    }
+                    "/public/upgrade" => {
+                        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        resp.headers_mut()
+                            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+                        resp.headers_mut()
+                            .insert(http::header::UPGRADE, "echo".parse().unwrap());
+                    }
+                    _ => {}
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+/// One request on a new client connection (kept alive); returns the status.
+async fn one_request(proxy: SocketAddr, path: &str, headers: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: backend\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // Headers, then a body of Content-Length bytes (none after a 101).
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "{path}: closed after {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_lowercase();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if status == 101 || body.len() >= length {
+            break status;
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_client_connections() {
+    use std::sync::atomic::Ordering;
+    let (backend, accepted) = counting_backend().await;
+    let sink = Arc::new(Sink::default());
+    let proxy = proxy_to(backend, sink.clone(), PathOptions::default()).await;
+    for _ in 0..5 {
+        assert_eq!(one_request(proxy, "/public/a", "").await, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream for five clients"
+    );
+    // A denied request never touches the upstream; the next allowed one reuses it still.
+    assert_eq!(one_request(proxy, "/private", "").await, 403);
+    assert_eq!(one_request(proxy, "/public/b", "").await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Flows stay per request.
+    assert_eq!(sink.0.lock().len(), 7);
+}
+
+#[tokio::test]
+async fn close_and_upgrade_never_return_a_connection_to_the_pool() {
+    use std::sync::atomic::Ordering;
+    let (backend, accepted) = counting_backend().await;
+    let proxy = proxy_to(backend, Arc::new(Sink::default()), PathOptions::default()).await;
+    // The server's `Connection: close`: the next request needs a new connection.
+    assert_eq!(one_request(proxy, "/public/close", "").await, 200);
+    assert_eq!(one_request(proxy, "/public/a", "").await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // The client's `Connection: close` goes upstream and ends that connection too.
+    assert_eq!(
+        one_request(proxy, "/public/a", "Connection: close\r\n").await,
+        200
+    );
+    assert_eq!(one_request(proxy, "/public/a", "").await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    // An upgraded connection belongs to its client alone.
+    assert_eq!(
+        one_request(
+            proxy,
+            "/public/upgrade",
+            "Connection: upgrade\r\nUpgrade: echo\r\n"
+        )
+        .await,
+        101
+    );
+    assert_eq!(one_request(proxy, "/public/a", "").await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
 
 async fn curl(args: Vec<String>) -> String {
