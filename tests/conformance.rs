@@ -96,6 +96,14 @@ struct Case {
     rule: String,
     /// For `expect: proxy`: a request the L7 rules judge.
     http: Option<Http>,
+    /// Selectors without a cluster label select only the local cluster (the agent option
+    /// `policy_default_local_cluster`, default true).
+    #[serde(default = "default_true")]
+    default_local_cluster: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -306,8 +314,9 @@ struct Compiled {
 
 /// Every use of the policy pipeline (universe → engine → kernel entries) is here, so a change
 /// to the pipeline changes this function only.
-fn compile_world(world: &World, policies: &[Policy]) -> Compiled {
+fn compile_world(world: &World, policies: &[Policy], default_local_cluster: bool) -> Compiled {
     let mut u = Universe::new(&world.file.local_cluster);
+    u.default_local_cluster = default_local_cluster;
     for (pod, id) in world.file.pods.iter().zip(&world.ids) {
         u.add_endpoint(
             *id,
@@ -463,7 +472,7 @@ fn run_case(
 ) -> Result<(), String> {
     let flow = parse_flow(&case.flow)?;
     let policies = policies_of(file, case)?;
-    let c = compile_world(world, &policies);
+    let c = compile_world(world, &policies, case.default_local_cluster);
     let src = world.id(flow.src, &c.universe)?;
     let dst = world.id(flow.dst, &c.universe)?;
     let v = c.engine.verdict(src, dst, flow.proto, flow.port);

@@ -143,6 +143,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let ready = ready.clone();
         let compile_stats = compile_stats.clone();
         let node = cfg.node.clone();
+        let default_local_cluster = cfg.policy_default_local_cluster;
         let rejudge_sockets = cfg.rejudge_on_update.then(|| datapath.clone());
         tokio::spawn(async move {
             let report = |state: &CompiledState, installed: Installed| {
@@ -172,7 +173,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 *compile_stats.lock() = st.clone();
                 ready.store(true, Ordering::SeqCst);
             };
-            let mut compiler = Compiler::new(&node);
+            let mut compiler =
+                Compiler::new(&node).policy_default_local_cluster(default_local_cluster);
             // A revision compiled but not installed (the kernel refused it): retried with
             // backoff until it is in force or a newer snapshot replaces it.
             let mut pending: Option<Arc<CompiledState>> = None;
@@ -213,7 +215,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 };
                 // The compiler moves to the blocking pool and back; if that task dies, a fresh
                 // compiler (whose first compile is full) takes over.
-                let mut c = std::mem::replace(&mut compiler, Compiler::new(&node));
+                let mut c = std::mem::replace(
+                    &mut compiler,
+                    Compiler::new(&node).policy_default_local_cluster(default_local_cluster),
+                );
                 let installer = installer.clone();
                 let job = tokio::task::spawn_blocking(move || {
                     let result = c.compile(&snap).map(|state| {

@@ -58,6 +58,11 @@ pub struct AgentConfig {
     /// pod TCP connection through the proxy.
     #[serde(default = "default_true")]
     pub kernel_fast_path: bool,
+    /// Endpoint selectors that name no cluster select only this cluster's endpoints (Cilium's
+    /// `policy-default-local-cluster`, default since 1.18); `false` keeps the old behaviour of
+    /// selecting matching endpoints of every connected cluster.
+    #[serde(default = "default_true")]
+    pub policy_default_local_cluster: bool,
     /// What the L7 proxy does with `%2F`, `%5C` and `\` in a request path (default: reject with
     /// `400`), since backends disagree on whether they separate path segments.
     #[serde(default)]

@@ -92,6 +92,8 @@ pub struct CompiledState {
 #[derive(Debug)]
 pub struct Compiler {
     node: String,
+    /// `Universe::default_local_cluster` for every universe this compiler builds.
+    default_local_cluster: bool,
     selectors: SelectorCache,
     kernel: KernelCompiler,
     last: Option<Last>,
@@ -112,10 +114,20 @@ impl Compiler {
     pub fn new(node: &str) -> Self {
         Self {
             node: node.to_string(),
+            default_local_cluster: true,
             selectors: SelectorCache::default(),
             kernel: KernelCompiler::default(),
             last: None,
         }
+    }
+
+    /// The same compiler, making endpoint selectors without a cluster label select only the
+    /// local cluster (`true`, the default, as Cilium's `policy-default-local-cluster`) or
+    /// every cluster of the mesh.
+    #[must_use]
+    pub fn policy_default_local_cluster(mut self, on: bool) -> Self {
+        self.default_local_cluster = on;
+        self
     }
 
     /// Compiles `snap` for this compiler's node. An error leaves the caches as they were, so
@@ -145,7 +157,9 @@ impl Compiler {
 
     fn full(&mut self, snap: &Snapshot) -> CompiledState {
         let model = &snap.model;
-        let universe = Arc::new(Universe::from_model(model));
+        let mut universe = Universe::from_model(model);
+        universe.default_local_cluster = self.default_local_cluster;
+        let universe = Arc::new(universe);
         let policies = policy_list(model);
         let engine = Arc::new(Engine::build_cached(
             &policies,
@@ -532,3 +546,6 @@ fn micros(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod remote_tests;

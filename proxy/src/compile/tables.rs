@@ -83,8 +83,8 @@ fn pod_labels(identity: &Labels) -> Labels {
         .iter()
         .filter_map(|(k, v)| {
             let k = k.strip_prefix("k8s:").unwrap_or(k);
-            let derived = k.starts_with("io.kubernetes.pod.namespace")
-                || k.starts_with("io.cilium.k8s.");
+            let derived =
+                k.starts_with("io.kubernetes.pod.namespace") || k.starts_with("io.cilium.k8s.");
             (!derived).then(|| (k.to_string(), v.clone()))
         })
         .collect()

@@ -63,6 +63,7 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
         metrics_pod_labels: false,
         rejudge_on_update: true,
         kernel_fast_path: true,
+        policy_default_local_cluster: true,
         http_path_escaped_slashes: EscapedSlashes::default(),
         tls: TlsConfig {
             trust: vec![TrustedCaFile {

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::universe::{IdentityInfo, IdentityKind, Universe};
-use crate::identity::reserved;
+use crate::identity::{CLUSTER_LABEL, reserved};
 use crate::model::http::{HttpRule, RequestInfo};
 use crate::model::policy::{Entity, Peer, Policy, PortRule, PortSel, RuleDirection};
 use crate::model::selector::Selector;
@@ -291,7 +291,7 @@ impl SelectorCache {
                 }
             }
             for info in &changed {
-                if key_matches(key, info, &u.local_cluster) != set.contains(&info.id) {
+                if key_matches(key, info, u) != set.contains(&info.id) {
                     touched = true;
                 }
             }
@@ -305,7 +305,7 @@ impl SelectorCache {
                 }
             }
             for info in &changed {
-                let flipped = if key_matches(key, info, &u.local_cluster) {
+                let flipped = if key_matches(key, info, u) {
                     set.insert(info.id)
                 } else {
                     set.remove(&info.id)
@@ -330,7 +330,7 @@ impl SelectorCache {
         }
         let set: HashSet<u32> = u
             .iter()
-            .filter(|i| key_matches(&key, i, &u.local_cluster))
+            .filter(|i| key_matches(&key, i, &u))
             .map(|i| i.id)
             .collect();
         let set = Arc::new(set);
@@ -425,22 +425,29 @@ impl SelectorCache {
     }
 }
 
-fn key_matches(key: &CacheKey, info: &IdentityInfo, local_cluster: &str) -> bool {
+fn key_matches(key: &CacheKey, info: &IdentityInfo, u: &Universe) -> bool {
     match key {
         CacheKey::Subject(sel) => {
-            matches!(&info.kind, IdentityKind::Endpoint { cluster } if cluster == local_cluster)
+            matches!(&info.kind, IdentityKind::Endpoint { cluster } if *cluster == u.local_cluster)
                 && sel.matches(&info.labels)
         }
-        CacheKey::Peer(p) => peer_matches(p, info, local_cluster),
+        CacheKey::Peer(p) => peer_matches(p, info, u),
     }
 }
 
 /// Whether peer selector `p` selects identity `info`.
-fn peer_matches(p: &Peer, info: &IdentityInfo, local_cluster: &str) -> bool {
+fn peer_matches(p: &Peer, info: &IdentityInfo, u: &Universe) -> bool {
+    let local_cluster = u.local_cluster.as_str();
     match p {
-        Peer::Endpoints(sel) => {
-            matches!(info.kind, IdentityKind::Endpoint { .. }) && sel.matches(&info.labels)
-        }
+        Peer::Endpoints(sel) => match &info.kind {
+            IdentityKind::Endpoint { cluster } => {
+                sel.matches(&info.labels)
+                    && (cluster == local_cluster
+                        || !u.default_local_cluster
+                        || sel.mentions(CLUSTER_LABEL))
+            }
+            _ => false,
+        },
         Peer::Entity(e) => match e {
             Entity::All => true,
             Entity::World => {

@@ -45,6 +45,10 @@ pub struct IdentityInfo {
 #[derive(Debug, Clone)]
 pub struct Universe {
     pub local_cluster: String,
+    /// Whether an endpoint selector that names no cluster (`io.cilium.k8s.policy.cluster`)
+    /// selects only the local cluster's endpoints: Cilium's `policy-default-local-cluster`, the
+    /// default since 1.18. Off: it selects matching endpoints of every cluster of the mesh.
+    pub default_local_cluster: bool,
     ids: OrdMap<u32, Arc<IdentityInfo>>,
     cidrs: OrdMap<Ipv4Net, u32>,
     by_ip: OrdMap<Ipv4Addr, u32>,
@@ -72,6 +76,7 @@ impl Universe {
         }
         Self {
             local_cluster: local_cluster.to_string(),
+            default_local_cluster: true,
             ids,
             cidrs: OrdMap::new(),
             by_ip: OrdMap::new(),
@@ -174,7 +179,8 @@ impl Universe {
         changes: &BTreeSet<ObjectKey>,
     ) -> (Universe, BTreeSet<u32>) {
         if changes.contains(&ObjectKey::Cluster) && prev.cluster != model.cluster {
-            let u = Self::from_model(model);
+            let mut u = Self::from_model(model);
+            u.default_local_cluster = self.default_local_cluster;
             let mut all: BTreeSet<u32> = self.ids.keys().copied().collect();
             all.extend(u.ids.keys().copied());
             return (u, all);

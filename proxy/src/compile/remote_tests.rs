@@ -1,0 +1,254 @@
+//! Other clusters of the mesh in the compile: their pods in the ipcache and the proxy tables,
+//! global services merging shared endpoints by affinity, a remote believed only about itself,
+//! withdrawal; the incremental compile equal to a full one after every step.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use imbl::OrdMap;
+use ipnet::Ipv4Net;
+use strait_ebpf::ServiceFrontend;
+
+use super::*;
+use crate::identity::reserved;
+use crate::model::remote::*;
+use crate::model::*;
+
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
+const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
+const FORGED: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 9);
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+const REMOTE_ID: u32 = 0x2_0100;
+
+fn local_state(affinity: &str, backend_ready: bool) -> ClusterState {
+    let endpoint = |name: &str, ip, identity, app: &str, ready| Endpoint {
+        namespace: "shop".into(),
+        name: name.into(),
+        node: "node-1".into(),
+        ip,
+        labels: [("app".to_string(), app.to_string())].into(),
+        identity,
+        workload: None,
+        ports: vec![NamedPort {
+            name: Some("api".into()),
+            port: 7070,
+            protocol: Protocol::Tcp,
+        }],
+        ready,
+        cgroup_id: None,
+        host_ifname: None,
+    };
+    ClusterState {
+        revision: 1,
+        cluster: ClusterInfo {
+            name: "c1".into(),
+            id: 1,
+        },
+        nodes: vec![Node {
+            name: "node-1".into(),
+            underlay_ip: Ipv4Addr::new(192, 168, 0, 10),
+            pod_cidr: "10.1.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 1, 0, 1),
+        }],
+        namespaces: vec![Namespace {
+            name: "shop".into(),
+            labels: [(
+                "kubernetes.io/metadata.name".to_string(),
+                "shop".to_string(),
+            )]
+            .into(),
+        }],
+        endpoints: vec![
+            endpoint("store", LOCAL_BACKEND, 0x1_0100, "store", backend_ready),
+            endpoint(
+                "shopper",
+                Ipv4Addr::new(10, 1, 0, 6),
+                0x1_0101,
+                "shopper",
+                true,
+            ),
+        ],
+        services: vec![Service {
+            namespace: "shop".into(),
+            name: "store".into(),
+            cluster_ip: *VIP.ip(),
+            ports: vec![ServicePort {
+                name: Some("api".into()),
+                port: 80,
+                target_port: TargetPort::Name("api".into()),
+                protocol: Protocol::Tcp,
+            }],
+            selector: [("app".to_string(), "store".to_string())].into(),
+            annotations: [
+                (GLOBAL_ANNOTATION.to_string(), "true".to_string()),
+                (AFFINITY_ANNOTATION.to_string(), affinity.to_string()),
+            ]
+            .into(),
+        }],
+        policies: vec![],
+    }
+}
+
+/// c2 with one shared `store` endpoint, and one address it claims under c1's identity range.
+fn remote(shared: bool) -> RemoteCluster {
+    let entry = |pod: &str, identity| IpEntry {
+        identity,
+        node: "node-1".into(),
+        namespace: "shop".into(),
+        pod: pod.into(),
+    };
+    RemoteCluster {
+        cluster: ClusterInfo {
+            name: "c2".into(),
+            id: 2,
+        },
+        nodes: OrdMap::from(vec![(
+            "node-1".to_string(),
+            MeshNode {
+                name: "node-1".into(),
+                underlay_ip: Ipv4Addr::new(192, 168, 0, 20),
+                pod_cidrs: vec!["10.2.0.0/24".parse().unwrap()],
+            },
+        )]),
+        identities: OrdMap::from(vec![
+            (
+                REMOTE_ID,
+                [
+                    ("k8s:app".to_string(), "store".to_string()),
+                    (
+                        "k8s:io.cilium.k8s.policy.cluster".to_string(),
+                        "c2".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            (0x1_0101, Labels::new()),
+        ]),
+        ipcache: OrdMap::from(vec![
+            (REMOTE_BACKEND, entry("store-c2", REMOTE_ID)),
+            (FORGED, entry("impostor", 0x1_0101)),
+        ]),
+        services: OrdMap::from(vec![(
+            "shop/store".to_string(),
+            GlobalService {
+                namespace: "shop".into(),
+                name: "store".into(),
+                ports: vec![MeshServicePort {
+                    name: Some("api".into()),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                }],
+                shared,
+                affinity: Affinity::None,
+                endpoints: vec![MeshEndpoint {
+                    ip: REMOTE_BACKEND,
+                    ports: vec![Some(7070)],
+                    node: "node-1".into(),
+                    ready: true,
+                }],
+            },
+        )]),
+    }
+}
+
+/// Compiles the store's snapshot incrementally with `compiler` and from scratch; they must agree.
+fn compile(store: &Store, compiler: &mut Compiler) -> CompiledState {
+    let snap = store.current().unwrap();
+    let incremental = compiler.compile(&snap).unwrap();
+    let full = Compiler::new("node-1").compile(&snap).unwrap();
+    assert_eq!(incremental.kernel.to_image(), full.kernel.to_image());
+    assert_eq!(
+        incremental.proxy.endpoints.len(),
+        full.proxy.endpoints.len()
+    );
+    incremental
+}
+
+fn backends(state: &CompiledState) -> Vec<Ipv4Addr> {
+    state
+        .kernel
+        .services
+        .get(&ServiceFrontend::tcp(VIP))
+        .map(|b| b.iter().map(|b| b.ip).collect())
+        .unwrap_or_default()
+}
+
+fn ipcache(state: &CompiledState, ip: Ipv4Addr) -> Option<u32> {
+    state.kernel.ipcache.get(&Ipv4Net::from(ip)).copied()
+}
+
+#[test]
+fn remote_pods_and_global_service_endpoints_follow_the_mesh() {
+    let store = Store::new();
+    store.apply(Update::ReplaceCluster(local_state("none", true)));
+    let mut compiler = Compiler::new("node-1");
+    let alone = compile(&store, &mut compiler);
+    assert_eq!(backends(&alone), [LOCAL_BACKEND]);
+
+    store.apply(Update::Upsert(Object::Remote(remote(true))));
+    let meshed = compile(&store, &mut compiler);
+    assert_eq!(backends(&meshed), [LOCAL_BACKEND, REMOTE_BACKEND]);
+    assert_eq!(ipcache(&meshed, REMOTE_BACKEND), Some(REMOTE_ID));
+    assert_eq!(
+        ipcache(&meshed, Ipv4Addr::new(192, 168, 0, 20)),
+        Some(reserved::REMOTE_NODE)
+    );
+    // c2 cannot speak for c1's identities.
+    assert_eq!(ipcache(&meshed, FORGED), None);
+    let ep = meshed.proxy.endpoint(REMOTE_BACKEND).unwrap();
+    assert_eq!(
+        (ep.cluster.as_deref(), ep.name.as_str()),
+        (Some("c2"), "store-c2")
+    );
+    assert_eq!(ep.labels.get("app").map(String::as_str), Some("store"));
+    let svc = meshed.proxy.services.get(&VIP).unwrap();
+    assert_eq!(svc.backends.len(), 2);
+
+    // `shared: "false"` in c2: its endpoints stay there, its pods are still known.
+    store.apply(Update::Upsert(Object::Remote(remote(false))));
+    let private = compile(&store, &mut compiler);
+    assert_eq!(backends(&private), [LOCAL_BACKEND]);
+    assert_eq!(ipcache(&private, REMOTE_BACKEND), Some(REMOTE_ID));
+
+    // Withdrawn (disconnect, or the TTL): nothing of c2 is left.
+    store.apply(Update::Upsert(Object::Remote(remote(true))));
+    compile(&store, &mut compiler);
+    store.apply(Update::Delete(ObjectKey::Remote("c2".into())));
+    let gone = compile(&store, &mut compiler);
+    assert_eq!(backends(&gone), [LOCAL_BACKEND]);
+    assert_eq!(ipcache(&gone, REMOTE_BACKEND), None);
+    assert!(gone.proxy.endpoint(REMOTE_BACKEND).is_none());
+}
+
+#[test]
+fn affinity_prefers_one_side_and_fails_over_to_the_other() {
+    let store = Store::new();
+    let mut compiler = Compiler::new("node-1");
+    store.apply(Update::ReplaceCluster(local_state("local", true)));
+    store.apply(Update::Upsert(Object::Remote(remote(true))));
+    assert_eq!(
+        backends(&compile(&store, &mut compiler)),
+        [LOCAL_BACKEND],
+        "local while it has a ready endpoint"
+    );
+    store.apply(Update::ReplaceCluster(local_state("local", false)));
+    assert_eq!(
+        backends(&compile(&store, &mut compiler)),
+        [REMOTE_BACKEND],
+        "remote once none is ready locally"
+    );
+    store.apply(Update::ReplaceCluster(local_state("local", true)));
+    assert_eq!(
+        backends(&compile(&store, &mut compiler)),
+        [LOCAL_BACKEND],
+        "local again when it is back"
+    );
+    store.apply(Update::ReplaceCluster(local_state("remote", true)));
+    assert_eq!(backends(&compile(&store, &mut compiler)), [REMOTE_BACKEND]);
+    store.apply(Update::Delete(ObjectKey::Remote("c2".into())));
+    assert_eq!(
+        backends(&compile(&store, &mut compiler)),
+        [LOCAL_BACKEND],
+        "remote affinity fails over to local"
+    );
+}
