@@ -330,7 +330,7 @@ impl SelectorCache {
         }
         let set: HashSet<u32> = u
             .iter()
-            .filter(|i| key_matches(&key, i, &u))
+            .filter(|i| key_matches(&key, i, u))
             .map(|i| i.id)
             .collect();
         let set = Arc::new(set);
