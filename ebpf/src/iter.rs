@@ -12,6 +12,7 @@
 //! the TCP sockets of the network namespace of the thread that creates it; so a run enters the
 //! pod's namespace on a short-lived thread of its own.
 
+mod btf;
 mod syscall;
 
 use std::{
@@ -25,7 +26,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya_obj::btf::{Btf, BtfKind};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
 
 use crate::abi::DropReason;
@@ -67,7 +67,7 @@ pub enum Error {
     Btf {
         name: &'static str,
         #[source]
-        source: aya_obj::btf::BtfError,
+        source: Option<btf::BtfError>,
     },
     #[error("loading program {PROGRAM} ({SECTION}); verifier log ends: {log}")]
     Load {
@@ -166,17 +166,17 @@ pub(crate) struct SockIter {
 impl SockIter {
     /// Loads the program against the maps pinned in `pin_dir` and creates its link.
     pub(crate) fn load(pin_dir: &Path) -> Result<SockIter, Error> {
-        let btf = Btf::from_sys_fs().map_err(|source| Error::Btf {
+        let ids = btf::kernel_func_ids(&[KFUNC, ITER_TARGET]).map_err(|source| Error::Btf {
             name: KFUNC,
-            source,
+            source: Some(source),
         })?;
         let btf_id = |name: &'static str| {
-            btf.id_by_type_name_kind(name, BtfKind::Func)
-                .map_err(|source| Error::Btf { name, source })
+            ids.get(name)
+                .copied()
+                .ok_or(Error::Btf { name, source: None })
         };
         let kfunc_id = btf_id(KFUNC)?;
         let target_id = btf_id(ITER_TARGET)?;
-        drop(btf);
 
         let program = Program::parse(ITER_OBJ)?;
         let mut insns = program.insns.clone();
