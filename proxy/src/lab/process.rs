@@ -28,10 +28,15 @@ pub enum Enter {
 }
 
 /// Joins the cgroup (if any) first so the program and everything it forks is inside it from its
-/// first instruction, then enters the namespace.
+/// first instruction, then enters the namespace. Strait's own processes (network-only) run with
+/// glibc's allocator held to two arenas and fixed trim/mmap thresholds, so memory freed after a
+/// burst goes back to the system (a Kubernetes DaemonSet sets the same in its environment).
 const ENTER: &str = r#"cg=$1; ns=$2; how=$3; shift 3
 if [ -n "$cg" ]; then echo $$ > "$cg/cgroup.procs" || exit 126; fi
-if [ "$how" = net ]; then exec nsenter --net="/run/netns/$ns" -- "$@"; fi
+if [ "$how" = net ]; then
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=131072:glibc.malloc.mmap_threshold=131072}"
+  exec nsenter --net="/run/netns/$ns" -- "$@"
+fi
 exec ip netns exec "$ns" "$@""#;
 
 fn command(netns: &str, cgroup: Option<&Path>, enter: Enter, argv: &[String]) -> Command {
