@@ -91,9 +91,13 @@ pub struct MeshEndpointConfig {
     pub cert_validity_secs: u64,
 }
 
+/// Default of [`AgentConfig::mesh_ttl_secs`]: how long Strait keeps a remote cluster's state
+/// while it is unreachable.
+pub const DEFAULT_MESH_TTL_SECS: u64 = 30;
+
 /// Default of [`AgentConfig::mesh_ttl_secs`].
 pub fn default_mesh_ttl() -> u64 {
-    crate::mesh::DEFAULT_TTL.as_secs()
+    DEFAULT_MESH_TTL_SECS
 }
 
 /// Treatment of encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in an

@@ -150,7 +150,7 @@ pub fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
         .context("start the async runtime")?;
     rt.block_on(async {
         tokio::select! {
-            r = crate::mesh::endpoint::run(cfg) => r.map_err(anyhow::Error::from),
+            r = crate::clustermesh::run(cfg) => r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })?;

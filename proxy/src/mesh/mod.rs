@@ -4,7 +4,7 @@
 //! `cluster` validates names and IDs and the connect check; `state` is what a cluster publishes
 //! and the deltas between revisions; `wire` the frames; `server` the mesh endpoint and its
 //! publisher; `client` the sync of one remote; `remote` the per-remote state and TTL rule;
-//! `endpoint` the process serving a cluster's state (fed by the state file, like the agents).
+//! `endpoint` the status file of the endpoint process (`crate::clustermesh`).
 
 pub mod client;
 pub mod cluster;
