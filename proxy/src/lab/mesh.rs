@@ -78,17 +78,19 @@ impl Lab {
         }
         let pid = self.start_endpoint(&spec, listen)?;
         let first = record.is_none();
-        let peers = record.map(|r| r.peers).unwrap_or_default();
+        let (peers, pending) = record.map(|r| (r.peers, r.pending)).unwrap_or_default();
+        let trusted = peers.union(&pending).cloned().collect();
         st.mesh.insert(
             cluster.to_string(),
             MeshRecord {
                 listen,
                 pid: Some(pid),
-                peers: peers.clone(),
+                peers,
+                pending,
             },
         );
         self.save(&st)?;
-        self.wait_endpoint(cluster, pid, &peers)?;
+        self.wait_endpoint(cluster, pid, &trusted)?;
         if first {
             // The agents learn that the mesh is on (and where the endpoint listens).
             self.republish(&mut st, &[cluster])?;
@@ -122,14 +124,24 @@ impl Lab {
                 )));
             }
         }
+        // First both endpoints trust each other, then the agents dial: no first dial is
+        // refused for a trust still on its way.
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(r) = st.mesh.get_mut(x)
+                && !r.peers.contains(y)
+            {
+                r.pending.insert(y.to_string());
+            }
+        }
+        self.republish(&mut st, &[a, b])?;
+        self.wait_trust(&st, &[a, b])?;
         for (x, y) in [(a, b), (b, a)] {
             if let Some(r) = st.mesh.get_mut(x) {
+                r.pending.remove(y);
                 r.peers.insert(y.to_string());
             }
         }
-        self.save(&st)?;
-        self.republish(&mut st, &[a, b])?;
-        self.wait_trust(&st, &[a, b])
+        self.republish(&mut st, &[a, b])
     }
 
     /// Undoes [`Lab::mesh_connect`]: both clusters' agents drop the other's state at once.
@@ -141,19 +153,31 @@ impl Lab {
         let mut st = self.require()?;
         self.cluster_spec(&st, a)?;
         self.cluster_spec(&st, b)?;
-        let connected = st.mesh.get(a).is_some_and(|r| r.peers.contains(b))
-            || st.mesh.get(b).is_some_and(|r| r.peers.contains(a));
+        let linked = |x: &str, y: &str| {
+            st.mesh
+                .get(x)
+                .is_some_and(|r| r.peers.contains(y) || r.pending.contains(y))
+        };
+        let connected = linked(a, b) || linked(b, a);
         if !connected {
             return Err(LabError::Precondition(format!(
                 "clusters {a} and {b} are not connected"
             )));
         }
+        // First the agents stop syncing (their state goes at once), then the trust goes.
         for (x, y) in [(a, b), (b, a)] {
-            if let Some(r) = st.mesh.get_mut(x) {
-                r.peers.remove(y);
+            if let Some(r) = st.mesh.get_mut(x)
+                && r.peers.remove(y)
+            {
+                r.pending.insert(y.to_string());
             }
         }
-        self.save(&st)?;
+        self.republish(&mut st, &[a, b])?;
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(r) = st.mesh.get_mut(x) {
+                r.pending.remove(y);
+            }
+        }
         self.republish(&mut st, &[a, b])?;
         self.wait_trust(&st, &[a, b])
     }
@@ -168,7 +192,8 @@ impl Lab {
             return Ok(None);
         };
         let mut peers = Vec::new();
-        for name in &rec.peers {
+        let all = rec.peers.iter().map(|p| (p, true));
+        for (name, sync) in all.chain(rec.pending.iter().map(|p| (p, false))) {
             let (Some(spec), Some(peer)) = (st.topology.cluster(name), st.mesh.get(name)) else {
                 continue;
             };
@@ -183,6 +208,7 @@ impl Lab {
                 id: spec.id,
                 endpoint: peer.listen,
                 ca_pem,
+                sync,
             });
         }
         Ok(Some(MeshSettings {
@@ -203,16 +229,16 @@ impl Lab {
             let spec = self.cluster_spec(st, &c)?;
             let listen = listen_addr(&spec)?;
             let pid = self.start_endpoint(&spec, listen)?;
-            let peers = match st.mesh.get_mut(&c) {
+            let trusted = match st.mesh.get_mut(&c) {
                 Some(r) => {
                     r.pid = Some(pid);
                     r.listen = listen;
-                    r.peers.clone()
+                    r.peers.union(&r.pending).cloned().collect()
                 }
                 None => continue,
             };
             self.save(st)?;
-            self.wait_endpoint(&c, pid, &peers)?;
+            self.wait_endpoint(&c, pid, &trusted)?;
         }
         Ok(())
     }
@@ -316,13 +342,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Waits until the endpoints of `clusters` trust exactly their recorded peers.
+    /// Waits until the endpoints of `clusters` trust exactly their recorded peers (pending
+    /// ones included).
     fn wait_trust(&self, st: &LabState, clusters: &[&str]) -> Result<(), LabError> {
         for c in clusters {
             if let Some(r) = st.mesh.get(*c)
                 && let Some(pid) = r.pid
             {
-                self.wait_endpoint(c, pid, &r.peers)?;
+                self.wait_endpoint(c, pid, &r.peers.union(&r.pending).cloned().collect())?;
             }
         }
         Ok(())

@@ -70,8 +70,13 @@ pub struct MeshRecord {
     /// Where the endpoint listens (UDP): the cluster's first node, port 32379.
     pub listen: std::net::SocketAddr,
     pub pid: Option<i32>,
+    /// Connected clusters: the agents sync them, the endpoint trusts them.
     #[serde(default)]
     pub peers: BTreeSet<String>,
+    /// Clusters the endpoint trusts but agents do not sync yet (connect) or any more
+    /// (disconnect), so no agent dials an endpoint that does not trust it yet.
+    #[serde(default)]
+    pub pending: BTreeSet<String>,
 }
 
 /// Resources of one cluster, as `kubectl apply` left them, plus the pods that realise them.

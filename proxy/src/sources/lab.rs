@@ -72,6 +72,18 @@ pub struct MeshPeer {
     /// The peer cluster's CA certificate (PEM).
     #[serde(rename = "caPEM")]
     pub ca_pem: String,
+    /// Whether agents sync the peer; `false` while a connect or disconnect is half done: the
+    /// endpoint already (or still) trusts the peer, agents do not dial it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub sync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A node of the cluster.

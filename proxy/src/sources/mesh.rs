@@ -153,6 +153,7 @@ impl MeshSource {
             .settings
             .iter()
             .flat_map(|s| s.peers.iter())
+            .filter(|p| p.sync)
             .map(|p| (p.name.clone(), p.clone()))
             .collect();
         let gone: Vec<Peer> = {
@@ -290,6 +291,7 @@ mod tests {
             // Nothing listens there: the client keeps retrying.
             endpoint: "127.0.0.1:9".parse().unwrap(),
             ca_pem: ca_pem.into(),
+            sync: true,
         }
     }
 
@@ -323,7 +325,11 @@ mod tests {
             store.current().unwrap().model.remotes["c2"].ipcache.len(),
             1
         );
-        src.reconcile(&view(vec![]), &store, &id, &settings).await;
+        // Trusted by the endpoint but not synced (half a disconnect): the agent lets it go.
+        let mut unsynced = peer(&c2.cert_pem);
+        unsynced.sync = false;
+        src.reconcile(&view(vec![unsynced]), &store, &id, &settings)
+            .await;
         assert!(src.statuses().is_empty());
         assert!(store.current().unwrap().model.remotes.is_empty());
         // A CA that does not parse: the peer is listed with the reason, not dropped silently.
