@@ -197,6 +197,8 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         (&2.into(), &3.into(), &2.into(), &1.into()),
         "{st:#}"
     );
+    // The endpoints trusted each other before any agent dialled: no refused first attempt.
+    assert_eq!(r["failures"], 0, "{st:#}");
     let (ok, st) = mesh_status(&lab, "c2", true);
     assert!(ok, "c2 not ready: {st:#}");
     let r = remote(&st, "c1");
