@@ -9,8 +9,26 @@ use std::path::Path;
 
 /// Bottom first; a module may use any module listed before it, never one after it.
 const LAYERS: &[&str] = &[
-    "errors", "pki", "config", "model", "identity", "mesh", "policy", "flows", "dns", "metrics",
-    "admin", "proxy", "compile", "datapath", "sources", "lab", "ui", "agent", "cli",
+    "errors",
+    "pki",
+    "config",
+    "model",
+    "identity",
+    "mesh",
+    "policy",
+    "flows",
+    "dns",
+    "metrics",
+    "admin",
+    "proxy",
+    "compile",
+    "datapath",
+    "sources",
+    "lab",
+    "clustermesh",
+    "ui",
+    "agent",
+    "cli",
 ];
 
 /// `crate::NAME` paths in `src` outside comments and `#[cfg(test)]` items.

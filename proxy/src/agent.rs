@@ -102,6 +102,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
     let (node_tls, issuer) = start_tls(&cfg)?;
+    let mesh_identity = sources::mesh::MeshIdentity::issue(
+        &crate::pki::ClusterCa::load(&cfg.tls.issuer.ca_cert, &cfg.tls.issuer.ca_key)?,
+        &cfg.cluster,
+        Duration::from_secs(cfg.tls.cert_validity_secs.max(3)),
+    )?;
     let admin = match cfg.admin_tls {
         Some(addr) => admin.with_tls(
             addr,
@@ -285,10 +290,22 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         });
     }
+    let mesh = Arc::new(sources::mesh::MeshSource::new());
+    let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(mesh.clone().run(
+        mesh_rx,
+        store.clone(),
+        mesh_identity,
+        crate::mesh::RemoteConfig {
+            ttl: Duration::from_secs(cfg.mesh_ttl_secs),
+            ..Default::default()
+        },
+    ));
     tokio::spawn(sources::file::watch(
         cfg.state_file.clone(),
         cfg.cluster.clone(),
         store.clone(),
+        Some(mesh_tx),
     ));
     tokio::spawn(proxy::outbound::serve(outbound, proxy.clone()));
     tokio::spawn(proxy::tunnel::serve(tunnel, proxy.clone()));
@@ -298,8 +315,31 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let status = {
         let proxy = proxy.clone();
         let cfg = cfg.clone();
+        let store = store.clone();
         move || {
             let t = proxy.tables();
+            // What the model holds of each remote cluster, next to what the channel reports.
+            let remote_model: serde_json::Map<String, serde_json::Value> = store
+                .current()
+                .map(|s| {
+                    s.model
+                        .remotes
+                        .iter()
+                        .map(|(name, r)| {
+                            (
+                                name.clone(),
+                                serde_json::json!({
+                                    "id": r.cluster.id,
+                                    "nodes": r.nodes.len(),
+                                    "identities": r.identities.len(),
+                                    "endpoints": r.ipcache.len(),
+                                    "services": r.services.len(),
+                                }),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             serde_json::json!({
                 "cluster": cfg.cluster,
                 "cluster_id": t.cluster.id,
@@ -312,6 +352,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 "programs": programs,
                 "pod_interfaces": installer.interfaces(),
                 "policy": compile_stats.lock().clone(),
+                "mesh": {
+                    "ttl_secs": cfg.mesh_ttl_secs,
+                    "remotes": mesh.statuses(),
+                    "model": remote_model,
+                },
                 "listeners": {
                     "outbound": cfg.outbound.to_string(),
                     "tunnel": cfg.tunnel.to_string(),

@@ -69,6 +69,40 @@ pub struct AgentConfig {
     pub http_path_escaped_slashes: EscapedSlashes,
     /// Mutual TLS of the tunnel between node proxies.
     pub tls: TlsConfig,
+    /// Seconds a remote cluster of the mesh may stay unreachable before its state is withdrawn.
+    #[serde(default = "default_mesh_ttl")]
+    pub mesh_ttl_secs: u64,
+}
+
+/// Default port of a cluster's mesh endpoint (UDP, QUIC), as Cilium's clustermesh-apiserver.
+pub const MESH_PORT: u16 = 32379;
+
+/// Everything a cluster's mesh endpoint (`strait clustermesh-endpoint`) needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshEndpointConfig {
+    pub cluster: String,
+    /// The cluster's state file, read with the agents' code; its `mesh` section names the
+    /// clusters whose CAs are trusted.
+    pub state_file: PathBuf,
+    /// UDP address the endpoint listens on.
+    pub listen: SocketAddr,
+    /// The CA the endpoint issues its mesh certificate with (the lab's stand-in for a CSR).
+    pub issuer: IssuerFiles,
+    /// Written (atomically) after every change: listen address and trusted clusters, so the
+    /// lab knows when a connect is in force.
+    pub status_file: PathBuf,
+    #[serde(default = "default_cert_validity")]
+    pub cert_validity_secs: u64,
+}
+
+/// Default of [`AgentConfig::mesh_ttl_secs`]: how long Strait keeps a remote cluster's state
+/// while it is unreachable.
+pub const DEFAULT_MESH_TTL_SECS: u64 = 30;
+
+/// Default of [`AgentConfig::mesh_ttl_secs`].
+pub fn default_mesh_ttl() -> u64 {
+    DEFAULT_MESH_TTL_SECS
 }
 
 /// Treatment of encoded slashes (`%2F`), encoded backslashes (`%5C`) and raw backslashes in an
@@ -155,18 +189,29 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Reads a JSON agent configuration.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let mut de = serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
-            file,
-            path: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        })
+        read_json(path)
     }
+}
+
+impl MeshEndpointConfig {
+    /// Reads a JSON mesh endpoint configuration.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        read_json(path)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
+        file,
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -188,6 +233,8 @@ mod tests {
     fn escaped_slashes_default_to_reject_and_parse_by_name() {
         let cfg = parse("").expect("minimal config");
         assert_eq!(cfg.http_path_escaped_slashes, EscapedSlashes::Reject);
+        assert_eq!(cfg.mesh_ttl_secs, 30, "Cilium-like default TTL");
+        assert_eq!(parse(r#", "mesh_ttl_secs": 5"#).unwrap().mesh_ttl_secs, 5);
         for (name, want) in [
             ("reject", EscapedSlashes::Reject),
             ("keep", EscapedSlashes::Keep),

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agent;
 pub mod cli;
+pub mod clustermesh;
 pub mod compile;
 pub mod config;
 pub mod datapath;

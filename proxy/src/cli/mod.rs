@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand, each calling library APIs only.
 
 pub mod agent;
+pub mod clustermesh;
 pub mod lab;
 pub mod observe;
 pub mod policy;
@@ -32,6 +33,14 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Serve a web UI over the lab's flows: service map and live flow table.
     Ui(ui::UiArgs),
+    /// Connect clusters into a mesh, like `cilium clustermesh`.
+    #[command(subcommand)]
+    Clustermesh(clustermesh::ClustermeshCommand),
+    /// Health of every cluster: agents, programs, policies, cluster mesh.
+    Status(clustermesh::StatusArgs),
+    /// A cluster's mesh endpoint (started by `strait clustermesh enable`).
+    #[command(hide = true)]
+    ClustermeshEndpoint(clustermesh::EndpointArgs),
 }
 
 /// Entry point of the binary.
@@ -50,6 +59,9 @@ pub fn main() -> ExitCode {
         Command::Observe(cmd) => lab::observe(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Ui(args) => ui::run(args),
+        Command::Clustermesh(cmd) => clustermesh::run(cmd),
+        Command::Status(args) => clustermesh::status(args),
+        Command::ClustermeshEndpoint(args) => clustermesh::endpoint(args),
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,7 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
             },
             cert_validity_secs: DEFAULT_CERT_VALIDITY_SECS,
         },
+        mesh_ttl_secs: crate::config::default_mesh_ttl(),
     }
 }
 

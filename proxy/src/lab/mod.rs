@@ -4,6 +4,8 @@
 pub mod agents;
 pub mod cgroup;
 pub mod manifest;
+pub mod mesh;
+pub mod meshstatus;
 pub mod netns;
 pub mod objects;
 pub mod paths;
@@ -182,6 +184,7 @@ impl Lab {
                 && netns::exists(&self.paths.underlay_netns());
             if complete {
                 self.ensure_agents(&mut st)?;
+                self.ensure_mesh_endpoints(&mut st)?;
                 self.restart_dead_pods(&mut st)?;
                 self.save(&st)?;
                 return Ok(st);
@@ -200,6 +203,7 @@ impl Lab {
                 .collect(),
             topology,
             agents: BTreeMap::new(),
+            mesh: BTreeMap::new(),
         };
         self.build_network(&st.topology)?;
         for c in st.topology.clusters.clone() {
@@ -332,7 +336,8 @@ impl Lab {
             })?;
         let res = st.clusters.entry(cluster.to_string()).or_default();
         let paths = &self.paths;
-        let doc = state::cluster_document(&spec, res, |p| pods::runtime(paths, cluster, p))?;
+        let mut doc = state::cluster_document(&spec, res, |p| pods::runtime(paths, cluster, p))?;
+        doc.mesh = self.mesh_settings(st, cluster)?;
         let bytes = serde_json::to_vec_pretty(&doc)
             .map_err(|e| self.state_err("encode cluster state", e.to_string()))?;
         let path = self.paths.cluster_state_file(cluster);
@@ -484,6 +489,7 @@ impl Lab {
             for pid in st.agents.values() {
                 process::kill_group(*pid);
             }
+            Self::stop_mesh_endpoints(&st);
         }
         let prefix = p.netns_prefix();
         let spaces: Vec<String> = netns::list()?

@@ -64,6 +64,11 @@ impl LabPaths {
             .join(format!("{cluster}-{node}"))
     }
 
+    /// A cluster's mesh endpoint: config, log, status file.
+    pub fn mesh_dir(&self, cluster: &str) -> PathBuf {
+        self.state_dir().join("mesh").join(cluster)
+    }
+
     /// A cluster's CA certificate (PEM).
     pub fn cluster_ca_cert(&self, cluster: &str) -> PathBuf {
         self.state_dir().join("pki").join(cluster).join("ca.crt")

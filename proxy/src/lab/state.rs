@@ -59,6 +59,24 @@ pub struct LabState {
     /// Agent PID per `cluster/node`.
     #[serde(default)]
     pub agents: BTreeMap<String, i32>,
+    /// Clusters with the mesh enabled: their endpoint and connected clusters.
+    #[serde(default)]
+    pub mesh: BTreeMap<String, MeshRecord>,
+}
+
+/// A cluster's mesh endpoint as the lab runs it, and the clusters it is connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshRecord {
+    /// Where the endpoint listens (UDP): the cluster's first node, port 32379.
+    pub listen: std::net::SocketAddr,
+    pub pid: Option<i32>,
+    /// Connected clusters: the agents sync them, the endpoint trusts them.
+    #[serde(default)]
+    pub peers: BTreeSet<String>,
+    /// Clusters the endpoint trusts but agents do not sync yet (connect) or any more
+    /// (disconnect), so no agent dials an endpoint that does not trust it yet.
+    #[serde(default)]
+    pub pending: BTreeSet<String>,
 }
 
 /// Resources of one cluster, as `kubectl apply` left them, plus the pods that realise them.
@@ -552,6 +570,7 @@ pub fn cluster_document(
             .collect(),
         objects,
         pod_runtime,
+        mesh: None,
     })
 }
 

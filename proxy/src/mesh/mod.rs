@@ -3,10 +3,12 @@
 //!
 //! `cluster` validates names and IDs and the connect check; `state` is what a cluster publishes
 //! and the deltas between revisions; `wire` the frames; `server` the mesh endpoint and its
-//! publisher; `client` the sync of one remote; `remote` the per-remote state and TTL rule.
+//! publisher; `client` the sync of one remote; `remote` the per-remote state and TTL rule;
+//! `endpoint` the status file of the endpoint process (`crate::clustermesh`).
 
 pub mod client;
 pub mod cluster;
+pub mod endpoint;
 pub mod remote;
 pub mod server;
 pub mod state;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::state::{Delta, DeltaError, MeshState};
 
 /// Default time a remote cluster may stay unreachable before its state is withdrawn.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_TTL: Duration = Duration::from_secs(crate::config::DEFAULT_MESH_TTL_SECS);
 
 /// How the channel to a remote cluster behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -138,6 +138,8 @@ impl Publisher {
 #[derive(Debug)]
 pub struct MeshServer {
     endpoint: quinn::Endpoint,
+    /// The TLS new connections are judged by; replaced when the trusted clusters change.
+    tls: Arc<Mutex<Arc<MeshTls>>>,
     task: JoinHandle<()>,
 }
 
@@ -160,8 +162,25 @@ impl MeshServer {
                 addr,
                 source,
             })?;
-        let task = tokio::spawn(accept_loop(endpoint.clone(), tls, publisher));
-        Ok(Self { endpoint, task })
+        let tls = Arc::new(Mutex::new(tls));
+        let task = tokio::spawn(accept_loop(endpoint.clone(), tls.clone(), publisher));
+        Ok(Self {
+            endpoint,
+            tls,
+            task,
+        })
+    }
+
+    /// Serves new connections with `tls` (other trusted clusters), without rebinding: clusters
+    /// already connected stay connected until they go.
+    pub fn set_tls(&self, tls: Arc<MeshTls>) -> Result<(), ServerError> {
+        let config = tls.server_config().map_err(|source| ServerError::Tls {
+            cluster: tls.cluster.clone(),
+            source: Box::new(source),
+        })?;
+        self.endpoint.set_server_config(Some(config));
+        *self.tls.lock() = tls;
+        Ok(())
     }
 
     /// The bound address.
@@ -178,9 +197,13 @@ impl Drop for MeshServer {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, tls: Arc<MeshTls>, publisher: Arc<Publisher>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tls: Arc<Mutex<Arc<MeshTls>>>,
+    publisher: Arc<Publisher>,
+) {
     while let Some(incoming) = endpoint.accept().await {
-        let (tls, publisher) = (tls.clone(), publisher.clone());
+        let (tls, publisher) = (tls.lock().clone(), publisher.clone());
         tokio::spawn(async move {
             let peer = incoming.remote_address();
             let conn = match incoming.await {

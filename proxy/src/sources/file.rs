@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use super::lab::{LabClusterState, LabStateError};
-use crate::model::{ClusterState, Store, Update};
+use super::lab::{LabClusterState, LabStateError, MeshSettings};
+use crate::model::{ClusterInfo, ClusterState, Store, Update};
 
 /// How often the file's metadata is checked.
 const POLL: Duration = Duration::from_millis(50);
@@ -46,8 +46,24 @@ pub enum FileSourceError {
     },
 }
 
+/// What the mesh side reads from the state file: the cluster and its mesh settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshView {
+    pub cluster: ClusterInfo,
+    /// `None` while the mesh is not enabled for the cluster.
+    pub settings: Option<MeshSettings>,
+}
+
 /// Reads and checks one cluster state file.
 pub fn read(path: &Path, cluster: &str) -> Result<ClusterState, FileSourceError> {
+    read_with_mesh(path, cluster).map(|(state, _)| state)
+}
+
+/// Reads and checks one cluster state file, with its mesh settings.
+pub fn read_with_mesh(
+    path: &Path,
+    cluster: &str,
+) -> Result<(ClusterState, Option<MeshSettings>), FileSourceError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| FileSourceError::Read {
         file: file.clone(),
@@ -67,12 +83,23 @@ pub fn read(path: &Path, cluster: &str) -> Result<ClusterState, FileSourceError>
             expected: cluster.to_string(),
         });
     }
-    ClusterState::try_from(doc).map_err(|source| FileSourceError::Convert { file, source })
+    let mesh = doc.mesh.clone();
+    let state =
+        ClusterState::try_from(doc).map_err(|source| FileSourceError::Convert { file, source })?;
+    Ok((state, mesh))
 }
 
-/// Watches `path` and applies every new good state to `store`, forever.
-pub async fn watch(path: PathBuf, cluster: String, store: std::sync::Arc<Store>) {
+/// Watches `path` and applies every new good state to `store`, forever; the mesh settings of
+/// each good state go to `mesh` (after the state is in the store, so mesh sources never run
+/// ahead of the local cluster).
+pub async fn watch(
+    path: PathBuf,
+    cluster: String,
+    store: std::sync::Arc<Store>,
+    mesh: Option<tokio::sync::watch::Sender<Option<MeshView>>>,
+) {
     let mut w = Watcher::new(path, cluster);
+    w.mesh = mesh;
     loop {
         w.poll(&store);
         tokio::time::sleep(POLL).await;
@@ -85,6 +112,7 @@ struct Watcher {
     cluster: String,
     seen: Option<(SystemTime, u64)>,
     last_error: Option<String>,
+    mesh: Option<tokio::sync::watch::Sender<Option<MeshView>>>,
 }
 
 impl Watcher {
@@ -94,6 +122,7 @@ impl Watcher {
             cluster,
             seen: None,
             last_error: None,
+            mesh: None,
         }
     }
 
@@ -106,10 +135,21 @@ impl Watcher {
             return;
         }
         self.seen = stamp;
-        match read(&self.path, &self.cluster) {
-            Ok(state) => {
+        match read_with_mesh(&self.path, &self.cluster) {
+            Ok((state, settings)) => {
                 let rev = state.revision;
+                let view = MeshView {
+                    cluster: state.cluster.clone(),
+                    settings,
+                };
                 store.apply(Update::ReplaceCluster(state));
+                if let Some(tx) = &self.mesh {
+                    tx.send_if_modified(|cur| {
+                        let changed = cur.as_ref() != Some(&view);
+                        *cur = Some(view);
+                        changed
+                    });
+                }
                 info!(revision = rev, "cluster state loaded");
                 self.last_error = None;
             }

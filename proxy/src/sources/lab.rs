@@ -45,6 +45,45 @@ pub struct LabClusterState {
     /// Node-local facts per pod, by `namespace/name`.
     #[serde(default)]
     pub pod_runtime: BTreeMap<String, PodRuntimeFacts>,
+    /// Cluster mesh settings: absent until `strait clustermesh enable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshSettings>,
+}
+
+/// This cluster's place in the cluster mesh: its own endpoint and the clusters it is connected
+/// to. Agents sync every peer; the cluster's mesh endpoint trusts every peer's CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    /// Where this cluster's mesh endpoint listens.
+    pub endpoint: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    pub peers: Vec<MeshPeer>,
+}
+
+/// A connected cluster: who it is, where its mesh endpoint listens, and the CA whose
+/// certificates speak for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshPeer {
+    pub name: String,
+    pub id: u8,
+    pub endpoint: std::net::SocketAddr,
+    /// The peer cluster's CA certificate (PEM).
+    #[serde(rename = "caPEM")]
+    pub ca_pem: String,
+    /// Whether agents sync the peer; `false` while a connect or disconnect is half done: the
+    /// endpoint already (or still) trusts the peer, agents do not dial it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub sync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A node of the cluster.

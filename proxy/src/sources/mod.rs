@@ -3,3 +3,4 @@
 pub mod file;
 pub mod k8s;
 pub mod lab;
+pub mod mesh;

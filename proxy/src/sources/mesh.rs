@@ -1,0 +1,350 @@
+//! Remote clusters of the mesh as a model source: one [`MeshClient`] per peer named in the
+//! cluster state file's `mesh` section, whose served state becomes
+//! `Upsert(Object::Remote(..))`, and whose withdrawal (TTL, disconnect) becomes
+//! `Delete(ObjectKey::Remote(..))`.
+//!
+//! Peers added or changed in the file start a client; peers removed stop theirs and their state
+//! leaves the model at once. A restarted agent starts with no remote state and serves none until
+//! a sync completes: nothing stale survives a restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::file::MeshView;
+use super::lab::MeshPeer;
+use crate::mesh::{ClusterId, MeshClient, MeshState, MeshTls, MeshTrust, RemoteConfig};
+use crate::mesh::{RemoteCluster as RemoteChannel, RemoteStatus};
+use crate::model::remote::RemoteCluster;
+use crate::model::{ClusterInfo, Object, ObjectKey, Store, Update};
+use crate::pki::ClusterCa;
+
+/// This cluster's mesh client certificate and key (PEM): a mesh certificate
+/// (`spiffe://<cluster>/mesh`) issued by the cluster's CA, as the mesh endpoints require.
+#[derive(Clone)]
+pub struct MeshIdentity {
+    pub cluster: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshIdentity")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshIdentity {
+    /// A fresh key and a mesh certificate for `cluster` from `ca`, valid `validity`.
+    pub fn issue(
+        ca: &ClusterCa,
+        cluster: &str,
+        validity: Duration,
+    ) -> Result<Self, crate::pki::PkiError> {
+        let key = crate::pki::generate_key()?;
+        let cert_pem = ca.issue_mesh(cluster, &key, validity)?;
+        Ok(Self {
+            cluster: cluster.to_string(),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// One remote cluster as the agent's `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub id: u8,
+    pub endpoint: SocketAddr,
+    #[serde(flatten)]
+    pub status: RemoteStatus,
+}
+
+struct Peer {
+    spec: MeshPeer,
+    /// `None` when the client could not start (bad CA); `error` says why.
+    client: Option<MeshClient>,
+    error: Option<String>,
+    forward: Option<JoinHandle<()>>,
+}
+
+/// The running syncs of one agent, by remote cluster name.
+#[derive(Default)]
+pub struct MeshSource {
+    peers: Mutex<BTreeMap<String, Peer>>,
+}
+
+impl std::fmt::Debug for MeshSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSource")
+            .field("peers", &self.peers.lock().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+// === impl MeshSource ===
+
+impl MeshSource {
+    /// A source with no peers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Status of every configured remote cluster, by name.
+    pub fn statuses(&self) -> Vec<PeerStatus> {
+        self.peers
+            .lock()
+            .values()
+            .map(|p| {
+                let status = match &p.client {
+                    Some(c) => c.status(),
+                    None => {
+                        let mut s = RemoteChannel::new(&p.spec.name, Duration::ZERO).status();
+                        s.last_error = p.error.clone();
+                        s
+                    }
+                };
+                PeerStatus {
+                    id: p.spec.id,
+                    endpoint: p.spec.endpoint,
+                    status,
+                }
+            })
+            .collect()
+    }
+
+    /// Follows the state file's mesh settings forever, starting and stopping clients.
+    pub async fn run(
+        self: Arc<Self>,
+        mut views: watch::Receiver<Option<MeshView>>,
+        store: Arc<Store>,
+        identity: MeshIdentity,
+        settings: RemoteConfig,
+    ) {
+        loop {
+            let view = views.borrow_and_update().clone();
+            if let Some(view) = view {
+                self.reconcile(&view, &store, &identity, &settings).await;
+            }
+            if views.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Makes the running clients match `view`'s peers.
+    async fn reconcile(
+        &self,
+        view: &MeshView,
+        store: &Arc<Store>,
+        identity: &MeshIdentity,
+        settings: &RemoteConfig,
+    ) {
+        let wanted: BTreeMap<String, MeshPeer> = view
+            .settings
+            .iter()
+            .flat_map(|s| s.peers.iter())
+            .filter(|p| p.sync)
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        let gone: Vec<Peer> = {
+            let mut peers = self.peers.lock();
+            let stale: Vec<String> = peers
+                .iter()
+                .filter(|(name, p)| wanted.get(*name) != Some(&p.spec))
+                .map(|(name, _)| name.clone())
+                .collect();
+            stale.iter().filter_map(|n| peers.remove(n)).collect()
+        };
+        for mut p in gone {
+            // The forwarder must be finished before the withdrawal, or its last upsert could
+            // land after it.
+            if let Some(f) = p.forward.take() {
+                f.abort();
+                let _ = f.await;
+            }
+            drop(p.client.take());
+            store.apply(Update::Delete(ObjectKey::Remote(p.spec.name.clone())));
+            info!(remote = %p.spec.name, "mesh peer removed; its state is withdrawn");
+        }
+        let mut peers = self.peers.lock();
+        for (name, spec) in wanted {
+            if peers.contains_key(&name) {
+                continue;
+            }
+            let peer = start(&view.cluster, &spec, store, identity, settings);
+            peers.insert(name, peer);
+        }
+    }
+}
+
+/// Starts syncing one peer; a peer that cannot start is kept with its error for status.
+fn start(
+    local: &ClusterInfo,
+    spec: &MeshPeer,
+    store: &Arc<Store>,
+    identity: &MeshIdentity,
+    settings: &RemoteConfig,
+) -> Peer {
+    let failed = |error: String| {
+        warn!(remote = %spec.name, %error, "cannot sync mesh peer");
+        Peer {
+            spec: spec.clone(),
+            client: None,
+            error: Some(error),
+            forward: None,
+        }
+    };
+    let local_id = ClusterId {
+        name: local.name.clone(),
+        id: local.id,
+    };
+    let trust = [MeshTrust {
+        cluster: spec.name.clone(),
+        ca_pem: spec.ca_pem.clone(),
+    }];
+    let tls = match MeshTls::new(
+        &identity.cluster,
+        &identity.cert_pem,
+        &identity.key_pem,
+        &trust,
+    ) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return failed(crate::errors::chain(&e)),
+    };
+    let client = match MeshClient::spawn(tls, local_id, &spec.name, spec.endpoint, settings.clone())
+    {
+        Ok(c) => c,
+        Err(e) => return failed(crate::errors::chain(&e)),
+    };
+    info!(remote = %spec.name, endpoint = %spec.endpoint, "syncing mesh peer");
+    let forward = tokio::spawn(forward(client.state(), spec.name.clone(), store.clone()));
+    Peer {
+        spec: spec.clone(),
+        client: Some(client),
+        error: None,
+        forward: Some(forward),
+    }
+}
+
+/// Hands every served state of one remote to the store; `None` (withdrawn) deletes it.
+async fn forward(mut rx: watch::Receiver<Option<Arc<MeshState>>>, name: String, store: Arc<Store>) {
+    loop {
+        let served = rx.borrow_and_update().clone();
+        match served {
+            Some(state) => store.apply(Update::Upsert(Object::Remote(remote_cluster(&state)))),
+            None => store.apply(Update::Delete(ObjectKey::Remote(name.clone()))),
+        };
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A synced mesh state as the model holds it (the maps are shared, not copied).
+pub fn remote_cluster(state: &MeshState) -> RemoteCluster {
+    RemoteCluster {
+        cluster: ClusterInfo {
+            name: state.cluster.name.clone(),
+            id: state.cluster.id,
+        },
+        nodes: state.nodes.clone(),
+        identities: state.identities.clone(),
+        ipcache: state.ipcache.clone(),
+        services: state.services.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::mesh::state::IpEntry;
+    use crate::sources::lab::MeshSettings;
+
+    fn view(peers: Vec<MeshPeer>) -> MeshView {
+        MeshView {
+            cluster: ClusterInfo {
+                name: "c1".into(),
+                id: 1,
+            },
+            settings: Some(MeshSettings {
+                endpoint: None,
+                peers,
+            }),
+        }
+    }
+
+    fn peer(ca_pem: &str) -> MeshPeer {
+        MeshPeer {
+            name: "c2".into(),
+            id: 2,
+            // Nothing listens there: the client keeps retrying.
+            endpoint: "127.0.0.1:9".parse().unwrap(),
+            ca_pem: ca_pem.into(),
+            sync: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_start_and_stop_with_the_file_and_a_removed_peer_is_withdrawn() {
+        let c1 = ClusterCa::create("c1").unwrap();
+        let c2 = ClusterCa::create("c2").unwrap();
+        let id = MeshIdentity::issue(&c1, "c1", Duration::from_secs(600)).unwrap();
+        let store = Arc::new(Store::new());
+        let src = MeshSource::new();
+        let settings = RemoteConfig::default();
+        src.reconcile(&view(vec![peer(&c2.cert_pem)]), &store, &id, &settings)
+            .await;
+        let st = src.statuses();
+        assert_eq!(st.len(), 1);
+        assert_eq!((st[0].status.cluster.as_str(), st[0].id), ("c2", 2));
+        assert!(!st[0].status.ready);
+        // A state synced earlier is in the model; removing the peer withdraws it at once.
+        let mut s = MeshState::empty(ClusterId::new("c2", 2).unwrap());
+        s.ipcache.insert(
+            [10, 2, 0, 1].into(),
+            IpEntry {
+                identity: 0x2_0100,
+                node: "n".into(),
+                namespace: "demo".into(),
+                pod: "p".into(),
+            },
+        );
+        store.apply(Update::Upsert(Object::Remote(remote_cluster(&s))));
+        assert_eq!(
+            store.current().unwrap().model.remotes["c2"].ipcache.len(),
+            1
+        );
+        // Trusted by the endpoint but not synced (half a disconnect): the agent lets it go.
+        let mut unsynced = peer(&c2.cert_pem);
+        unsynced.sync = false;
+        src.reconcile(&view(vec![unsynced]), &store, &id, &settings)
+            .await;
+        assert!(src.statuses().is_empty());
+        assert!(store.current().unwrap().model.remotes.is_empty());
+        // A CA that does not parse: the peer is listed with the reason, not dropped silently.
+        src.reconcile(&view(vec![peer("not a pem")]), &store, &id, &settings)
+            .await;
+        let st = src.statuses();
+        assert!(
+            st[0]
+                .status
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("CA of cluster c2"),
+            "{:?}",
+            st[0].status.last_error
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The cluster mesh in a real lab (default topology: c1 ID 1, c2 ID 2, two nodes each), driven
+//! by the CLI as a user would: refusals before enable and for bad names, enable, connect,
+//! `status --wait`, remote state in the agents' models, a peer CA that does not match refused
+//! with the reason in `status`, and disconnect withdrawing the remote state.
+//!
+//! Duplicate IDs, duplicate names and overlapping pod CIDRs cannot exist in one lab (its
+//! topology check refuses them); the same connect check on lab clusters is tested in
+//! `lab::mesh`'s unit tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{TestLab, text};
+
+const DEFAULT_TOPOLOGY: &str = include_str!("../proxy/src/lab/default-topology.yaml");
+
+/// c2: two backends (one identity) behind a global service, and a database (another identity).
+const C2_APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend, namespace: demo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend}}
+    spec:
+      containers:
+      - name: echo
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: demo, labels: {app: db}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+  namespace: demo
+  annotations: {service.cilium.io/global: \"true\"}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: http}]
+";
+
+fn mesh_status(lab: &TestLab, cluster: &str, wait: bool) -> (bool, Value) {
+    let mut args = vec!["clustermesh", "status", "--cluster", cluster, "-o", "json"];
+    if wait {
+        args.extend(["--wait", "--wait-duration", "60s"]);
+    }
+    let out = lab.strait(&args);
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", text(&out)));
+    (out.status.success(), v)
+}
+
+fn remote<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cluster"] == name)
+        .unwrap_or_else(|| panic!("no remote {name} in {status:#}"))
+}
+
+/// Polls `f` until it returns `Some`, for up to 20 s.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn fails_with(lab: &TestLab, args: &[&str], message: &str) {
+    let out = lab.strait(args);
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(message),
+        "{args:?} should say {message:?}: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn clusters_connect_sync_and_disconnect_through_the_cli() {
+    let lab = TestLab::up("clustermesh", DEFAULT_TOPOLOGY);
+    lab.apply_ok("c1", support::APP);
+    lab.apply_ok("c2", C2_APP);
+
+    // Refusals: before enable, and names Cilium would not accept.
+    fails_with(
+        &lab,
+        &[
+            "clustermesh",
+            "connect",
+            "--cluster",
+            "c1",
+            "--destination-cluster",
+            "c2",
+        ],
+        "cluster c1 has no mesh endpoint: run `strait clustermesh enable --cluster c1` first",
+    );
+    fails_with(
+        &lab,
+        &["clustermesh", "enable", "--cluster", "C_1"],
+        "cluster name \"C_1\": only lowercase letters, digits and '-' are allowed",
+    );
+    fails_with(
+        &lab,
+        &[
+            "clustermesh",
+            "connect",
+            "--context",
+            "c1",
+            "--destination-context",
+            "c2-",
+        ],
+        "cluster name \"c2-\": must start and end with a lowercase letter or digit",
+    );
+    let (ok, st) = mesh_status(&lab, "c1", false);
+    assert!(!ok && st["ready"] == false, "{st:#}");
+
+    let out = lab.strait(&["clustermesh", "enable", "--cluster", "c1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listening on 198.18.0.10:32379"),
+        "{}",
+        text(&out)
+    );
+    fails_with(
+        &lab,
+        &[
+            "clustermesh",
+            "connect",
+            "--cluster",
+            "c1",
+            "--destination-cluster",
+            "c2",
+        ],
+        "cluster c2 has no mesh endpoint: run `strait clustermesh enable --cluster c2` first",
+    );
+    let out = lab.strait(&["clustermesh", "enable", "--context", "c2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = lab.strait(&["clustermesh", "enable", "--cluster", "c2"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already running"),
+        "enable is idempotent: {}",
+        text(&again)
+    );
+
+    let out = lab.strait(&[
+        "clustermesh",
+        "connect",
+        "--context",
+        "c1",
+        "--destination-context",
+        "c2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Ready both ways, with the counts the other cluster has: c2 has 2 nodes, 3 pods of 2
+    // identities and 1 global service; c1 has 3 pods of 2 identities and no global service.
+    let (ok, st) = mesh_status(&lab, "c1", true);
+    assert!(ok, "c1 not ready: {st:#}");
+    let r = remote(&st, "c2");
+    assert_eq!(
+        (&r["configured"], &r["connected"], &r["ready"]),
+        (&2.into(), &2.into(), &2.into()),
+        "{st:#}"
+    );
+    assert_eq!(
+        (
+            &r["nodes"],
+            &r["endpoints"],
+            &r["identities"],
+            &r["services"]
+        ),
+        (&2.into(), &3.into(), &2.into(), &1.into()),
+        "{st:#}"
+    );
+    // The endpoints trusted each other before any agent dialled: no refused first attempt.
+    assert_eq!(r["failures"], 0, "{st:#}");
+    let (ok, st) = mesh_status(&lab, "c2", true);
+    assert!(ok, "c2 not ready: {st:#}");
+    let r = remote(&st, "c1");
+    assert_eq!(
+        (
+            &r["nodes"],
+            &r["endpoints"],
+            &r["identities"],
+            &r["services"]
+        ),
+        (&2.into(), &3.into(), &2.into(), &0.into()),
+        "{st:#}"
+    );
+    let out = lab.strait(&["clustermesh", "status", "--cluster", "c1"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    for line in [
+        "✅ Cluster access information is available:",
+        "  - 198.18.0.10:32379",
+        "🔌 Cluster Connections:",
+        "  - c2: 2/2 configured, 2/2 connected, 2/2 ready",
+    ] {
+        assert!(shown.contains(line), "missing {line:?} in\n{shown}");
+    }
+    let out = lab.strait(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("Cluster mesh: endpoint 198.18.0.10:32379; c2 2/2 ready"),
+        "{}",
+        text(&out)
+    );
+
+    // Every agent of c1 holds c2's pods in its model, by address.
+    let c2_backend: Vec<String> = lab.status()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["cluster"] == "c2")
+        .map(|p| p["ip"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(c2_backend.len(), 3);
+    for a in lab.status()["agents"].as_array().unwrap() {
+        let model = &a["status"]["mesh"]["model"];
+        if a["cluster"] == "c1" {
+            assert_eq!(model["c2"]["endpoints"], 3, "{a:#}");
+            assert_eq!(model["c2"]["id"], 2, "{a:#}");
+        } else {
+            assert_eq!(model["c1"]["endpoints"], 3, "{a:#}");
+        }
+    }
+
+    // c1's agents are told another CA for c2: c2's endpoint certificate is refused, the
+    // state goes at once (the sync restarted with the new trust), and status says why.
+    let c1_file = format!("/run/strait/labs/{}/clusters/c1.json", lab.name);
+    let good = std::fs::read_to_string(&c1_file).unwrap();
+    let mut doc: Value = serde_json::from_str(&good).unwrap();
+    let impostor = strait::pki::ClusterCa::create("c2").unwrap();
+    doc["mesh"]["peers"][0]["caPEM"] = impostor.cert_pem.clone().into();
+    let tmp = format!("{c1_file}.test");
+    std::fs::write(&tmp, serde_json::to_vec(&doc).unwrap()).unwrap();
+    std::fs::rename(&tmp, &c1_file).unwrap();
+    let st = eventually("the refused certificate in status", || {
+        let (ok, st) = mesh_status(&lab, "c1", false);
+        let r = remote(&st, "c2");
+        let refused = r["errors"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e.as_str().unwrap().contains("certificate"))
+        });
+        (!ok && refused && r["ready"] == 0 && r["endpoints"] == 0).then_some(st)
+    });
+    assert!(
+        st["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("c2: 2/2 configured, 0/2 connected, 0/2 ready; last error: TLS:"),
+        "{st:#}"
+    );
+    let out = lab.strait(&["status", "--cluster", "c1"]);
+    assert!(!out.status.success(), "unhealthy mesh: {}", text(&out));
+
+    // Disconnect: the remote state leaves every agent of both clusters.
+    let out = lab.strait(&[
+        "clustermesh",
+        "disconnect",
+        "--cluster",
+        "c1",
+        "--destination-cluster",
+        "c2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The agents have loaded the new state file when disconnect returns; their mesh source
+    // follows within milliseconds.
+    let started = Instant::now();
+    eventually("the remote state withdrawn from every agent", || {
+        lab.status()["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| {
+                a["status"]["mesh"]["model"] == serde_json::json!({})
+                    && a["status"]["mesh"]["remotes"] == serde_json::json!([])
+            })
+            .then_some(())
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for c in ["c1", "c2"] {
+        let (ok, st) = mesh_status(&lab, c, false);
+        assert!(ok, "{st:#}");
+        assert_eq!(st["remotes"], serde_json::json!([]), "{st:#}");
+    }
+    fails_with(
+        &lab,
+        &[
+            "clustermesh",
+            "disconnect",
+            "--cluster",
+            "c1",
+            "--destination-cluster",
+            "c2",
+        ],
+        "clusters c1 and c2 are not connected",
+    );
+}
