@@ -104,6 +104,12 @@ fn redirects_to_proxy_and_survives_agent_restart() {
     drop(datapath);
     remove_pins(&fx.pin_dir).unwrap();
     assert!(!fx.pin_dir.exists());
+    // The kernel releases a link when its last reference goes, which it may defer a little
+    // under load: wait up to a second for the programs to leave the cgroup.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while fx.attached_programs() != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(fx.attached_programs(), 0);
     let (peer, reply) = fx.connect(&TARGET_IP.to_string(), TARGET.port()).unwrap();
     assert_eq!(

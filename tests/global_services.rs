@@ -1,0 +1,165 @@
+//! Cilium's multi-cluster tutorial, the global service part, in the lab: two clusters meshed, a
+//! client in c1 reaching a Service that spans both, then affinity, failover and `shared: "false"`.
+//! Real lab, real kernel (socket LB to the other cluster's pods); needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::*;
+
+/// One `store` Deployment of `replicas` pods behind a Service with the given annotations, and a
+/// `shopper` client (c1 only).
+fn app(replicas: u32, annotations: &str, with_client: bool) -> String {
+    let client = if with_client {
+        "---
+apiVersion: v1
+kind: Pod
+metadata: {name: shopper, namespace: shop, labels: {app: shopper}}
+spec:
+  containers: [{name: echo}]
+"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: store, namespace: shop}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: store}}}}
+  template:
+    metadata: {{labels: {{app: store}}}}
+    spec:
+      containers: [{{name: echo, ports: [{{name: api, containerPort: 7070}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: store
+  namespace: shop
+  annotations: {{{annotations}}}
+spec:
+  selector: {{app: store}}
+  ports: [{{name: api, port: 80, targetPort: api}}]
+{client}"
+    )
+}
+
+/// Which clusters answered `n` requests from c1's shopper to the `store` Service, and how often.
+fn answers(lab: &TestLab, n: usize) -> BTreeMap<String, usize> {
+    let script = format!(
+        "import socket, json\n\
+         for _ in range({n}):\n\
+         \x20   try:\n\
+         \x20       s = socket.create_connection(('store.shop.svc.cluster.local', 80), timeout=3)\n\
+         \x20       s.sendall(b'GET / HTTP/1.1\\r\\nHost: store\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         \x20       data = b''\n\
+         \x20       while True:\n\
+         \x20           chunk = s.recv(65536)\n\
+         \x20           if not chunk: break\n\
+         \x20           data += chunk\n\
+         \x20       print(json.loads(data.split(b'\\r\\n\\r\\n', 1)[1])['cluster'])\n\
+         \x20   except Exception as e:\n\
+         \x20       print('error', type(e).__name__)\n"
+    );
+    let out = lab.exec("c1/shop/shopper", &["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut seen = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        *seen.entry(line.to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Polls until `n` requests are answered only by `want` (the kernel maps follow the mesh within
+/// a sync), or fails with what answered last.
+fn wait_answers(lab: &TestLab, want: &[&str], n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let seen = answers(lab, n);
+        let clusters: Vec<&str> = seen.keys().map(String::as_str).collect();
+        if clusters == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected answers from {want:?}, got {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+fn clustermesh(lab: &TestLab, args: &[&str]) {
+    let mut all = vec!["clustermesh"];
+    all.extend_from_slice(args);
+    let out = lab.strait(&all);
+    assert!(out.status.success(), "clustermesh {args:?}: {}", text(&out));
+}
+
+#[test]
+fn a_global_service_spans_clusters_with_affinity_failover_and_sharing() {
+    let lab = TestLab::up("global_services", strait::lab::topology::DEFAULT_TOPOLOGY);
+    let global = "service.cilium.io/global: \"true\"";
+    lab.apply_ok("c1", &app(1, global, true));
+    lab.apply_ok("c2", &app(1, global, false));
+    clustermesh(&lab, &["enable", "--cluster", "c1"]);
+    clustermesh(&lab, &["enable", "--context", "c2"]);
+    clustermesh(
+        &lab,
+        &["connect", "--context", "c1", "--destination-context", "c2"],
+    );
+    clustermesh(
+        &lab,
+        &[
+            "status",
+            "--cluster",
+            "c1",
+            "--wait",
+            "--wait-duration",
+            "30s",
+        ],
+    );
+
+    // Both clusters answer the global service.
+    wait_answers(&lab, &["c1", "c2"], 24);
+
+    // Affinity local: c1 while it has a ready endpoint, c2 once it has none, c1 again after.
+    let local = format!("{global}, service.cilium.io/affinity: local");
+    lab.apply_ok("c1", &app(1, &local, true));
+    wait_answers(&lab, &["c1"], 12);
+    lab.apply_ok("c1", &app(0, &local, true));
+    wait_answers(&lab, &["c2"], 12);
+    lab.apply_ok("c1", &app(1, &local, true));
+    wait_answers(&lab, &["c1"], 12);
+
+    // c2 stops sharing its endpoints: c1 keeps to its own even without affinity.
+    lab.apply_ok("c1", &app(1, global, true));
+    wait_answers(&lab, &["c1", "c2"], 24);
+    lab.apply_ok(
+        "c2",
+        &app(
+            1,
+            &format!("{global}, service.cilium.io/shared: \"false\""),
+            false,
+        ),
+    );
+    wait_answers(&lab, &["c1"], 12);
+
+    clustermesh(
+        &lab,
+        &[
+            "disconnect",
+            "--cluster",
+            "c1",
+            "--destination-cluster",
+            "c2",
+        ],
+    );
+}
