@@ -163,3 +163,124 @@ fn a_global_service_spans_clusters_with_affinity_failover_and_sharing() {
         ],
     );
 }
+
+/// `store` and `shopper` pods in `cluster`, plus an `intruder` pod.
+fn pods(cluster: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: store-{cluster}, namespace: shop, labels: {{app: store}}}}
+spec:
+  nodeName: node-1
+  containers: [{{name: echo, ports: [{{name: api, containerPort: 7070}}]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: shopper-{cluster}, namespace: shop, labels: {{app: shopper}}}}
+spec:
+  nodeName: node-2
+  containers: [{{name: echo}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: intruder-{cluster}, namespace: shop, labels: {{app: intruder}}}}
+spec:
+  nodeName: node-2
+  containers: [{{name: echo}}]
+"
+    )
+}
+
+/// `ok`, or the error class and errno of a connect from `target` to `ip:port`.
+fn connect_from(lab: &TestLab, target: &str, ip: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n\
+         \x20   s = socket.create_connection(('{ip}', {port}), timeout=2)\n\
+         \x20   s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         \x20   print('ok' if s.recv(100) else 'closed')\n\
+         except OSError as e:\n\
+         \x20   print(type(e).__name__, e.errno)\n"
+    );
+    let out = lab.exec(target, &["python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_policy_in_c2_admits_only_c1s_shoppers() {
+    let lab = TestLab::up(
+        "cross_cluster_policy",
+        strait::lab::topology::DEFAULT_TOPOLOGY,
+    );
+    lab.apply_ok("c1", &pods("c1"));
+    lab.apply_ok("c2", &pods("c2"));
+    lab.apply_ok(
+        "c2",
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: c1-shoppers-only, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: store}}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {app: shopper, io.cilium.k8s.policy.cluster: c1}
+",
+    );
+    clustermesh(&lab, &["enable", "--cluster", "c1"]);
+    clustermesh(&lab, &["enable", "--cluster", "c2"]);
+    clustermesh(
+        &lab,
+        &["connect", "--cluster", "c2", "--destination-cluster", "c1"],
+    );
+    for c in ["c1", "c2"] {
+        clustermesh(
+            &lab,
+            &["status", "--cluster", c, "--wait", "--wait-duration", "30s"],
+        );
+    }
+    let store = lab.pod_ip("c2", "shop", "store-c2");
+
+    // c1's shopper is admitted by c2's policy (c2 knows its identity through the mesh).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = connect_from(&lab, "c1/shop/shopper-c1", &store, 7070);
+        if got == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "c1's shopper: {got}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // c2's own shopper is not (the selector names c1): refused at connect() in c2.
+    assert_eq!(
+        connect_from(&lab, "c2/shop/shopper-c2", &store, 7070),
+        "PermissionError 1"
+    );
+    let refused = lab.wait_flow("c2's shopper refused", |f| {
+        f.source.pod == "shopper-c2" && f.verdict == strait::flows::Verdict::Dropped
+    });
+    assert_eq!(refused.source.cluster, "c2");
+    assert_eq!(refused.destination.pod, "store-c2");
+    // c1's intruder: c1 lets it leave (no policy there), c2's node drops it and says from where.
+    let got = connect_from(&lab, "c1/shop/intruder-c1", &store, 7070);
+    assert!(
+        got.starts_with("TimeoutError") || got.starts_with("timeout"),
+        "{got}"
+    );
+    let dropped = lab.wait_flow("c1's intruder dropped in c2", |f| {
+        f.source.pod == "intruder-c1" && f.verdict == strait::flows::Verdict::Dropped
+    });
+    assert_eq!(dropped.source.cluster, "c1");
+    assert_eq!(dropped.cluster, "c2", "recorded by c2's node");
+    assert!(
+        dropped
+            .policies
+            .iter()
+            .any(|p| p.contains("c1-shoppers-only")),
+        "{:?}",
+        dropped.policies
+    );
+}
