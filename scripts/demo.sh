@@ -36,6 +36,19 @@ $strait lab exec c1/demo/intruder -- curl -sS --max-time 5 http://backend/ || ec
 run $strait policy trace --src c1/demo/intruder --dst c1/demo/deploy/backend --dport 8080
 sleep 0.3
 run $strait observe --namespace demo --verdict DROPPED --last 3
+
+# Cluster mesh, as in Cilium's multi-cluster tutorial: the backend Service is global.
+run $strait clustermesh enable --cluster c1
+run $strait clustermesh enable --cluster c2
+run $strait clustermesh connect --cluster c1 --destination-cluster c2
+run $strait clustermesh status --cluster c1 --wait --wait-duration 60s
+for i in 1 2 3 4 5 6; do
+  say "$strait lab exec c1/demo/deploy/frontend -- curl -s http://backend/"
+  $strait lab exec c1/demo/deploy/frontend -- curl -s --max-time 5 http://backend/ \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("answered by %s/%s/%s" % (d["cluster"], d["namespace"], d["pod"]))'
+done
+sleep 0.3
+run $strait observe --namespace demo --last 4
 echo
 echo "The lab stays up: try '$strait lab exec c1/demo/deploy/frontend -- curl -s http://backend/'"
 echo "'$strait observe --namespace demo', and '$strait ui' (service map and flows on"
