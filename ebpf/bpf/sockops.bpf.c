@@ -122,6 +122,17 @@ static __always_inline int strait_fin_sent(__u32 old_state)
 	       old_state == BPF_TCP_LAST_ACK;
 }
 
+/*
+ * Whether a socket leaving old_state for TCP_CLOSE had received its peer's
+ * FIN (FIN_WAIT2 leaves for TIME_WAIT, hence CLOSE, on the peer's FIN).
+ */
+static __always_inline int strait_fin_received(__u32 old_state)
+{
+	return old_state == BPF_TCP_CLOSE_WAIT || old_state == BPF_TCP_LAST_ACK ||
+	       old_state == BPF_TCP_CLOSING || old_state == BPF_TCP_TIME_WAIT ||
+	       old_state == BPF_TCP_FIN_WAIT2;
+}
+
 /* Reports the flow of a kernel-path socket that reached TCP_CLOSE. */
 static __always_inline void strait_report_closed(struct bpf_sock_ops *skops)
 {
@@ -161,6 +172,9 @@ static __always_inline void strait_report_closed(struct bpf_sock_ops *skops)
 		acked--;
 	if (s->role == STRAIT_SOCK_CLIENT && acked)
 		acked--;
+	/* bytes_received likewise counts the peer's FIN. */
+	if (strait_fin_received(old_state) && received)
+		received--;
 	if (s->role == STRAIT_SOCK_SERVER) {
 		ev.bytes_sent = received;
 		ev.bytes_received = acked;
