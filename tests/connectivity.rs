@@ -66,12 +66,7 @@ fn connectivity_test_passes_on_a_healthy_lab_and_names_a_blocked_path() {
     }
     assert!(stdout.contains("checks passed"), "{}", text(&out));
     assert!(!stdout.contains('❌'), "{}", text(&out));
-    // It removed what it deployed.
-    let pods = lab.status()["pods"].as_array().unwrap().clone();
-    assert!(
-        pods.iter().all(|p| p["namespace"] != "strait-test"),
-        "left behind: {pods:?}"
-    );
+    assert_removed(&lab);
 
     // A deny policy on c1's echo pods: the run fails and says which path.
     lab.apply_ok("c1", DENY_CLIENT);
@@ -89,4 +84,15 @@ fn connectivity_test_passes_on_a_healthy_lab_and_names_a_blocked_path() {
         text(&out)
     );
     assert!(stdout.contains("✅ policy deny"), "{}", text(&out));
+    assert!(!text(&out).contains("could not remove"), "{}", text(&out));
+    assert_removed(&lab);
+}
+
+/// No pod of the test's namespace is left in the lab.
+fn assert_removed(lab: &TestLab) {
+    let pods = lab.status()["pods"].as_array().unwrap().clone();
+    assert!(
+        pods.iter().all(|p| p["namespace"] != "strait-test"),
+        "left behind: {pods:?}"
+    );
 }

@@ -156,6 +156,27 @@ enum Policy {
 impl Policy {
     const ALL: [Policy; 3] = [Policy::Allow, Policy::Deny, Policy::L7];
 
+    /// The check's name as printed.
+    fn check(self) -> &'static str {
+        match self {
+            Policy::Allow => "policy allow (L4)",
+            Policy::Deny => "policy deny",
+            Policy::L7 => "L7 rule (GET /public allowed, /private 403)",
+        }
+    }
+
+    /// The requests from the client to `echo-same` under the policy, and what each must see.
+    fn expects(self) -> &'static [(&'static str, Expect)] {
+        match self {
+            Policy::Allow => &[("/", Expect::Status(200))],
+            Policy::Deny => &[("/", Expect::Refused)],
+            Policy::L7 => &[
+                ("/public", Expect::Status(200)),
+                ("/private", Expect::Status(403)),
+            ],
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Policy::Allow => "conntest-allow-client",
@@ -313,23 +334,9 @@ impl Tester<'_> {
             record(checks, label("across clusters (global service)"), outcome);
         }
 
-        let cases: [(Policy, &str, &[(&str, Expect)]); 3] = [
-            (
-                Policy::Allow,
-                "policy allow (L4)",
-                &[("/", Expect::Status(200))],
-            ),
-            (Policy::Deny, "policy deny", &[("/", Expect::Refused)]),
-            (
-                Policy::L7,
-                "L7 rule (GET /public allowed, /private 403)",
-                &[
-                    ("/public", Expect::Status(200)),
-                    ("/private", Expect::Status(403)),
-                ],
-            ),
-        ];
-        for (policy, what, expects) in cases {
+        for policy in Policy::ALL {
+            let (what, expects) = (policy.check(), policy.expects());
+
             let outcome = same.clone().and_then(|h| {
                 let file = self
                     .write(
