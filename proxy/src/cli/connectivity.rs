@@ -491,7 +491,11 @@ impl Tester<'_> {
                 .output()
                 .map_err(|e| format!("run strait observe: {e}"))?;
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let ours = stdout.lines().filter(|l| l.contains("\"client\"")).count();
+            let ours = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<crate::flows::FlowRecord>(l).ok())
+                .filter(|f| f.source.namespace == self.ns && f.source.pod == "client")
+                .count();
             if out.status.success() && ours > 0 {
                 println!("✅ flow visibility");
                 return Ok(());
