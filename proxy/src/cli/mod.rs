@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod clustermesh;
+pub mod connectivity;
 pub mod lab;
 pub mod observe;
 pub mod policy;
@@ -38,6 +39,9 @@ enum Command {
     Clustermesh(clustermesh::ClustermeshCommand),
     /// Health of every cluster: agents, programs, policies, cluster mesh.
     Status(clustermesh::StatusArgs),
+    /// Check the lab's paths end to end, like `cilium connectivity test`.
+    #[command(subcommand)]
+    Connectivity(connectivity::ConnectivityCommand),
     /// A cluster's mesh endpoint (started by `strait clustermesh enable`).
     #[command(hide = true)]
     ClustermeshEndpoint(clustermesh::EndpointArgs),
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Clustermesh(cmd) => clustermesh::run(cmd),
         Command::Status(args) => clustermesh::status(args),
         Command::ClustermeshEndpoint(args) => clustermesh::endpoint(args),
+        Command::Connectivity(cmd) => connectivity::run(cmd),
     };
     match result {
         Ok(code) => code,
