@@ -6,13 +6,6 @@ mod support;
 
 use support::*;
 
-fn clustermesh(lab: &TestLab, args: &[&str]) {
-    let mut all = vec!["clustermesh"];
-    all.extend_from_slice(args);
-    let out = lab.strait(&all);
-    assert!(out.status.success(), "clustermesh {args:?}: {}", text(&out));
-}
-
 /// Denies the test's client every ingress to the echo pods of c1.
 const DENY_CLIENT: &str = "apiVersion: v1
 kind: Namespace
@@ -30,23 +23,7 @@ spec:
 #[test]
 fn connectivity_test_passes_on_a_healthy_lab_and_names_a_blocked_path() {
     let lab = TestLab::up("connectivity", strait::lab::topology::DEFAULT_TOPOLOGY);
-    clustermesh(&lab, &["enable", "--cluster", "c1"]);
-    clustermesh(&lab, &["enable", "--cluster", "c2"]);
-    clustermesh(
-        &lab,
-        &["connect", "--cluster", "c1", "--destination-cluster", "c2"],
-    );
-    clustermesh(
-        &lab,
-        &[
-            "status",
-            "--cluster",
-            "c1",
-            "--wait",
-            "--wait-duration",
-            "30s",
-        ],
-    );
+    lab.mesh_connect("c1", "c2");
 
     let out = lab.strait(&["connectivity", "test"]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

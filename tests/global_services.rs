@@ -96,36 +96,15 @@ fn wait_answers(lab: &TestLab, want: &[&str], n: usize) {
     }
 }
 
-fn clustermesh(lab: &TestLab, args: &[&str]) {
-    let mut all = vec!["clustermesh"];
-    all.extend_from_slice(args);
-    let out = lab.strait(&all);
-    assert!(out.status.success(), "clustermesh {args:?}: {}", text(&out));
-}
-
 #[test]
 fn a_global_service_spans_clusters_with_affinity_failover_and_sharing() {
     let lab = TestLab::up("global_services", strait::lab::topology::DEFAULT_TOPOLOGY);
     let global = "service.cilium.io/global: \"true\"";
     lab.apply_ok("c1", &app(1, global, true));
     lab.apply_ok("c2", &app(1, global, false));
-    clustermesh(&lab, &["enable", "--cluster", "c1"]);
-    clustermesh(&lab, &["enable", "--context", "c2"]);
-    clustermesh(
-        &lab,
-        &["connect", "--context", "c1", "--destination-context", "c2"],
-    );
-    clustermesh(
-        &lab,
-        &[
-            "status",
-            "--cluster",
-            "c1",
-            "--wait",
-            "--wait-duration",
-            "30s",
-        ],
-    );
+    // Cilium's flag names are accepted too.
+    lab.clustermesh_ok(&["enable", "--context", "c1"]);
+    lab.mesh_connect("c1", "c2");
 
     // Both clusters answer the global service.
     wait_answers(&lab, &["c1", "c2"], 24);
@@ -152,16 +131,13 @@ fn a_global_service_spans_clusters_with_affinity_failover_and_sharing() {
     );
     wait_answers(&lab, &["c1"], 12);
 
-    clustermesh(
-        &lab,
-        &[
-            "disconnect",
-            "--cluster",
-            "c1",
-            "--destination-cluster",
-            "c2",
-        ],
-    );
+    lab.clustermesh_ok(&[
+        "disconnect",
+        "--context",
+        "c1",
+        "--destination-context",
+        "c2",
+    ]);
 }
 
 /// `store` and `shopper` pods in `cluster`, plus an `intruder` pod.
@@ -230,18 +206,7 @@ spec:
     - matchLabels: {app: shopper, io.cilium.k8s.policy.cluster: c1}
 ",
     );
-    clustermesh(&lab, &["enable", "--cluster", "c1"]);
-    clustermesh(&lab, &["enable", "--cluster", "c2"]);
-    clustermesh(
-        &lab,
-        &["connect", "--cluster", "c2", "--destination-cluster", "c1"],
-    );
-    for c in ["c1", "c2"] {
-        clustermesh(
-            &lab,
-            &["status", "--cluster", c, "--wait", "--wait-duration", "30s"],
-        );
-    }
+    lab.mesh_connect("c2", "c1");
     let store = lab.pod_ip("c2", "shop", "store-c2");
 
     // c1's shopper is admitted by c2's policy (c2 knows its identity through the mesh).

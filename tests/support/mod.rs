@@ -147,6 +147,24 @@ impl TestLab {
         assert!(out.status.success(), "delete failed: {}", text(&out));
     }
 
+    /// `strait clustermesh ARGS`, which must succeed.
+    pub fn clustermesh_ok(&self, args: &[&str]) {
+        let mut all = vec!["clustermesh"];
+        all.extend_from_slice(args);
+        let out = self.strait(&all);
+        assert!(out.status.success(), "clustermesh {args:?}: {}", text(&out));
+    }
+
+    /// Enables the mesh in clusters `a` and `b`, connects them and waits until both are ready.
+    pub fn mesh_connect(&self, a: &str, b: &str) {
+        self.clustermesh_ok(&["enable", "--cluster", a]);
+        self.clustermesh_ok(&["enable", "--cluster", b]);
+        self.clustermesh_ok(&["connect", "--cluster", a, "--destination-cluster", b]);
+        for c in [a, b] {
+            self.clustermesh_ok(&["status", "--cluster", c, "--wait", "--wait-duration", "30s"]);
+        }
+    }
+
     pub fn apply_ok(&self, cluster: &str, yaml: &str) {
         let out = self.apply(cluster, yaml);
         assert!(out.status.success(), "apply failed: {}", text(&out));
