@@ -355,4 +355,29 @@ fn udp_to_a_service_is_balanced_in_the_kernel_and_answers_from_the_vip() {
         BTreeSet::from(["store-a".to_string(), "store-b".to_string()]),
         "spread over both backends"
     );
+    // Policy denies every backend: the send itself fails, nothing leaves the pod.
+    lab.apply_ok(
+        "c1",
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: store-admins-only, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: store}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: admin}}]}]
+",
+    );
+    let send = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         try:\n\
+         \x20   s.sendto(b'ping', ('{vip}', 9443))\n\
+         \x20   print('sent')\n\
+         except OSError as e:\n\
+         \x20   print(type(e).__name__, e.errno)\n"
+    );
+    let out = lab.exec("c1/shop/shopper", &["python3", "-c", &send]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PermissionError 1"
+    );
 }

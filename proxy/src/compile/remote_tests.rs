@@ -127,6 +127,8 @@ fn remote(shared: bool) -> RemoteCluster {
         ipcache: OrdMap::from(vec![
             (REMOTE_BACKEND, entry("store-c2", REMOTE_ID)),
             (FORGED, entry("impostor", 0x1_0101)),
+            // c1's shopper address, claimed under an identity of c2's own.
+            (Ipv4Addr::new(10, 1, 0, 6), entry("thief", REMOTE_ID)),
         ]),
         services: OrdMap::from(vec![(
             "shop/store".to_string(),
@@ -140,12 +142,27 @@ fn remote(shared: bool) -> RemoteCluster {
                 }],
                 shared,
                 affinity: Affinity::None,
-                endpoints: vec![MeshEndpoint {
-                    ip: REMOTE_BACKEND,
-                    ports: vec![Some(7070)],
-                    node: "node-1".into(),
-                    ready: true,
-                }],
+                endpoints: vec![
+                    MeshEndpoint {
+                        ip: REMOTE_BACKEND,
+                        ports: vec![Some(7070)],
+                        node: "node-1".into(),
+                        ready: true,
+                    },
+                    // Not c2's to offer: listed under c1's identity, and (below) a c1 address.
+                    MeshEndpoint {
+                        ip: FORGED,
+                        ports: vec![Some(7070)],
+                        node: "node-1".into(),
+                        ready: true,
+                    },
+                    MeshEndpoint {
+                        ip: Ipv4Addr::new(10, 1, 0, 6),
+                        ports: vec![Some(7070)],
+                        node: "node-1".into(),
+                        ready: true,
+                    },
+                ],
             },
         )]),
     }
@@ -193,8 +210,9 @@ fn remote_pods_and_global_service_endpoints_follow_the_mesh() {
         ipcache(&meshed, Ipv4Addr::new(192, 168, 0, 20)),
         Some(reserved::REMOTE_NODE)
     );
-    // c2 cannot speak for c1's identities.
+    // c2 cannot speak for c1's identities or addresses, in the ipcache or as backends.
     assert_eq!(ipcache(&meshed, FORGED), None);
+    assert_eq!(ipcache(&meshed, Ipv4Addr::new(10, 1, 0, 6)), Some(0x1_0101));
     let ep = meshed.proxy.endpoint(REMOTE_BACKEND).unwrap();
     assert_eq!(
         (ep.cluster.as_deref(), ep.name.as_str()),

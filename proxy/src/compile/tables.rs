@@ -24,7 +24,7 @@ pub fn build(model: &Model, local_node: &str, revision: u64, policy: Arc<Engine>
     for e in model.endpoints.values() {
         add_endpoint(&mut t, e);
     }
-    let universe = policy_universe(&t);
+    let universe = t.policy.universe.clone();
     for remote in model.remotes.values() {
         add_remote_endpoints(&mut t, remote, &universe);
     }
@@ -32,10 +32,6 @@ pub fn build(model: &Model, local_node: &str, revision: u64, policy: Arc<Engine>
         set_service(&mut t, model, svc);
     }
     t
-}
-
-fn policy_universe(t: &ProxyTables) -> Arc<crate::policy::Universe> {
-    t.policy.universe.clone()
 }
 
 /// Another cluster's pods, for routing and flows: those the universe accepted from it.
@@ -133,7 +129,7 @@ pub(crate) fn update(
             add_endpoint(&mut t, e);
         }
     }
-    let universe = policy_universe(&t);
+    let universe = t.policy.universe.clone();
     for name in delta.remotes() {
         if let Some(old) = old_model.remotes.get(name) {
             remove_remote_endpoints(&mut t, old);
@@ -243,12 +239,12 @@ pub fn service_frontends(model: &Model, svc: &Service) -> Vec<Frontend> {
         .collect();
     let global = is_global(svc);
     let key = format!("{}/{}", svc.namespace, svc.name);
-    let remote_services: Vec<&GlobalService> = if global {
+    let remote_services: Vec<(&RemoteCluster, &GlobalService)> = if global {
         model
             .remotes
             .values()
-            .filter_map(|r| r.services.get(&key))
-            .filter(|g| g.shared)
+            .filter_map(|r| Some((&**r, r.services.get(&key)?)))
+            .filter(|(_, g)| g.shared)
             .collect()
     } else {
         Vec::new()
@@ -273,7 +269,7 @@ pub fn service_frontends(model: &Model, svc: &Service) -> Vec<Frontend> {
                 .collect();
             let remote: Vec<BackendRef> = remote_services
                 .iter()
-                .flat_map(|g| remote_backends(model, g, port))
+                .flat_map(|(r, g)| remote_backends(model, r, g, port))
                 .collect();
             let ready = match affinity {
                 Affinity::Local if !local.is_empty() => local,
@@ -295,10 +291,12 @@ pub fn is_global(svc: &Service) -> bool {
     svc.annotations.get(GLOBAL_ANNOTATION).map(String::as_str) == Some("true")
 }
 
-/// The ready endpoints another cluster shares for the service port matching `port` (by name,
-/// else by number and protocol), with identities the universe will hold for them.
+/// The ready endpoints cluster `remote` shares for the service port matching `port` (by name,
+/// else by number and protocol). Only its own pods count: an address it does not list with an
+/// identity of its own, or one inside this cluster's pod CIDRs, is never a backend here.
 fn remote_backends<'a>(
     model: &'a Model,
+    remote: &'a RemoteCluster,
     g: &'a GlobalService,
     port: &'a ServicePort,
 ) -> impl Iterator<Item = BackendRef> + 'a {
@@ -308,12 +306,9 @@ fn remote_backends<'a>(
     });
     g.endpoints.iter().filter_map(move |e| {
         let target = (*e.ports.get(index?)?)?;
-        let identity = model
-            .remotes
-            .values()
-            .find_map(|r| r.ipcache.get(&e.ip))?
-            .identity;
-        e.ready.then_some(BackendRef {
+        let identity = remote.ipcache.get(&e.ip)?.identity;
+        let local = model.nodes.values().any(|n| n.pod_cidr.contains(&e.ip));
+        (e.ready && remote.owns_identity(identity) && !local).then_some(BackendRef {
             ip: e.ip,
             identity,
             port: target,

@@ -16,6 +16,14 @@ pub const SHARED_ANNOTATION: &str = "service.cilium.io/shared";
 /// Annotation `local|remote|none`: which cluster's endpoints a global service prefers.
 pub const AFFINITY_ANNOTATION: &str = "service.cilium.io/affinity";
 
+impl RemoteCluster {
+    /// Whether `identity` is this cluster's to publish: its cluster-ID bits (16–23) are this
+    /// cluster's ID. A remote is believed only about its own identities.
+    pub fn owns_identity(&self, identity: u32) -> bool {
+        (identity >> 16) & 0xff == u32::from(self.cluster.id)
+    }
+}
+
 /// Another cluster's published state, as last synced (one unit: a sync replaces it whole).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteCluster {

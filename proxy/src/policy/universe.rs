@@ -129,12 +129,13 @@ impl Universe {
         let Some(remote) = remote else {
             return touched;
         };
-        let cluster_id = u32::from(remote.cluster.id);
         let mut infos: OrdMap<u32, IdentityInfo> = OrdMap::new();
         for (ip, entry) in &remote.ipcache {
             let id = entry.identity;
-            let owner = (id >> 16) & 0xff;
-            if owner != cluster_id || remote.cluster.id == local_id || self.by_ip.contains_key(ip) {
+            if !remote.owns_identity(id)
+                || remote.cluster.id == local_id
+                || self.by_ip.contains_key(ip)
+            {
                 tracing::warn!(cluster = name, %ip, identity = id,
                     "ignoring a remote endpoint: not the remote cluster's identity or address");
                 continue;
