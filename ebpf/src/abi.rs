@@ -28,6 +28,8 @@ pub const ENDPOINTS_MAX: u32 = 4096;
 pub const POD_IFS_MAX: u32 = 4096;
 /// `STRAIT_POLICED_MAX`: capacity of the identity → enforcement flags map.
 pub const POLICED_MAX: u32 = 16384;
+/// `STRAIT_VIA_PROXY_MAX`: capacity of `strait_viaproxy`.
+pub const VIA_PROXY_MAX: u32 = 4096;
 /// `STRAIT_POLICY_MAX`: capacity of the policy LPM trie.
 pub const POLICY_MAX: u32 = 262144;
 /// `STRAIT_SVC_MAX`: capacity of the service frontend → backend identities map.
@@ -251,6 +253,30 @@ impl SvcKey {
 
     pub fn addr(&self) -> SocketAddrV4 {
         SocketAddrV4::new(ip_from_net(self.vip), u16::from_be(self.port))
+    }
+}
+
+/// `struct strait_via_proxy_key`: another cluster's identity and TCP port whose L7 rules its
+/// own nodes judge (port 0: every port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViaProxyKey {
+    pub identity: u32,
+    /// Network order; 0 = any port.
+    pub port: u16,
+    pub protocol: u8,
+    pub pad: u8,
+}
+
+impl ViaProxyKey {
+    /// TCP to `identity` on `port` (0: every port) goes through the proxy.
+    pub fn tcp(identity: u32, port: u16) -> Self {
+        Self {
+            identity,
+            port: port.to_be(),
+            protocol: IPPROTO_TCP,
+            pad: 0,
+        }
     }
 }
 
@@ -673,6 +699,9 @@ unsafe impl aya::Pod for SvcKey {}
 // SAFETY: see `Config` above.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for SvcBackend {}
+// SAFETY: see `Config` above.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for ViaProxyKey {}
 // SAFETY: see `Config` above; an array of `SvcBackend`s after a `u32` leaves no gap.
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for SvcEntry {}

@@ -489,7 +489,8 @@ mod tests {
                 "strait_policed",
                 "strait_policy",
                 "strait_sock",
-                "strait_svc_ids"
+                "strait_svc_ids",
+                "strait_viaproxy"
             ]
         );
         let kfuncs = program

@@ -41,7 +41,7 @@ use std::{
 
 use parking_lot::Mutex;
 
-pub use abi::{DropHook, DropReason, PolicyAction};
+pub use abi::{DropHook, DropReason, PolicyAction, ViaProxyKey};
 pub use events::{DropEvent, DropEvents, Error as EventsError, FlowEvents, FlowSide, KernelFlow};
 pub use iter::{Error as SockIterError, Rejudged, cgroup_netns};
 pub use policy::{
@@ -244,6 +244,21 @@ impl Datapath {
         }
         self.maps.set_config(config)?;
         Ok(())
+    }
+
+    /// Makes the via-proxy set exactly `keys`: TCP connections to these other clusters'
+    /// identities and ports leave through the proxy, whose tunnel reaches the node that judges
+    /// their L7 rules. Returns whether the set changed (then sockets are worth judging again).
+    pub fn set_via_proxy(
+        &self,
+        keys: &std::collections::BTreeSet<ViaProxyKey>,
+    ) -> Result<bool, Error> {
+        Ok(self.maps.set_via_proxy(keys)?)
+    }
+
+    /// The via-proxy set the map holds.
+    pub fn via_proxy(&self) -> Result<std::collections::BTreeSet<ViaProxyKey>, Error> {
+        Ok(self.maps.via_proxy()?)
     }
 
     /// The policy revision tracked flows are judged against (bumped by every policy install

@@ -19,7 +19,7 @@ use crate::{
     PodAddress,
     abi::{
         self, Config, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, OrigDst, PodIf,
-        PolicyAction, PolicyKeyData, SockKey, SvcBackend, SvcEntry, SvcKey,
+        PolicyAction, PolicyKeyData, SockKey, SvcBackend, SvcEntry, SvcKey, ViaProxyKey,
     },
     policy::{PolicyKey, ServiceBackend, ServiceFrontend, State, Step},
 };
@@ -43,6 +43,12 @@ pub enum Error {
     },
     #[error("{count} bypass addresses given, map `{map}` holds at most {max}")]
     TooManyBypass {
+        map: &'static str,
+        count: usize,
+        max: u32,
+    },
+    #[error("{count} entries given, map `{map}` holds at most {max}")]
+    TooMany {
         map: &'static str,
         count: usize,
         max: u32,
@@ -127,6 +133,13 @@ pub(crate) const POLICY: MapSpec = MapSpec {
     value_size: size::<u32>(),
     max_entries: abi::POLICY_MAX,
 };
+pub(crate) const VIA_PROXY: MapSpec = MapSpec {
+    name: "strait_viaproxy",
+    map_type: MapType::Hash,
+    key_size: size::<ViaProxyKey>(),
+    value_size: size::<u8>(),
+    max_entries: abi::VIA_PROXY_MAX,
+};
 pub(crate) const SERVICES: MapSpec = MapSpec {
     name: "strait_svc_ids",
     map_type: MapType::Hash,
@@ -186,9 +199,10 @@ pub(crate) const FLOW_EVENTS: MapSpec = MapSpec {
 };
 
 /// Every map of `maps.h`, all pinned by name.
-pub(crate) const ALL: [MapSpec; 17] = [
+pub(crate) const ALL: [MapSpec; 18] = [
     CONFIG,
     BYPASS,
+    VIA_PROXY,
     ORIG_BY_COOKIE,
     ORIG_BY_CLIENT,
     POD_IFS,
@@ -217,6 +231,7 @@ pub(crate) struct Maps {
     policed: Mutex<HashMap<MapData, u32, u32>>,
     policy: Mutex<LpmTrie<MapData, PolicyKeyData, u32>>,
     services: Mutex<HashMap<MapData, SvcKey, SvcEntry>>,
+    via_proxy: Mutex<HashMap<MapData, ViaProxyKey, u8>>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     frags: HashMap<MapData, FragKey, FragEntry>,
     drops: PerCpuArray<MapData, u64>,
@@ -235,6 +250,7 @@ impl Maps {
             policed: Mutex::new(take(ebpf, &POLICED)?),
             policy: Mutex::new(take(ebpf, &POLICY)?),
             services: Mutex::new(take(ebpf, &SERVICES)?),
+            via_proxy: Mutex::new(take(ebpf, &VIA_PROXY)?),
             conntrack: take(ebpf, &CONNTRACK)?,
             frags: take(ebpf, &FRAGS)?,
             drops: take(ebpf, &DROPS)?,
@@ -290,6 +306,50 @@ impl Maps {
             map.insert(ip, 1, 0).map_err(op_err("insert"))?;
         }
         Ok(())
+    }
+
+    /// Makes the via-proxy set exactly `keys`, stale entries first (as [`Self::set_bypass`]).
+    /// Returns whether anything changed.
+    pub(crate) fn set_via_proxy(&self, keys: &BTreeSet<ViaProxyKey>) -> Result<bool, Error> {
+        if keys.len() > VIA_PROXY.max_entries as usize {
+            return Err(Error::TooMany {
+                map: VIA_PROXY.name,
+                count: keys.len(),
+                max: VIA_PROXY.max_entries,
+            });
+        }
+        let op_err = |op| {
+            move |source| Error::Op {
+                map: VIA_PROXY.name,
+                op,
+                source,
+            }
+        };
+        let mut map = self.via_proxy.lock();
+        let present: BTreeSet<ViaProxyKey> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op_err("list"))?;
+        for stale in present.difference(keys) {
+            ignore_missing(map.remove(stale)).map_err(op_err("delete"))?;
+        }
+        for key in keys.difference(&present) {
+            map.insert(key, 1, 0).map_err(op_err("insert"))?;
+        }
+        Ok(present != *keys)
+    }
+
+    /// The via-proxy set in the map.
+    pub(crate) fn via_proxy(&self) -> Result<BTreeSet<ViaProxyKey>, Error> {
+        self.via_proxy
+            .lock()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| Error::Op {
+                map: VIA_PROXY.name,
+                op: "list",
+                source,
+            })
     }
 
     pub(crate) fn bypass(&self) -> Result<Vec<Ipv4Addr>, Error> {

@@ -133,7 +133,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         .http_path_escaped_slashes(cfg.http_path_escaped_slashes)
         .tunnel_transport(proxy::tunnel::Transport::Mtls(node_tls.clone())),
     );
-    tokio::spawn(issuer.renew(node_tls));
+    tokio::spawn(issuer.renew(node_tls.clone()));
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
     let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));
     let store = Arc::new(Store::new());
@@ -292,6 +292,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
     let mesh = Arc::new(sources::mesh::MeshSource::new());
     let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(follow_mesh_trust(mesh_rx.clone(), node_tls));
     tokio::spawn(mesh.clone().run(
         mesh_rx,
         store.clone(),
@@ -405,6 +406,47 @@ fn end_revoked_sockets(datapath: &strait_ebpf::Datapath) {
         // tc still stops the packets of such connections.
         Err(strait_ebpf::Error::SockIterUnavailable(_)) => {}
         Err(e) => warn!(error = %crate::errors::chain(&e), "cannot judge live connections again"),
+    }
+}
+
+/// Keeps the tunnels' trust in step with the mesh: the CA of every connected cluster is believed
+/// for that cluster's nodes, so cross-cluster streams ride the same authenticated tunnels.
+async fn follow_mesh_trust(
+    mut views: tokio::sync::watch::Receiver<Option<sources::file::MeshView>>,
+    tls: Arc<NodeTls>,
+) {
+    let mut current: Option<Vec<(String, String)>> = None;
+    loop {
+        let peers: Vec<(String, String)> = views
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|v| v.settings.as_ref())
+            .map(|s| {
+                s.peers
+                    .iter()
+                    .filter(|p| p.sync)
+                    .map(|p| (p.name.clone(), p.ca_pem.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if current.as_ref() != Some(&peers) {
+            let trust: Vec<TrustedCa> = peers
+                .iter()
+                .map(|(cluster, cert_pem)| TrustedCa {
+                    cluster: cluster.clone(),
+                    cert_pem: cert_pem.clone(),
+                })
+                .collect();
+            match tls.set_peer_trust(&trust) {
+                Ok(()) => info!(clusters = ?tls.trusted_clusters(), "tunnel trust updated"),
+                Err(e) => warn!(error = %crate::errors::chain(&e),
+                    "mesh peers' CAs not trusted for tunnels; the last good trust stays"),
+            }
+            current = Some(peers);
+        }
+        if views.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -2,12 +2,12 @@
 //! interfaces, then the proxy tables and the DNS table, then reports the revision. The only
 //! writer of any of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use strait_ebpf::{ApplyStats, PodAddress, PolicyDelta, PolicyImage};
+use strait_ebpf::{ApplyStats, PodAddress, PolicyDelta, PolicyImage, ViaProxyKey};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -41,6 +41,8 @@ pub trait Kernel: Send + Sync {
     fn detach(&self, ifname: &str) -> Result<(), strait_ebpf::Error>;
     /// Interfaces with tc programs attached (by this agent or an earlier one).
     fn attached(&self) -> Vec<String>;
+    /// Makes the via-proxy set (other clusters' L7 ports) exactly `keys`.
+    fn set_via_proxy(&self, keys: &BTreeSet<ViaProxyKey>) -> Result<(), strait_ebpf::Error>;
 }
 
 impl Kernel for strait_ebpf::Datapath {
@@ -62,6 +64,10 @@ impl Kernel for strait_ebpf::Datapath {
 
     fn attached(&self) -> Vec<String> {
         self.pod_interfaces()
+    }
+
+    fn set_via_proxy(&self, keys: &BTreeSet<ViaProxyKey>) -> Result<(), strait_ebpf::Error> {
+        strait_ebpf::Datapath::set_via_proxy(self, keys).map(|_| ())
     }
 }
 
@@ -132,9 +138,10 @@ impl Installer {
             attached.insert(ifname, Some(pod));
         }
         let mut installed = self.installed.lock();
-        let (result, full) = match installed.take() {
+        let old = installed.take();
+        let (result, full) = match &old {
             Some(old) => {
-                let delta = state.kernel.delta_from(&old);
+                let delta = state.kernel.delta_from(old);
                 // Revisions that touch only proxy tables or DNS leave the maps alone.
                 let stats = if delta.is_empty() {
                     Ok(ApplyStats::default())
@@ -147,6 +154,16 @@ impl Installer {
         };
         // After a failure `installed` stays unknown: the next apply compares everything.
         let stats = result.map_err(|e| InstallError::Maps(Box::new(e)))?;
+        let mut via_changes = 0;
+        let via_before = old.as_ref().map(|o| &o.via_proxy);
+        if via_before != Some(&state.kernel.via_proxy) {
+            self.kernel
+                .set_via_proxy(&state.kernel.via_proxy)
+                .map_err(|e| InstallError::Maps(Box::new(e)))?;
+            // Counted as map changes: kernel-path sockets to such ports are judged again.
+            let before = via_before.cloned().unwrap_or_default();
+            via_changes = before.symmetric_difference(&state.kernel.via_proxy).count();
+        }
         *installed = Some(state.kernel.clone());
         let gone: Vec<String> = attached
             .keys()
@@ -167,13 +184,13 @@ impl Installer {
             .store(state.source_revision, Ordering::SeqCst);
         debug!(
             revision = state.revision,
-            changes = stats.changes(),
+            changes = stats.changes() + via_changes,
             full,
             "kernel state installed"
         );
         Ok(Installed {
             revision: state.revision,
-            map_changes: stats.changes(),
+            map_changes: stats.changes() + via_changes,
             full,
         })
     }
@@ -231,6 +248,13 @@ mod tests {
 
         fn attached(&self) -> Vec<String> {
             vec!["lxcold".into(), "lxcgone".into()]
+        }
+
+        fn set_via_proxy(&self, keys: &BTreeSet<ViaProxyKey>) -> Result<(), strait_ebpf::Error> {
+            if !keys.is_empty() {
+                self.calls.lock().push(format!("via_proxy {}", keys.len()));
+            }
+            Ok(())
         }
     }
 

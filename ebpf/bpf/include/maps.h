@@ -136,6 +136,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_policy SEC(".maps");
 
+/*
+ * Other clusters' identities and ports whose L7 rules only their own nodes
+ * know (struct strait_via_proxy_key): connect4 sends such a connection to the
+ * proxy instead of the fast path. Value unused (1). Written by user space.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, STRAIT_VIA_PROXY_MAX);
+	__type(key, struct strait_via_proxy_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_viaproxy SEC(".maps");
+
 /* Service frontend -> backend identities and target ports. Read by connect4. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

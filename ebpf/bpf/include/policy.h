@@ -235,12 +235,32 @@ strait_connect4_route(__u32 src_id, __be32 dst_ip, __be16 dst_port, __u8 protoco
 	return first;
 }
 
-/* Whether a verdict of strait_connect4_route goes straight to the pod. */
+/*
+ * Whether a TCP connection to identity:port (network order) must go through
+ * the proxy because another cluster judges L7 rules there (strait_viaproxy).
+ */
+static __always_inline int strait_needs_proxy(__u32 identity, __be16 port)
+{
+	struct strait_via_proxy_key key = {
+		.identity = identity,
+		.port = port,
+		.protocol = STRAIT_IPPROTO_TCP,
+		.pad = 0,
+	};
+
+	if (bpf_map_lookup_elem(&strait_viaproxy, &key))
+		return 1;
+	key.port = 0;
+	return bpf_map_lookup_elem(&strait_viaproxy, &key) != 0;
+}
+
+/* Whether a TCP verdict of strait_connect4_route goes straight to the pod. */
 static __always_inline int strait_route_is_direct(enum strait_policy_match m,
 						  const struct strait_route *route)
 {
 	return (m == STRAIT_MATCH_ALLOW || m == STRAIT_MATCH_UNPOLICED) &&
-	       strait_is_workload(route->dst_identity);
+	       strait_is_workload(route->dst_identity) &&
+	       !strait_needs_proxy(route->dst_identity, route->port);
 }
 
 #endif /* STRAIT_POLICY_H */

@@ -68,6 +68,8 @@ static __always_inline __u16 strait_rejudge(__be32 src_ip4, __be32 dst_ip4, __be
 		return STRAIT_DROP_PROXY_REQUIRED;
 	if (!strait_match_allows(m))
 		return STRAIT_DROP_POLICY_DENIED;
+	if (strait_needs_proxy(dst_id, dport))
+		return STRAIT_DROP_PROXY_REQUIRED;
 	if (svc_ip4 && !strait_backend_kept(svc_ip4, svc_port, dst_ip4, dport))
 		return STRAIT_DROP_BACKEND_REMOVED;
 	return STRAIT_DROP_NONE;

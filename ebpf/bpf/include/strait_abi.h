@@ -26,6 +26,7 @@
 #define STRAIT_ENDPOINTS_MAX	4096	/* strait_endpoint */
 #define STRAIT_POD_IFS_MAX	4096	/* strait_pod_ifs */
 #define STRAIT_POLICED_MAX	16384	/* strait_policed */
+#define STRAIT_VIA_PROXY_MAX	4096	/* strait_viaproxy */
 #define STRAIT_POLICY_MAX	262144	/* strait_policy (LPM trie) */
 #define STRAIT_SVC_MAX		4096	/* strait_svc_ids */
 #define STRAIT_SVC_BACKENDS_MAX	64	/* backends per strait_svc_entry */
@@ -94,6 +95,20 @@ struct strait_udp_rnat_key {
 	__u16 pad;		/* zero */
 };
 _Static_assert(sizeof(struct strait_udp_rnat_key) == 16, "strait_udp_rnat_key layout");
+
+/*
+ * A port of another cluster's identity whose ingress has L7 rules there: a
+ * connection to it must leave through the node proxy (and the authenticated
+ * tunnel), where the other cluster's node judges each request. port 0: every
+ * port of the protocol.
+ */
+struct strait_via_proxy_key {
+	__u32 identity;
+	__be16 port;		/* network order; 0 = any port */
+	__u8 protocol;		/* STRAIT_IPPROTO_TCP */
+	__u8 pad;		/* zero */
+};
+_Static_assert(sizeof(struct strait_via_proxy_key) == 8, "strait_via_proxy_key layout");
 
 /*
  * IP protocol numbers (the uapi headers need libc for these), as an X-macro

@@ -44,6 +44,7 @@ fn structs() -> Vec<(&'static str, usize)> {
         ("strait_pod_if", size_of::<PodIf>()),
         ("strait_policy_key", size_of::<Key<PolicyKeyData>>()),
         ("strait_svc_key", size_of::<SvcKey>()),
+        ("strait_via_proxy_key", size_of::<ViaProxyKey>()),
         ("strait_svc_backend", size_of::<SvcBackend>()),
         ("strait_svc_entry", size_of::<SvcEntry>()),
         ("strait_ct_key", size_of::<CtKey>()),
@@ -84,6 +85,11 @@ fn fields() -> Vec<Field> {
         SvcKey,
         "strait_svc_key",
         [vip, port, protocol, pad]
+    ));
+    all.extend(fields!(
+        ViaProxyKey,
+        "strait_via_proxy_key",
+        [identity, port, protocol, pad]
     ));
     all.extend(fields!(
         SvcBackend,
@@ -197,6 +203,7 @@ fn constants() -> Vec<(&'static str, u64)> {
         ("STRAIT_ENDPOINTS_MAX", u64::from(ENDPOINTS_MAX)),
         ("STRAIT_POD_IFS_MAX", u64::from(POD_IFS_MAX)),
         ("STRAIT_POLICED_MAX", u64::from(POLICED_MAX)),
+        ("STRAIT_VIA_PROXY_MAX", u64::from(VIA_PROXY_MAX)),
         ("STRAIT_POLICY_MAX", u64::from(POLICY_MAX)),
         ("STRAIT_SVC_MAX", u64::from(SVC_MAX)),
         ("STRAIT_SVC_BACKENDS_MAX", u64::from(SVC_BACKENDS_MAX)),

@@ -5,11 +5,12 @@
 //! Kept in persistent maps: an update patches what changed, and the installer computes what to
 //! write by diffing against the image it installed last, which skips everything the two share.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use imbl::OrdMap;
 use ipnet::Ipv4Net;
-use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend, ServiceFrontend};
+use strait_ebpf::{PolicyDelta, PolicyImage, ServiceBackend, ServiceFrontend, ViaProxyKey};
 
 use super::Delta;
 use super::tables::service_frontends;
@@ -29,6 +30,9 @@ pub struct KernelImage {
     /// Entries of the identity pairs with an end on this node.
     pub rules: OrdMap<(u32, u32), PairRules>,
     pub services: OrdMap<ServiceFrontend, Vec<ServiceBackend>>,
+    /// Other clusters' identities and TCP ports whose L7 rules those clusters judge: the
+    /// connections go through the proxy and the tunnel (`strait_viaproxy`).
+    pub via_proxy: BTreeSet<ViaProxyKey>,
     /// Local pods per identity: the node only needs entries of pairs with a local end.
     local: OrdMap<u32, usize>,
     /// The CIDR identities the ipcache was built with.
@@ -49,6 +53,7 @@ impl KernelImage {
             image.add_local(e);
         }
         image.policed = kernel.policed_all().collect();
+        image.via_proxy = via_proxy(model);
         image.rules = kernel
             .pairs()
             .filter(|((s, d), _)| image.is_local(*s) || image.is_local(*d))
@@ -72,6 +77,9 @@ impl KernelImage {
         let mut image = self.clone();
         let (prev, model) = (delta.prev, delta.model);
         let cidrs = universe.cidr_entries();
+        if delta.any(|k| matches!(k, ObjectKey::Remote(_))) {
+            image.via_proxy = via_proxy(model);
+        }
         if delta.any(|k| matches!(k, ObjectKey::Node(_) | ObjectKey::Remote(_)))
             || cidrs != image.cidrs
         {
@@ -321,4 +329,31 @@ fn host_identity(model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) -
         .into_iter()
         .find(|(n, _)| *n == Ipv4Net::from(ip))
         .map(|(_, id)| id)
+}
+
+/// A span wider than this many ports is sent whole (port 0: every port of the identity).
+const VIA_PROXY_SPAN_MAX: u32 = 64;
+
+/// The via-proxy keys of every remote cluster: the TCP ports of its own identities where it
+/// judges L7 rules. What a cluster says of identities not its own is ignored.
+fn via_proxy(model: &Model) -> BTreeSet<ViaProxyKey> {
+    let mut out = BTreeSet::new();
+    for r in model.remotes.values() {
+        for (identity, spans) in &r.l7_ingress {
+            if !r.owns_identity(*identity) {
+                continue;
+            }
+            for span in spans
+                .iter()
+                .filter(|s| s.protocol == strait_ebpf::abi::IPPROTO_TCP && s.first <= s.last)
+            {
+                if u32::from(span.last - span.first) >= VIA_PROXY_SPAN_MAX || span.first == 0 {
+                    out.insert(ViaProxyKey::tcp(*identity, 0));
+                } else {
+                    out.extend((span.first..=span.last).map(|p| ViaProxyKey::tcp(*identity, p)));
+                }
+            }
+        }
+    }
+    out
 }

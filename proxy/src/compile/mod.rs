@@ -392,6 +392,17 @@ impl Delta<'_> {
     }
 }
 
+/// This cluster's policies resolved against its own pods only: what the mesh endpoint derives
+/// the ports it judges at L7 for other clusters from.
+pub fn local_engine(model: &Model) -> Engine {
+    let universe = Arc::new(Universe::from_model(model));
+    Engine::build_cached(
+        &policy_list(model),
+        universe,
+        &mut crate::policy::engine::SelectorCache::default(),
+    )
+}
+
 fn policy_list(model: &Model) -> Vec<Arc<Policy>> {
     model.policies.values().cloned().collect()
 }

@@ -19,6 +19,8 @@ const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
 const FORGED: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 9);
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const REMOTE_ID: u32 = 0x2_0100;
+const TCP: u8 = strait_ebpf::abi::IPPROTO_TCP;
+const UDP: u8 = strait_ebpf::abi::IPPROTO_UDP;
 
 fn local_state(affinity: &str, backend_ready: bool) -> ClusterState {
     let endpoint = |name: &str, ip, identity, app: &str, ready| Endpoint {
@@ -165,6 +167,33 @@ fn remote(shared: bool) -> RemoteCluster {
                 ],
             },
         )]),
+        l7_ingress: OrdMap::from(vec![
+            (
+                REMOTE_ID,
+                vec![
+                    PortSpan {
+                        protocol: TCP,
+                        first: 7070,
+                        last: 7071,
+                    },
+                    // UDP has no L7 rules to judge: never routed through the proxy.
+                    PortSpan {
+                        protocol: UDP,
+                        first: 53,
+                        last: 53,
+                    },
+                ],
+            ),
+            // c1's identity: c2 has no say over how c1 reaches its own pods.
+            (
+                0x1_0101,
+                vec![PortSpan {
+                    protocol: TCP,
+                    first: 0,
+                    last: u16::MAX,
+                }],
+            ),
+        ]),
     }
 }
 
@@ -174,6 +203,7 @@ fn compile(store: &Store, compiler: &mut Compiler) -> CompiledState {
     let incremental = compiler.compile(&snap).unwrap();
     let full = Compiler::new("node-1").compile(&snap).unwrap();
     assert_eq!(incremental.kernel.to_image(), full.kernel.to_image());
+    assert_eq!(incremental.kernel.via_proxy, full.kernel.via_proxy);
     assert_eq!(
         incremental.proxy.endpoints.len(),
         full.proxy.endpoints.len()
@@ -269,4 +299,44 @@ fn affinity_prefers_one_side_and_fails_over_to_the_other() {
         [LOCAL_BACKEND],
         "remote affinity fails over to local"
     );
+}
+
+#[test]
+fn l7_ports_another_cluster_judges_go_through_the_proxy_and_its_nodes_tunnel() {
+    let store = Store::new();
+    let mut compiler = Compiler::new("node-1");
+    store.apply(Update::ReplaceCluster(local_state("none", true)));
+    assert!(compile(&store, &mut compiler).kernel.via_proxy.is_empty());
+    store.apply(Update::Upsert(Object::Remote(remote(true))));
+    let meshed = compile(&store, &mut compiler);
+    assert_eq!(
+        meshed.kernel.via_proxy,
+        [
+            strait_ebpf::ViaProxyKey::tcp(REMOTE_ID, 7070),
+            strait_ebpf::ViaProxyKey::tcp(REMOTE_ID, 7071)
+        ]
+        .into()
+    );
+    // The proxy routes the remote pod through its own node's tunnel: c2's node-1, not c1's
+    // node of the same name.
+    let d = meshed.proxy.decide(SocketAddrV4::new(REMOTE_BACKEND, 7070));
+    match d.route {
+        crate::proxy::tables::Route::Remote {
+            node,
+            cluster,
+            tunnel,
+            ..
+        } => {
+            assert_eq!((node.as_str(), cluster.as_deref()), ("node-1", Some("c2")));
+            assert_eq!(tunnel, "192.168.0.20:15008".parse().unwrap());
+        }
+        r => panic!("expected c2's tunnel, got {r:?}"),
+    }
+    // A local pod stays local, whatever c2's nodes are called.
+    assert!(meshed.proxy.is_local_pod(LOCAL_BACKEND));
+    assert!(!meshed.proxy.is_local_pod(REMOTE_BACKEND));
+    store.apply(Update::Delete(ObjectKey::Remote("c2".into())));
+    let gone = compile(&store, &mut compiler);
+    assert!(gone.kernel.via_proxy.is_empty());
+    assert!(gone.proxy.nodes.iter().all(|n| n.cluster.is_none()));
 }

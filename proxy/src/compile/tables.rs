@@ -97,7 +97,7 @@ pub(crate) fn update(
     t.revision = revision;
     t.policy = policy;
     let (old_model, model) = (delta.prev, delta.model);
-    if delta.any(|k| matches!(k, ObjectKey::Node(_))) {
+    if delta.any(|k| matches!(k, ObjectKey::Node(_) | ObjectKey::Remote(_))) {
         t.nodes = nodes(model);
     }
     // Old entries leave first: within one batch a pod may take an address or cgroup another
@@ -146,17 +146,25 @@ pub(crate) fn update(
     t
 }
 
+/// This cluster's nodes, then the other clusters' (their tunnels take cross-cluster streams).
 fn nodes(model: &Model) -> Vec<NodeEntry> {
-    model
-        .nodes
-        .values()
-        .map(|n| NodeEntry {
+    let local = model.nodes.values().map(|n| NodeEntry {
+        name: n.name.clone(),
+        cluster: None,
+        pod_cidrs: vec![n.pod_cidr],
+        tunnel: (n.underlay_ip, TUNNEL_PORT).into(),
+        gateway: Some(n.gateway),
+    });
+    let remote = model.remotes.values().flat_map(|r| {
+        r.nodes.values().map(|n| NodeEntry {
             name: n.name.clone(),
-            pod_cidr: n.pod_cidr,
+            cluster: Some(r.cluster.name.clone()),
+            pod_cidrs: n.pod_cidrs.clone(),
             tunnel: (n.underlay_ip, TUNNEL_PORT).into(),
-            gateway: n.gateway,
+            gateway: None,
         })
-        .collect()
+    });
+    local.chain(remote).collect()
 }
 
 fn add_endpoint(t: &mut ProxyTables, e: &Endpoint) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::cluster::ClusterId;
 pub use crate::model::remote::{
     AFFINITY_ANNOTATION, Affinity, GLOBAL_ANNOTATION, GlobalService, IpEntry, MeshEndpoint,
-    MeshNode, MeshServicePort, SHARED_ANNOTATION,
+    MeshNode, MeshServicePort, PortSpan, SHARED_ANNOTATION,
 };
 use crate::model::{Endpoint, Labels, Service, Snapshot};
 
@@ -33,6 +33,10 @@ pub struct MeshState {
     pub ipcache: OrdMap<Ipv4Addr, IpEntry>,
     /// Global services by `namespace/name`.
     pub services: OrdMap<String, GlobalService>,
+    /// Identity → the TCP ports where this cluster's ingress rules for it have L7 rules: other
+    /// clusters send connections there through the tunnel, for this cluster to judge.
+    #[serde(default)]
+    pub l7_ingress: OrdMap<u32, Vec<PortSpan>>,
 }
 
 /// Changes of one collection: keys now holding these values, keys gone.
@@ -54,6 +58,8 @@ pub struct Delta {
     pub identities: Changes<u32, Labels>,
     pub ipcache: Changes<Ipv4Addr, IpEntry>,
     pub services: Changes<String, GlobalService>,
+    #[serde(default)]
+    pub l7_ingress: Changes<u32, Vec<PortSpan>>,
 }
 
 /// A delta that does not fit the state it is applied to.
@@ -131,6 +137,7 @@ impl Delta {
             identities: Changes::default(),
             ipcache: Changes::default(),
             services: Changes::default(),
+            l7_ingress: Changes::default(),
         }
     }
 
@@ -140,11 +147,16 @@ impl Delta {
             && self.identities.is_empty()
             && self.ipcache.is_empty()
             && self.services.is_empty()
+            && self.l7_ingress.is_empty()
     }
 
     /// Number of keys changed or removed, over all collections.
     pub fn len(&self) -> usize {
-        self.nodes.len() + self.identities.len() + self.ipcache.len() + self.services.len()
+        self.nodes.len()
+            + self.identities.len()
+            + self.ipcache.len()
+            + self.services.len()
+            + self.l7_ingress.len()
     }
 }
 
@@ -161,6 +173,7 @@ impl MeshState {
             identities: OrdMap::new(),
             ipcache: OrdMap::new(),
             services: OrdMap::new(),
+            l7_ingress: OrdMap::new(),
         }
     }
 
@@ -204,6 +217,12 @@ impl MeshState {
                     pod: ep.name.clone(),
                 },
             );
+        }
+        if !model.policies.is_empty() {
+            let engine = crate::compile::local_engine(model);
+            out.l7_ingress = crate::policy::kernel::ingress_l7_ports(&engine)
+                .into_iter()
+                .collect();
         }
         // Candidates per (namespace, label, value): a service's endpoints are found from its
         // first selector label instead of scanning every pod for every service.
@@ -273,6 +292,7 @@ impl MeshState {
             identities: Changes::between(&self.identities, &new.identities),
             ipcache: Changes::between(&self.ipcache, &new.ipcache),
             services: Changes::between(&self.services, &new.services),
+            l7_ingress: Changes::between(&self.l7_ingress, &new.l7_ingress),
         }
     }
 
@@ -291,6 +311,7 @@ impl MeshState {
         delta.identities.apply_to(&mut self.identities);
         delta.ipcache.apply_to(&mut self.ipcache);
         delta.services.apply_to(&mut self.services);
+        delta.l7_ingress.apply_to(&mut self.l7_ingress);
         self.revision = delta.to;
         Ok(())
     }
@@ -302,6 +323,7 @@ impl MeshState {
             && self.identities == other.identities
             && self.ipcache == other.ipcache
             && self.services == other.services
+            && self.l7_ingress == other.l7_ingress
     }
 
     /// Number of endpoints over all global services.

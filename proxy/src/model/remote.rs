@@ -35,6 +35,17 @@ pub struct RemoteCluster {
     pub ipcache: OrdMap<Ipv4Addr, IpEntry>,
     /// Global services by `namespace/name`.
     pub services: OrdMap<String, GlobalService>,
+    /// Identity → TCP ports whose L7 rules the cluster judges itself (see
+    /// [`PortSpan`]).
+    pub l7_ingress: OrdMap<u32, Vec<PortSpan>>,
+}
+
+/// A protocol's port interval (`first..=last`; `0..=65535` is every port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortSpan {
+    pub protocol: u8,
+    pub first: u16,
+    pub last: u16,
 }
 
 /// A node as other clusters need it: where to route its pods' addresses.

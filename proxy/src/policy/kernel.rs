@@ -471,6 +471,37 @@ fn side<'a>(segs: Option<&'a DirSegs>, dp: Option<&DirPolicy>) -> (Option<&'a [S
     }
 }
 
+/// Per subject identity, the port spans where an ingress allow of it carries L7 rules: what
+/// another cluster must send through the authenticated tunnel for this cluster to judge.
+pub fn ingress_l7_ports(engine: &Engine) -> BTreeMap<u32, Vec<crate::model::remote::PortSpan>> {
+    let mut out = BTreeMap::new();
+    for id in engine.subject_ids() {
+        let Some(sp) = engine.subject(id) else {
+            continue;
+        };
+        let mut spans: Vec<_> = sp
+            .ingress
+            .entries
+            .iter()
+            .filter(|e| !e.deny)
+            .flat_map(|e| entry_segs(engine, e, id))
+            .filter(|s| s.l7)
+            .map(|s| crate::model::remote::PortSpan {
+                // HTTP rules ride on TCP; a port rule without protocol means TCP here.
+                protocol: if s.proto == 0 { IPPROTO_TCP } else { s.proto },
+                first: s.first,
+                last: s.last,
+            })
+            .collect();
+        spans.sort();
+        spans.dedup();
+        if !spans.is_empty() {
+            out.insert(id, spans);
+        }
+    }
+    out
+}
+
 /// The port segments entry `e` covers towards `dst` (named ports resolve on `dst`).
 fn entry_segs(engine: &Engine, e: &super::engine::Entry, dst: u32) -> Vec<Seg> {
     if e.ports.is_empty() {

@@ -22,7 +22,6 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::flows::{DecidedBy, DropReason, FlowRecord, HttpFlow, Verdict};
@@ -145,14 +144,17 @@ fn bad_gateway() -> Response<ProxyBody> {
 /// Serves HTTP on `client` until it closes, judging each request with its path normalised by
 /// `paths`. `template` is the connection's flow record; each request gets a copy with its HTTP
 /// details.
-pub async fn serve(
-    client: TcpStream,
+pub async fn serve<C>(
+    client: C,
     upstream: pool::Upstream,
     judge: Arc<dyn HttpJudge>,
     sink: Arc<dyn FlowSink>,
     template: FlowRecord,
     paths: PathOptions,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let upstream = Arc::new(upstream);
     let template = Arc::new(template);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -244,13 +246,13 @@ pub async fn serve(
 }
 
 /// Counts a client stream's bytes into the proxy byte metrics as they pass.
-struct Counted {
-    inner: TcpStream,
+struct Counted<C> {
+    inner: C,
     read: u64,
     written: u64,
 }
 
-impl Drop for Counted {
+impl<C> Drop for Counted<C> {
     fn drop(&mut self) {
         let names = crate::metrics::names::BYTES;
         metrics::counter!(names, "direction" => "sent").increment(self.read);
@@ -258,7 +260,7 @@ impl Drop for Counted {
     }
 }
 
-impl AsyncRead for Counted {
+impl<C: AsyncRead + Unpin> AsyncRead for Counted<C> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -271,7 +273,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<C> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

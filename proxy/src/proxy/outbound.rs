@@ -20,11 +20,11 @@ use super::tunnel::{TunnelPeer, TunnelSource};
 use crate::flows::{Direction, DropReason, FlowRecord, FlowRing};
 
 /// Judges each request against the policy in force when it arrives.
-struct PolicyJudge {
-    proxy: Arc<Proxy>,
-    src: u32,
-    dst: u32,
-    port: u16,
+pub(super) struct PolicyJudge {
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) src: u32,
+    pub(super) dst: u32,
+    pub(super) port: u16,
 }
 
 impl HttpJudge for PolicyJudge {
@@ -52,7 +52,7 @@ impl HttpJudge for PolicyJudge {
 }
 
 /// Per-request flows go to the node's ring.
-struct RingSink(Arc<FlowRing>);
+pub(super) struct RingSink(pub(super) Arc<FlowRing>);
 
 impl FlowSink for RingSink {
     fn record(&self, flow: FlowRecord) {
@@ -78,6 +78,24 @@ fn l7_upstream(
         Some(_) => Arc::default(),
     };
     Upstream::new(pool, key, upstream_connector(proxy, target, via, source))
+}
+
+/// The upstream of requests judged on this node for a pod of this node: the node's pool.
+pub(super) fn pod_upstream(proxy: &Proxy, target: SocketAddrV4) -> Upstream {
+    let key = PoolKey {
+        target,
+        tunnel: None,
+    };
+    let connect: Connector = Box::new(move || {
+        Box::pin(async move {
+            let s = TcpStream::connect(target)
+                .await
+                .map_err(|e| format!("connect {target}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            Ok(Box::new(s) as BoxIo)
+        })
+    });
+    Upstream::new(proxy.http_pool.clone(), key, connect)
 }
 
 /// Opens a new upstream stream of an L7 connection.
@@ -167,13 +185,14 @@ async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, client_addr: SocketAdd
             target,
             endpoint,
             node,
+            cluster,
             tunnel,
         } => (
             *target,
             endpoint.clone(),
             Some(TunnelPeer {
                 node: NodeIdentity {
-                    cluster: proxy.cluster.clone(),
+                    cluster: cluster.clone().unwrap_or_else(|| proxy.cluster.clone()),
                     node: node.clone(),
                 },
                 addr: *tunnel,

@@ -68,10 +68,19 @@ impl ServiceEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeEntry {
     pub name: String,
-    pub pod_cidr: Ipv4Net,
+    /// The node's cluster when it is another cluster of the mesh; `None`: this cluster.
+    pub cluster: Option<String>,
+    pub pod_cidrs: Vec<Ipv4Net>,
     pub tunnel: SocketAddr,
-    /// The node's address on its pods' side.
-    pub gateway: Ipv4Addr,
+    /// The node's address on its pods' side (not published for other clusters' nodes).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl NodeEntry {
+    /// Whether this is `name` of `cluster` (`None`: this cluster).
+    fn is(&self, cluster: Option<&str>, name: &str) -> bool {
+        self.name == name && self.cluster.as_deref() == cluster
+    }
 }
 
 /// Everything the proxy consults per connection.
@@ -100,11 +109,14 @@ pub enum Route {
         target: SocketAddrV4,
         endpoint: Option<Arc<EndpointInfo>>,
     },
-    /// A pod on another node: through that node's proxy.
+    /// A pod on another node (of this or another cluster of the mesh): through that node's
+    /// proxy.
     Remote {
         target: SocketAddrV4,
         endpoint: Option<Arc<EndpointInfo>>,
         node: String,
+        /// The node's cluster when it is another cluster of the mesh.
+        cluster: Option<String>,
         tunnel: SocketAddr,
     },
     /// Not a pod of the cluster: dial directly from the node.
@@ -150,8 +162,8 @@ impl ProxyTables {
             return ep.identity;
         }
         for n in &self.nodes {
-            if n.gateway == ip {
-                return if n.name == self.local_node {
+            if n.gateway == Some(ip) {
+                return if n.is(None, &self.local_node) {
                     reserved::HOST
                 } else {
                     reserved::REMOTE_NODE
@@ -211,11 +223,19 @@ impl ProxyTables {
         self.by_cgroup.get(&id)
     }
 
-    /// The node owning `ip` (by endpoint, else by pod CIDR).
-    fn node_of(&self, ip: Ipv4Addr) -> Option<&NodeEntry> {
+    /// The node owning `ip`: by endpoint (its cluster and node), else by pod CIDR, where this
+    /// cluster's nodes come first (another cluster never takes over an address of this one).
+    pub fn node_of(&self, ip: Ipv4Addr) -> Option<&NodeEntry> {
         match self.endpoints.get(&ip) {
-            Some(ep) => self.nodes.iter().find(|n| n.name == ep.node),
-            None => self.nodes.iter().find(|n| n.pod_cidr.contains(&ip)),
+            Some(ep) => self
+                .nodes
+                .iter()
+                .find(|n| n.is(ep.cluster.as_deref(), &ep.node)),
+            None => self
+                .nodes
+                .iter()
+                .filter(|n| n.pod_cidrs.iter().any(|c| c.contains(&ip)))
+                .min_by_key(|n| n.cluster.is_some()),
         }
     }
 
@@ -235,11 +255,12 @@ impl ProxyTables {
         };
         let endpoint = self.endpoints.get(target.ip()).cloned();
         let route = match self.node_of(*target.ip()) {
-            Some(n) if n.name == self.local_node => Route::Local { target, endpoint },
+            Some(n) if n.is(None, &self.local_node) => Route::Local { target, endpoint },
             Some(n) => Route::Remote {
                 target,
                 endpoint,
                 node: n.name.clone(),
+                cluster: n.cluster.clone(),
                 tunnel: n.tunnel,
             },
             None => Route::External { target },
@@ -249,6 +270,7 @@ impl ProxyTables {
 
     /// Whether `ip` belongs to a pod of this node (tunnel requests may only target those).
     pub fn is_local_pod(&self, ip: Ipv4Addr) -> bool {
-        self.node_of(ip).is_some_and(|n| n.name == self.local_node)
+        self.node_of(ip)
+            .is_some_and(|n| n.is(None, &self.local_node))
     }
 }

@@ -169,14 +169,21 @@ pub struct NodeTls {
     /// This node.
     pub local: NodeIdentity,
     certs: Arc<CertSwap>,
+    /// The CAs given at start (this cluster's); the mesh's peers are added to them.
+    base_trust: Vec<TrustedCa>,
+    trusted: ArcSwap<Trusted>,
+    /// The CA of this node's own cluster alone: the admin API's clients come from there.
+    local_roots: Option<Arc<RootCertStore>>,
+    logged: parking_lot::Mutex<HashSet<IpAddr>>,
+}
+
+/// The configs built from one set of trusted CAs; replaced whole when the mesh's peers change.
+struct Trusted {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
     /// Raw subject DN of the CA trusted for each cluster: a SAN naming that cluster must come
     /// from a certificate this CA issued.
     issuers: HashMap<String, Vec<u8>>,
-    /// The CA of this node's own cluster alone: the admin API's clients come from there.
-    local_roots: Option<Arc<RootCertStore>>,
-    logged: parking_lot::Mutex<HashSet<IpAddr>>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -230,64 +237,40 @@ impl NodeTls {
         let certs = Arc::new(CertSwap(ArcSwap::from_pointee(certified_key(
             cert_pem, key_pem,
         )?)));
-        let mut roots = RootCertStore::empty();
-        let mut issuers = HashMap::new();
-        let mut local_roots = None;
-        for ca in trust {
-            let what = || format!("trusted CA of cluster {}", ca.cluster);
-            let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|source| {
-                TlsError::Pem {
-                    what: what(),
-                    source,
-                }
-            })?;
-            let (_, parsed) =
-                x509_parser::parse_x509_certificate(&der).map_err(|_| TlsError::CaParse {
-                    cluster: ca.cluster.clone(),
-                })?;
-            issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
-            if ca.cluster == local.cluster {
-                let mut own = RootCertStore::empty();
-                own.add(der.clone()).map_err(|source| TlsError::Rustls {
-                    what: what(),
-                    source,
-                })?;
-                local_roots = Some(Arc::new(own));
-            }
-            roots.add(der).map_err(|source| TlsError::Rustls {
-                what: what(),
-                source,
-            })?;
-        }
-        let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let rustls_err = |what: &str| {
-            let what = what.to_string();
-            move |source| TlsError::Rustls { what, source }
-        };
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(rustls_err("server config"))?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(certs.clone());
-        server.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(rustls_err("client config"))?
-            .with_root_certificates(roots)
-            .with_client_cert_resolver(certs.clone());
-        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let (trusted, local_roots) = build_trusted(&local, &certs, trust)?;
         Ok(Self {
             local,
             certs,
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            connector: TlsConnector::from(Arc::new(client)),
-            issuers,
+            base_trust: trust.to_vec(),
+            trusted: ArcSwap::from_pointee(trusted),
             local_roots,
             logged: parking_lot::Mutex::default(),
         })
+    }
+
+    /// Trusts these other clusters' CAs (the cluster mesh's connected peers) besides the CAs
+    /// given at start, each for its own cluster's nodes only; replaces the previous peers. A
+    /// peer naming this node's own cluster is ignored: the mesh never changes who speaks for
+    /// this cluster. New handshakes use the new set; established tunnels keep their sessions.
+    pub fn set_peer_trust(&self, peers: &[TrustedCa]) -> Result<(), TlsError> {
+        let mut all = self.base_trust.clone();
+        let known: HashSet<String> = all.iter().map(|c| c.cluster.clone()).collect();
+        all.extend(
+            peers
+                .iter()
+                .filter(|p| !known.contains(&p.cluster))
+                .cloned(),
+        );
+        let (trusted, _) = build_trusted(&self.local, &self.certs, &all)?;
+        self.trusted.store(Arc::new(trusted));
+        Ok(())
+    }
+
+    /// The clusters whose node certificates are believed now.
+    pub fn trusted_clusters(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.trusted.load().issuers.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Presents this certificate (a renewal) in every handshake from now on.
@@ -304,8 +287,8 @@ impl NodeTls {
     }
 
     /// The acceptor for the tunnel listener.
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.trusted.load().acceptor.clone()
     }
 
     /// An acceptor for the admin API's TLS listener: presents the node certificate (renewals
@@ -334,8 +317,8 @@ impl NodeTls {
     }
 
     /// The connector for tunnels to other nodes.
-    pub fn connector(&self) -> &TlsConnector {
-        &self.connector
+    pub fn connector(&self) -> TlsConnector {
+        self.trusted.load().connector.clone()
     }
 
     /// The TLS server name of `peer`.
@@ -369,7 +352,7 @@ impl NodeTls {
                 _ => None,
             })
             .ok_or(HandshakeFailure::NoNodeIdentity)?;
-        match self.issuers.get(cluster) {
+        match self.trusted.load().issuers.get(cluster) {
             Some(issuer) if issuer.as_slice() == cert.issuer().as_raw() => Ok(NodeIdentity {
                 cluster: cluster.to_string(),
                 node: node.to_string(),
@@ -397,6 +380,69 @@ impl NodeTls {
                 "tunnel handshake refused (logged once per peer address)");
         }
     }
+}
+
+/// The tunnel configs believing `trust`, and the root store of `local`'s own cluster.
+fn build_trusted(
+    local: &NodeIdentity,
+    certs: &Arc<CertSwap>,
+    trust: &[TrustedCa],
+) -> Result<(Trusted, Option<Arc<RootCertStore>>), TlsError> {
+    let mut roots = RootCertStore::empty();
+    let mut issuers = HashMap::new();
+    let mut local_roots = None;
+    for ca in trust {
+        let what = || format!("trusted CA of cluster {}", ca.cluster);
+        let der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).map_err(|source| {
+            TlsError::Pem {
+                what: what(),
+                source,
+            }
+        })?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&der).map_err(|_| TlsError::CaParse {
+                cluster: ca.cluster.clone(),
+            })?;
+        issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
+        if ca.cluster == local.cluster {
+            let mut own = RootCertStore::empty();
+            own.add(der.clone()).map_err(|source| TlsError::Rustls {
+                what: what(),
+                source,
+            })?;
+            local_roots = Some(Arc::new(own));
+        }
+        roots.add(der).map_err(|source| TlsError::Rustls {
+            what: what(),
+            source,
+        })?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let rustls_err = |what: &str| {
+        let what = what.to_string();
+        move |source| TlsError::Rustls { what, source }
+    };
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err("server config"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(rustls_err("client config"))?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(certs.clone());
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    let trusted = Trusted {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+        issuers,
+    };
+    Ok((trusted, local_roots))
 }
 
 // === impl NodeIssuer ===

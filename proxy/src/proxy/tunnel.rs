@@ -296,7 +296,9 @@ async fn accept_tls(
 
 /// Whether the authenticated `peer` node may speak for a stream from `addr` with `identity` of
 /// `cluster`: only for a pod of its own (by endpoint; by pod CIDR when the pod is not known yet,
-/// and then only with the identity this node would give that address itself).
+/// and then only with the identity this node would give that address itself). A node of another
+/// cluster of the mesh speaks only for that cluster's pods as synced from it (whose identities
+/// the cluster owns): never for a pod of this cluster, never for an address not synced yet.
 pub fn check_source(
     tables: &ProxyTables,
     peer: &NodeIdentity,
@@ -307,17 +309,25 @@ pub fn check_source(
     let SocketAddr::V4(v4) = addr else {
         return false;
     };
-    if peer.cluster != tables.cluster.name || cluster != peer.cluster {
+    if cluster != peer.cluster {
         return false;
     }
-    match tables.endpoint(*v4.ip()) {
-        Some(ep) => ep.node == peer.node && ep.identity == identity,
+    let ep = tables.endpoint(*v4.ip());
+    if peer.cluster != tables.cluster.name {
+        return ep.is_some_and(|ep| {
+            ep.cluster.as_deref() == Some(peer.cluster.as_str())
+                && ep.node == peer.node
+                && ep.identity == identity
+        });
+    }
+    match ep {
+        Some(ep) => ep.cluster.is_none() && ep.node == peer.node && ep.identity == identity,
         None => {
-            tables
-                .nodes
-                .iter()
-                .any(|n| n.name == peer.node && n.pod_cidr.contains(v4.ip()))
-                && tables.identity_of(*v4.ip()) == identity
+            tables.nodes.iter().any(|n| {
+                n.cluster.is_none()
+                    && n.name == peer.node
+                    && n.pod_cidrs.iter().any(|c| c.contains(v4.ip()))
+            }) && tables.identity_of(*v4.ip()) == identity
         }
     }
 }
@@ -358,12 +368,15 @@ async fn handle(
     let src_cluster = header(&req, SOURCE_CLUSTER).unwrap_or_default().to_string();
     let src_cluster_checked = src_cluster.clone();
     let original = header(&req, ORIGINAL_DST).unwrap_or_default().to_string();
-    let source = match src_addr {
-        SocketAddr::V4(v4) if src_cluster == tables.cluster.name => peer(
-            &src_cluster,
-            tables.endpoint(*v4.ip()).map(|e| &**e),
-            src_addr,
-        ),
+    // The pod as synced (of this cluster, or of the cluster the header names).
+    let known = match src_addr {
+        SocketAddr::V4(v4) => tables.endpoint(*v4.ip()).filter(|e| {
+            e.cluster.as_deref().unwrap_or(&tables.cluster.name) == src_cluster.as_str()
+        }),
+        SocketAddr::V6(_) => None,
+    };
+    let source = match known {
+        Some(ep) => peer(&tables.cluster.name, Some(&**ep), src_addr),
         _ => FlowPeer {
             ip: Some(src_addr.ip()),
             port: src_addr.port(),
@@ -414,6 +427,18 @@ async fn handle(
     };
     proxy.admit(&mut rec, admission, &tables);
     drop(tables);
+    // Another cluster's proxy knows only its own policies: this cluster's L7 rules for its pods
+    // are judged here, request by request. A node of this cluster judged them already.
+    if src_cluster_checked != proxy.cluster && verdict.needs_l7() {
+        let judge = Arc::new(super::outbound::PolicyJudge {
+            proxy: proxy.clone(),
+            src: src_identity,
+            dst: admission.dst_identity,
+            port: target.port(),
+        });
+        serve_http(proxy, req, rec, target, judge);
+        return reply(StatusCode::OK);
+    }
     let upstream = match TcpStream::connect(target).await {
         Ok(s) => s,
         Err(e) => {
@@ -446,6 +471,42 @@ async fn handle(
         }
     });
     reply(StatusCode::OK)
+}
+
+/// Serves an accepted stream as HTTP, judging each request, towards the local pod `target`.
+fn serve_http(
+    proxy: Arc<Proxy>,
+    mut req: Request<hyper::body::Incoming>,
+    mut rec: super::conn::ConnGuard,
+    target: SocketAddrV4,
+    judge: Arc<super::outbound::PolicyJudge>,
+) {
+    let template = rec.per_request();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let closed = rec.close_signal();
+    tokio::spawn(async move {
+        // Held to the end: it records a flow only if policy closes the stream.
+        let _rec = rec;
+        let _open = crate::metrics::OpenConnection::start(Direction::Ingress);
+        metrics::counter!(crate::metrics::names::TUNNEL_STREAMS, "role" => "server").increment(1);
+        let io = match on_upgrade.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                debug!(error = %e, "tunnel stream upgrade failed");
+                return;
+            }
+        };
+        let upstream = super::outbound::pod_upstream(&proxy, target);
+        let sink = Arc::new(super::outbound::RingSink(proxy.flows().clone()));
+        tokio::select! {
+            result = Box::pin(super::l7::serve(io, upstream, judge, sink, template, proxy.http_paths)) => {
+                if let Err(e) = result {
+                    debug!(error = %e, "HTTP stream ended");
+                }
+            }
+            () = closed.closed() => debug!("policy change closed the HTTP stream"),
+        }
+    });
 }
 
 #[cfg(test)]

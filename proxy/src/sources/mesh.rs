@@ -261,6 +261,7 @@ pub fn remote_cluster(state: &MeshState) -> RemoteCluster {
         identities: state.identities.clone(),
         ipcache: state.ipcache.clone(),
         services: state.services.clone(),
+        l7_ingress: state.l7_ingress.clone(),
     }
 }
 
