@@ -48,6 +48,8 @@ pub enum AgentError {
     Tls(#[from] crate::proxy::tls::IssueError),
     #[error("admin API TLS")]
     AdminTls(#[source] crate::proxy::tls::TlsError),
+    #[error("mesh identity")]
+    MeshIdentity(#[from] sources::mesh::IdentityError),
 }
 
 /// The eBPF maps as the proxy's source of original destinations.
@@ -102,11 +104,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let admin = admin::Admin::bind(&cfg.admin_socket, cfg.admin_tcp)?;
     let (node_tls, issuer) = start_tls(&cfg)?;
-    let mesh_identity = sources::mesh::MeshIdentity::issue(
-        &crate::pki::ClusterCa::load(&cfg.tls.issuer.ca_cert, &cfg.tls.issuer.ca_key)?,
-        &cfg.cluster,
-        Duration::from_secs(cfg.tls.cert_validity_secs.max(3)),
-    )?;
+    let mesh_ca = crate::pki::ClusterCa::load(&cfg.tls.issuer.ca_cert, &cfg.tls.issuer.ca_key)?;
+    let mesh_validity = Duration::from_secs(cfg.tls.cert_validity_secs.max(3));
+    let mesh_identity = sources::mesh::MeshIdentity::issue(&mesh_ca, &cfg.cluster, mesh_validity)?;
+    // Renewed as the node certificate is: a mesh that outlives one validity keeps syncing.
+    tokio::spawn(mesh_identity.clone().renew(mesh_ca, mesh_validity));
     let admin = match cfg.admin_tls {
         Some(addr) => admin.with_tls(
             addr,

@@ -46,17 +46,49 @@ pub enum EndpointError {
     },
 }
 
+/// What this cluster publishes at `snap`: [`MeshState::from_snapshot`], plus the ports whose
+/// L7 rules this cluster judges for other clusters (from its own policies and pods).
+fn published(snap: &crate::model::Snapshot) -> MeshState {
+    let mut state = MeshState::from_snapshot(snap);
+    if !snap.model.policies.is_empty() {
+        let engine = crate::compile::local_engine(&snap.model);
+        state.l7_ingress = crate::policy::kernel::ingress_l7_ports(&engine)
+            .into_iter()
+            .collect();
+    }
+    state
+}
+
 /// Runs the endpoint until the process is stopped.
 pub async fn run(cfg: MeshEndpointConfig) -> Result<(), EndpointError> {
     let pki = |source| EndpointError::Pki {
         cluster: cfg.cluster.clone(),
         source,
     };
-    let ca = crate::pki::ClusterCa::load(&cfg.issuer.ca_cert, &cfg.issuer.ca_key).map_err(pki)?;
+    let ca = Arc::new(
+        crate::pki::ClusterCa::load(&cfg.issuer.ca_cert, &cfg.issuer.ca_key).map_err(pki)?,
+    );
     let key = crate::pki::generate_key().map_err(pki)?;
     let validity = Duration::from_secs(cfg.cert_validity_secs.max(3));
     let cert = ca.issue_mesh(&cfg.cluster, &key, validity).map_err(pki)?;
-    let key_pem = key.serialize_pem();
+    let creds = crate::pki::Credentials::from_pem(
+        &format!("mesh of cluster {}", cfg.cluster),
+        &cert,
+        &key.serialize_pem(),
+    )
+    .map_err(|source| EndpointError::Tls {
+        cluster: cfg.cluster.clone(),
+        source: source.into(),
+    })?;
+    // Renewed in place: the server config presents the new certificate at the next handshake.
+    tokio::spawn({
+        let (ca, cluster) = (ca.clone(), cfg.cluster.clone());
+        crate::pki::credentials::renew(creds.clone(), validity, move || {
+            let key = crate::pki::generate_key()?;
+            let cert = ca.issue_mesh(&cluster, &key, validity)?;
+            Ok((cert, key.serialize_pem()))
+        })
+    });
     let tls_for = |view: &MeshView| -> Result<(Arc<MeshTls>, Vec<MeshTrust>), EndpointError> {
         // The own CA is always trusted (a verifier needs one root); a client of this cluster
         // is still refused, by name and ID.
@@ -74,12 +106,13 @@ pub async fn run(cfg: MeshEndpointConfig) -> Result<(), EndpointError> {
             })
             .collect();
         trust.extend(peers.iter().cloned());
-        let tls = MeshTls::new(&cfg.cluster, &cert, &key_pem, &trust).map_err(|source| {
-            EndpointError::Tls {
-                cluster: cfg.cluster.clone(),
-                source,
-            }
-        })?;
+        let tls =
+            MeshTls::with_credentials(&cfg.cluster, creds.clone(), &trust).map_err(|source| {
+                EndpointError::Tls {
+                    cluster: cfg.cluster.clone(),
+                    source,
+                }
+            })?;
         Ok((Arc::new(tls), peers))
     };
 
@@ -107,7 +140,7 @@ pub async fn run(cfg: MeshEndpointConfig) -> Result<(), EndpointError> {
     )?));
     let mut snaps = store.subscribe();
     if let Some(snap) = snaps.borrow_and_update().clone() {
-        publisher.publish(MeshState::from_snapshot(&snap));
+        publisher.publish(published(&snap));
     }
     let (tls, mut trusted) = tls_for(&view)?;
     let server = MeshServer::bind(cfg.listen, tls, publisher.clone())?;
@@ -127,7 +160,7 @@ pub async fn run(cfg: MeshEndpointConfig) -> Result<(), EndpointError> {
                     return Ok(());
                 }
                 let Some(snap) = snaps.borrow_and_update().clone() else { continue };
-                let rev = publisher.publish(MeshState::from_snapshot(&snap));
+                let rev = publisher.publish(published(&snap));
                 write_status(&cfg, &status(&trusted, rev))?;
             }
             changed = views.changed() => {

@@ -218,12 +218,6 @@ impl MeshState {
                 },
             );
         }
-        if !model.policies.is_empty() {
-            let engine = crate::compile::local_engine(model);
-            out.l7_ingress = crate::policy::kernel::ingress_l7_ports(&engine)
-                .into_iter()
-                .collect();
-        }
         // Candidates per (namespace, label, value): a service's endpoints are found from its
         // first selector label instead of scanning every pod for every service.
         let mut by_label: HashMap<(&str, &str, &str), Vec<&Endpoint>> = HashMap::new();

@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+
+use crate::pki::{Credentials, CredentialsError};
 
 /// The CA whose certificates are believed for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +51,16 @@ pub enum MeshTlsError {
     },
     #[error("no CA is trusted for cluster {cluster}")]
     Untrusted { cluster: String },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// A cluster's mesh TLS identity and the CAs it trusts.
 pub struct MeshTls {
     /// This cluster's name.
     pub cluster: String,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// The mesh certificate presented; renewals replace it in every config built from it.
+    creds: Credentials,
     /// CA certificate (DER) and raw subject per trusted cluster.
     trusted: HashMap<String, (CertificateDer<'static>, Vec<u8>)>,
 }
@@ -82,22 +86,18 @@ impl MeshTls {
         key_pem: &str,
         trust: &[MeshTrust],
     ) -> Result<Self, MeshTlsError> {
-        let what = || format!("mesh certificate of cluster {cluster}");
-        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| MeshTlsError::Pem {
-                what: what(),
-                source,
-            })?;
-        if certs.is_empty() {
-            return Err(MeshTlsError::NoCertificate { what: what() });
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
-            MeshTlsError::Pem {
-                what: format!("mesh key of cluster {cluster}"),
-                source,
-            }
-        })?;
+        let creds =
+            Credentials::from_pem(&format!("mesh of cluster {cluster}"), cert_pem, key_pem)?;
+        Self::with_credentials(cluster, creds, trust)
+    }
+
+    /// The mesh TLS of `cluster` presenting `creds` (shared: replacing them renews every
+    /// config built from this), believing `trust`.
+    pub fn with_credentials(
+        cluster: &str,
+        creds: Credentials,
+        trust: &[MeshTrust],
+    ) -> Result<Self, MeshTlsError> {
         let mut trusted = HashMap::new();
         for t in trust {
             let der = CertificateDer::from_pem_slice(t.ca_pem.as_bytes()).map_err(|source| {
@@ -115,8 +115,7 @@ impl MeshTls {
         }
         Ok(Self {
             cluster: cluster.to_string(),
-            certs,
-            key,
+            creds,
             trusted,
         })
     }
@@ -150,8 +149,7 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(rustls_err)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(rustls_err)?;
+            .with_cert_resolver(self.creds.server_resolver());
         tls.alpn_protocols = vec![super::wire::ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|source| {
             MeshTlsError::Quic {
@@ -181,11 +179,7 @@ impl MeshTls {
                 source,
             })?
             .with_root_certificates(roots)
-            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())
-            .map_err(|source| MeshTlsError::Rustls {
-                what: "mesh client config".into(),
-                source,
-            })?;
+            .with_client_cert_resolver(self.creds.client_resolver());
         tls.alpn_protocols = vec![super::wire::ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|source| {
             MeshTlsError::Quic {

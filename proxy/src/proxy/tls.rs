@@ -12,13 +12,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::pki::{Credentials, CredentialsError};
 
 /// ALPN of the tunnel: HTTP/2 inside TLS.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -62,6 +62,8 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("no CA is trusted for this node's own cluster {cluster}")]
     NoLocalCa { cluster: String },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// Why a peer got no tunnel; the bounded `reason` label of the handshake failure metric.
@@ -135,40 +137,13 @@ impl HandshakeFailure {
     }
 }
 
-// === impl CertSwap ===
-
-/// The node's current certificate, replaced on renewal. Sessions already established keep the
-/// certificate they were made with; new handshakes get the new one.
-#[derive(Debug)]
-struct CertSwap(ArcSwap<CertifiedKey>);
-
-impl ResolvesServerCert for CertSwap {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
-    }
-}
-
-impl ResolvesClientCert for CertSwap {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 // === impl NodeTls ===
 
 /// A node's TLS identity and the configs its tunnel listener and pool use.
 pub struct NodeTls {
     /// This node.
     pub local: NodeIdentity,
-    certs: Arc<CertSwap>,
+    certs: Credentials,
     /// The CAs given at start (this cluster's); the mesh's peers are added to them.
     base_trust: Vec<TrustedCa>,
     trusted: ArcSwap<Trusted>,
@@ -194,38 +169,6 @@ impl std::fmt::Debug for NodeTls {
     }
 }
 
-fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            what: "node certificate".into(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what: "node certificate".into(),
-        });
-    }
-    // Errors from here on never include key bytes.
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::Pem {
-            what: "node key".into(),
-            source,
-        })?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
-        TlsError::Rustls {
-            what: "node key".into(),
-            source,
-        }
-    })?;
-    let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|source| TlsError::Rustls {
-        what: "node key does not match its certificate".into(),
-        source,
-    })?;
-    Ok(ck)
-}
-
 impl NodeTls {
     /// TLS for `local` with its certificate and key (PEM), believing `trust`.
     pub fn new(
@@ -234,9 +177,7 @@ impl NodeTls {
         key_pem: &str,
         trust: &[TrustedCa],
     ) -> Result<Self, TlsError> {
-        let certs = Arc::new(CertSwap(ArcSwap::from_pointee(certified_key(
-            cert_pem, key_pem,
-        )?)));
+        let certs = Credentials::from_pem("node", cert_pem, key_pem)?;
         let (trusted, local_roots) = build_trusted(&local, &certs, trust)?;
         Ok(Self {
             local,
@@ -275,15 +216,12 @@ impl NodeTls {
 
     /// Presents this certificate (a renewal) in every handshake from now on.
     pub fn set_certificate(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-        self.certs
-            .0
-            .store(Arc::new(certified_key(cert_pem, key_pem)?));
-        Ok(())
+        Ok(self.certs.replace(cert_pem, key_pem)?)
     }
 
     /// The certificate presented now (DER), for tests and status.
     pub fn current_certificate(&self) -> Option<CertificateDer<'static>> {
-        self.certs.0.load().cert.first().cloned()
+        self.certs.certificate()
     }
 
     /// The acceptor for the tunnel listener.
@@ -311,7 +249,7 @@ impl NodeTls {
                 source,
             })?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(self.certs.clone());
+            .with_cert_resolver(self.certs.server_resolver());
         server.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         Ok(TlsAcceptor::from(Arc::new(server)))
     }
@@ -385,7 +323,7 @@ impl NodeTls {
 /// The tunnel configs believing `trust`, and the root store of `local`'s own cluster.
 fn build_trusted(
     local: &NodeIdentity,
-    certs: &Arc<CertSwap>,
+    certs: &Credentials,
     trust: &[TrustedCa],
 ) -> Result<(Trusted, Option<Arc<RootCertStore>>), TlsError> {
     let mut roots = RootCertStore::empty();
@@ -429,13 +367,13 @@ fn build_trusted(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err("server config"))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(certs.clone());
+        .with_cert_resolver(certs.server_resolver());
     server.alpn_protocols = vec![ALPN_H2.to_vec()];
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(rustls_err("client config"))?
         .with_root_certificates(roots)
-        .with_client_cert_resolver(certs.clone());
+        .with_client_cert_resolver(certs.client_resolver());
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
     let trusted = Trusted {
         acceptor: TlsAcceptor::from(Arc::new(server)),

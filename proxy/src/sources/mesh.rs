@@ -24,40 +24,59 @@ use crate::mesh::{ClusterId, MeshClient, MeshState, MeshTls, MeshTrust, RemoteCo
 use crate::mesh::{RemoteCluster as RemoteChannel, RemoteStatus};
 use crate::model::remote::RemoteCluster;
 use crate::model::{ClusterInfo, Object, ObjectKey, Store, Update};
-use crate::pki::ClusterCa;
+use crate::pki::{ClusterCa, Credentials};
 
-/// This cluster's mesh client certificate and key (PEM): a mesh certificate
-/// (`spiffe://<cluster>/mesh`) issued by the cluster's CA, as the mesh endpoints require.
-#[derive(Clone)]
+/// This cluster's mesh client certificate and key: a mesh certificate
+/// (`spiffe://<cluster>/mesh`) issued by the cluster's CA, as the mesh endpoints require, and
+/// renewed in place (every client built from it presents the renewal at its next handshake).
+#[derive(Clone, Debug)]
 pub struct MeshIdentity {
     pub cluster: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for MeshIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshIdentity")
-            .field("cluster", &self.cluster)
-            .finish_non_exhaustive()
-    }
+    pub creds: Credentials,
 }
 
 impl MeshIdentity {
     /// A fresh key and a mesh certificate for `cluster` from `ca`, valid `validity`.
-    pub fn issue(
-        ca: &ClusterCa,
-        cluster: &str,
-        validity: Duration,
-    ) -> Result<Self, crate::pki::PkiError> {
-        let key = crate::pki::generate_key()?;
-        let cert_pem = ca.issue_mesh(cluster, &key, validity)?;
+    pub fn issue(ca: &ClusterCa, cluster: &str, validity: Duration) -> Result<Self, IdentityError> {
+        let (cert_pem, key_pem) = issue_mesh(ca, cluster, validity)?;
         Ok(Self {
             cluster: cluster.to_string(),
-            cert_pem,
-            key_pem: key.serialize_pem(),
+            creds: Credentials::from_pem(
+                &format!("mesh of cluster {cluster}"),
+                &cert_pem,
+                &key_pem,
+            )?,
         })
     }
+
+    /// Renews the certificate (a new key too) at two thirds of `validity`, forever.
+    pub async fn renew(self, ca: ClusterCa, validity: Duration) {
+        let cluster = self.cluster.clone();
+        crate::pki::credentials::renew(self.creds, validity, move || {
+            issue_mesh(&ca, &cluster, validity)
+        })
+        .await;
+    }
+}
+
+/// A new key and mesh certificate (PEM) for `cluster`.
+fn issue_mesh(
+    ca: &ClusterCa,
+    cluster: &str,
+    validity: Duration,
+) -> Result<(String, String), crate::pki::PkiError> {
+    let key = crate::pki::generate_key()?;
+    let cert_pem = ca.issue_mesh(cluster, &key, validity)?;
+    Ok((cert_pem, key.serialize_pem()))
+}
+
+/// Why the agent's mesh identity could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("issue the mesh certificate")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("the mesh certificate")]
+    Credentials(#[from] crate::pki::CredentialsError),
 }
 
 /// One remote cluster as the agent's `/status` shows it.
@@ -212,12 +231,7 @@ fn start(
         cluster: spec.name.clone(),
         ca_pem: spec.ca_pem.clone(),
     }];
-    let tls = match MeshTls::new(
-        &identity.cluster,
-        &identity.cert_pem,
-        &identity.key_pem,
-        &trust,
-    ) {
+    let tls = match MeshTls::with_credentials(&identity.cluster, identity.creds.clone(), &trust) {
         Ok(t) => Arc::new(t),
         Err(e) => return failed(crate::errors::chain(&e)),
     };

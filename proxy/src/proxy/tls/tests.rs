@@ -14,6 +14,7 @@ use super::*;
 use crate::admin::{Admin, AdminState};
 use crate::flows::FlowRing;
 use crate::pki::ClusterCa;
+use rustls::pki_types::PrivateKeyDer;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

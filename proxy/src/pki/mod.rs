@@ -7,6 +7,10 @@
 //! it; a real deployment keeps the CA key off the nodes and has agents send a CSR to a CA service.
 //! Key files are written with mode 0600 and never logged.
 
+pub mod credentials;
+
+pub use credentials::{Credentials, CredentialsError};
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
