@@ -227,9 +227,18 @@ impl StateDir {
             }
         };
         let mut removed = Vec::new();
+        let own_tmp = format!(".tmp-{}-", std::process::id());
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(remote) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            // Temp files of a process killed mid-write; this process's own may be in flight.
+            if name.contains(".tmp-") && !name.contains(&own_tmp) {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(remote) = name.strip_suffix(".json") else {
                 continue;
             };
             if !keep(remote) && cluster::validate_name(remote).is_ok() {
@@ -330,7 +339,12 @@ mod tests {
         let mut c3 = state();
         c3.cluster = ClusterId::new("c3", 3).unwrap();
         d.save(&c3, healthy).unwrap();
+        std::fs::write(p.join("c3.tmp-1-0"), b"half a state").unwrap();
         assert_eq!(d.retain(|c| c == "c3").unwrap(), ["c2"]);
+        assert!(
+            !p.join("c3.tmp-1-0").exists(),
+            "a dead writer's temp file goes"
+        );
         assert!(d.load(&c2, TTL, healthy).unwrap().is_none());
         d.remove("c3").unwrap();
         d.remove("c3").unwrap();
