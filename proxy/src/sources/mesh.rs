@@ -205,6 +205,14 @@ impl MeshSource {
                 let _ = f.await;
             }
             drop(p.client.take());
+            // Changed (endpoint, ID, CA) or gone: the sync restarts from nothing, so does the
+            // file (only a restart of the agent serves a persisted state).
+            if let Some(dir) = &self.state_dir
+                && let Err(e) = dir.remove(&p.spec.name)
+            {
+                warn!(remote = %p.spec.name, error = %crate::errors::chain(&e),
+                    "cannot delete the persisted state of a mesh peer");
+            }
             store.apply(Update::Delete(ObjectKey::Remote(p.spec.name.clone())));
             info!(remote = %p.spec.name, "mesh peer removed; its state is withdrawn");
         }
@@ -465,6 +473,15 @@ mod tests {
         assert_eq!(model.remotes["c2"].ipcache.len(), 1);
         let st = &src.statuses()[0].status;
         assert!(st.serving && st.restored && !st.ready, "{st:?}");
+        // A peer that changes (here its CA) restarts from nothing: no file brings it back.
+        let other = ClusterCa::create("c2").unwrap();
+        src.reconcile(&view(vec![peer(&other.cert_pem)]), &store, &id, &settings)
+            .await;
+        assert!(store.current().unwrap().model.remotes.is_empty());
+        assert!(!src.statuses()[0].status.serving);
+        files
+            .save(&s, std::time::SystemTime::now() - Duration::from_secs(5))
+            .unwrap();
         // Removing the peer withdraws the state and deletes its file.
         src.reconcile(&view(vec![]), &store, &id, &settings).await;
         assert!(store.current().unwrap().model.remotes.is_empty());
