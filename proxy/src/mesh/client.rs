@@ -28,7 +28,9 @@ const PERSIST_TICK: Duration = Duration::from_millis(200);
 /// left there (served at once, see [`RemoteCluster::restored`]).
 #[derive(Debug, Clone)]
 pub struct Persistence {
+    /// Where the served state is written.
     pub dir: StateDir,
+    /// What a previous run left there, young enough to serve.
     pub restored: Option<Restored>,
 }
 

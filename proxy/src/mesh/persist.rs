@@ -67,6 +67,7 @@ pub enum PersistError {
 /// A state read back from disk, young enough to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restored {
+    /// The state the previous run served.
     pub state: MeshState,
     /// The last instant the channel was known healthy.
     pub healthy_at: SystemTime,
