@@ -23,6 +23,9 @@ use crate::{admin, proxy, sources};
 /// First wait before retrying a revision the kernel refused; doubled up to the maximum.
 const INSTALL_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(200);
 const INSTALL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest wait of the first compile for the mesh peers' persisted states (they are read right
+/// after the first cluster state; the wait only runs out without a readable state file).
+const MESH_RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let (dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(DnsTable::default()));
     let installer = Arc::new(Installer::new(datapath.clone(), proxy.clone(), dns_tx));
     let store = Arc::new(Store::new());
+    let mesh =
+        Arc::new(sources::mesh::MeshSource::new().with_state_dir(cfg.mesh_state_dir.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let compile_stats = Arc::new(parking_lot::Mutex::new(CompileStats::default()));
 
@@ -152,7 +157,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         let node = cfg.node.clone();
         let default_local_cluster = cfg.policy_default_local_cluster;
         let rejudge_sockets = cfg.rejudge_on_update.then(|| datapath.clone());
+        let mesh = mesh.clone();
         tokio::spawn(async move {
+            // The first compile waits for the mesh peers' persisted states: compiled without
+            // them, a restarted agent would drop remote backends from maps that still hold them.
+            if tokio::time::timeout(MESH_RESTORE_WAIT, mesh.settled())
+                .await
+                .is_err()
+            {
+                warn!(wait = ?MESH_RESTORE_WAIT, "no mesh settings yet; compiling without remote clusters");
+            }
             let report = |state: &CompiledState, installed: Installed| {
                 if installed.map_changes > 0
                     && let Some(datapath) = rejudge_sockets.clone()
@@ -292,7 +306,6 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         });
     }
-    let mesh = Arc::new(sources::mesh::MeshSource::new());
     let (mesh_tx, mesh_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(follow_mesh_trust(mesh_rx.clone(), node_tls));
     tokio::spawn(mesh.clone().run(

@@ -72,6 +72,10 @@ pub struct AgentConfig {
     /// Seconds a remote cluster of the mesh may stay unreachable before its state is withdrawn.
     #[serde(default = "default_mesh_ttl")]
     pub mesh_ttl_secs: u64,
+    /// Directory where the agent keeps each mesh peer's last served state, so a restarted agent
+    /// serves it (within the TTL) until its new sync completes; none: a restart starts empty.
+    #[serde(default)]
+    pub mesh_state_dir: Option<PathBuf>,
 }
 
 /// Default port of a cluster's mesh endpoint (UDP, QUIC), as Cilium's clustermesh-apiserver.

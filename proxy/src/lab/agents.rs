@@ -78,7 +78,10 @@ pub fn config_for(paths: &LabPaths, c: &ClusterSpec, n: &NodeSpec) -> AgentConfi
             },
             cert_validity_secs: DEFAULT_CERT_VALIDITY_SECS,
         },
-        mesh_ttl_secs: crate::config::default_mesh_ttl(),
+        mesh_ttl_secs: c
+            .mesh_ttl_secs
+            .unwrap_or_else(crate::config::default_mesh_ttl),
+        mesh_state_dir: Some(paths.node_dir(&c.name, &n.name).join("mesh")),
     }
 }
 

@@ -368,6 +368,7 @@ mod tests {
             pod_cidr: cidr.parse().unwrap(),
             service_cidr: "198.19.9.0/24".parse().unwrap(),
             nodes: vec![],
+            mesh_ttl_secs: None,
         }
     }
 

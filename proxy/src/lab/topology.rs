@@ -56,6 +56,9 @@ struct ClusterFile {
     service_cidr: Ipv4Net,
     #[serde(default)]
     node_mask_size: Option<u8>,
+    /// The agents' `mesh_ttl_secs` (default 30): tests of the TTL shorten it.
+    #[serde(default, rename = "meshTTLSecs")]
+    mesh_ttl_secs: Option<u64>,
     nodes: NodesFile,
 }
 
@@ -81,6 +84,10 @@ pub struct ClusterSpec {
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
     pub nodes: Vec<NodeSpec>,
+    /// Seconds a remote cluster may stay unreachable before this cluster's agents withdraw it
+    /// (`None`: the agent's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_ttl_secs: Option<u64>,
 }
 
 /// One node of a cluster.
@@ -255,6 +262,7 @@ impl Topology {
                 pod_cidr: c.pod_cidr,
                 service_cidr: c.service_cidr,
                 nodes,
+                mesh_ttl_secs: c.mesh_ttl_secs,
             });
         }
         Ok(Topology { underlay, clusters })
@@ -319,6 +327,20 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("1 to 255")
+        );
+    }
+
+    #[test]
+    fn a_cluster_can_shorten_its_agents_mesh_ttl() {
+        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1, meshTTLSecs: 4}\n- {name: b, id: 2, podCIDR: 10.2.0.0/16, serviceCIDR: 10.9.1.0/24, nodes: 1}\n";
+        let t = Topology::parse("t.yaml", y).unwrap();
+        let paths = crate::lab::paths::LabPaths::new("t", Path::new("/cg"), Path::new("/bpf"));
+        let cfg = |c: &ClusterSpec| crate::lab::agents::config_for(&paths, c, &c.nodes[0]);
+        assert_eq!(cfg(&t.clusters[0]).mesh_ttl_secs, 4);
+        assert_eq!(cfg(&t.clusters[1]).mesh_ttl_secs, 30, "the default");
+        assert_eq!(
+            cfg(&t.clusters[1]).mesh_state_dir.unwrap(),
+            paths.node_dir("b", "node-1").join("mesh")
         );
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::cluster::ClusterId;
+use super::persist::{Restored, StateDir};
 use super::remote::{RemoteCluster, RemoteConfig, RemoteStatus};
 use super::state::MeshState;
 use super::tls::{MeshTls, MeshTlsError};
@@ -18,6 +19,20 @@ use super::wire::{self, Hello, ServerFrame, WireError};
 /// How often the TTL rule is checked while a remote is down: the withdrawal lands at most this
 /// long after the TTL.
 const EXPIRY_TICK: Duration = Duration::from_millis(50);
+
+/// How often the served state is compared with the persisted one: at most one write per remote
+/// per tick, however fast deltas arrive.
+const PERSIST_TICK: Duration = Duration::from_millis(200);
+
+/// Where a client keeps its remote's served state across restarts, and the state a previous run
+/// left there (served at once, see [`RemoteCluster::restored`]).
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// Where the served state is written.
+    pub dir: StateDir,
+    /// What a previous run left there, young enough to serve.
+    pub restored: Option<Restored>,
+}
 
 /// The client could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +58,11 @@ pub enum ClientError {
 pub struct MeshClient {
     remote: Arc<Mutex<RemoteCluster>>,
     state_rx: watch::Receiver<Option<Arc<MeshState>>>,
-    tasks: [JoinHandle<()>; 2],
+    tasks: Vec<JoinHandle<()>>,
     endpoint: quinn::Endpoint,
+    /// Set when the client is dropped, under the lock every persisted write holds: no write of
+    /// this client lands after its drop (the peer's file may then be removed for good).
+    closed: Arc<Mutex<bool>>,
 }
 
 struct Session {
@@ -57,6 +75,7 @@ struct Session {
     endpoint: quinn::Endpoint,
     remote: Arc<Mutex<RemoteCluster>>,
     state_tx: watch::Sender<Option<Arc<MeshState>>>,
+    closed: Arc<Mutex<bool>>,
 }
 
 impl MeshClient {
@@ -67,6 +86,19 @@ impl MeshClient {
         remote: &str,
         addr: SocketAddr,
         settings: RemoteConfig,
+    ) -> Result<Self, ClientError> {
+        Self::spawn_persisted(tls, local, remote, addr, settings, None)
+    }
+
+    /// As [`MeshClient::spawn`], serving `persistence.restored` until the first sync completes and
+    /// keeping the served state in `persistence.dir` (removed when the state is withdrawn).
+    pub fn spawn_persisted(
+        tls: Arc<MeshTls>,
+        local: ClusterId,
+        remote: &str,
+        addr: SocketAddr,
+        settings: RemoteConfig,
+        persistence: Option<Persistence>,
     ) -> Result<Self, ClientError> {
         let config = tls
             .client_config(remote)
@@ -84,8 +116,21 @@ impl MeshClient {
             local: local.name.clone(),
             source,
         })?;
-        let cluster = Arc::new(Mutex::new(RemoteCluster::new(remote, settings.ttl)));
-        let (state_tx, state_rx) = watch::channel(None);
+        let (dir, restored) = match persistence {
+            Some(p) => (Some(p.dir), p.restored),
+            None => (None, None),
+        };
+        let cluster = match restored {
+            Some(r) => {
+                let now = Instant::now();
+                let healthy = now.checked_sub(r.age).unwrap_or(now);
+                RemoteCluster::restored(remote, settings.ttl, r.state, healthy)
+            }
+            None => RemoteCluster::new(remote, settings.ttl),
+        };
+        let (state_tx, state_rx) = watch::channel(cluster.state());
+        let cluster = Arc::new(Mutex::new(cluster));
+        let closed = Arc::new(Mutex::new(false));
         let session = Arc::new(Session {
             tls,
             config,
@@ -96,16 +141,21 @@ impl MeshClient {
             endpoint: endpoint.clone(),
             remote: cluster.clone(),
             state_tx,
+            closed: closed.clone(),
         });
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(session.clone().run()),
-            tokio::spawn(session.expire_loop()),
+            tokio::spawn(session.clone().expire_loop()),
         ];
+        if let Some(dir) = dir {
+            tasks.push(tokio::spawn(session.persist_loop(dir)));
+        }
         Ok(Self {
             remote: cluster,
             state_rx,
             tasks,
             endpoint,
+            closed,
         })
     }
 
@@ -128,6 +178,8 @@ impl Drop for MeshClient {
         }
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"disconnected");
+        // Waits for a write in flight (milliseconds) so none lands after the drop.
+        *self.closed.lock() = true;
     }
 }
 
@@ -169,6 +221,74 @@ impl Session {
                 tracing::warn!(remote = %self.remote_name, ttl = ?self.settings.ttl,
                     "remote cluster unreachable for longer than the TTL; its state is withdrawn");
                 self.state_tx.send_replace(None);
+            }
+        }
+    }
+
+    /// Keeps the served state on disk: rewritten (coalesced to one write per tick) when it
+    /// changes, removed when withdrawn, and its healthy time refreshed every quarter TTL while
+    /// the channel is healthy, and once more when it goes down.
+    async fn persist_loop(self: Arc<Self>, dir: StateDir) {
+        let refresh = (self.settings.ttl / 4).max(PERSIST_TICK);
+        let mut written = self.state_tx.borrow().clone();
+        // A restored state's file already carries its healthy time.
+        let mut marked = self.remote.lock().healthy_at(Instant::now());
+        let mut last_error: Option<String> = None;
+        let mut tick = tokio::time::interval(PERSIST_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let served = self.state_tx.borrow().clone();
+            let now = Instant::now();
+            let healthy = self.remote.lock().healthy_at(now);
+            let wall = SystemTime::now();
+            let healthy_wall = wall
+                .checked_sub(now.saturating_duration_since(healthy))
+                .unwrap_or(wall);
+            let changed = match (&served, &written) {
+                (Some(s), Some(w)) => !Arc::ptr_eq(s, w),
+                (None, None) => false,
+                _ => true,
+            };
+            // Down: the healthy time froze when it went down, after the last refresh.
+            let frozen = healthy != now && healthy != marked;
+            let due = frozen || healthy.saturating_duration_since(marked) >= refresh;
+            let job = match (&served, changed) {
+                (None, true) => Job::Remove,
+                (Some(s), true) => Job::Save(s.clone()),
+                (Some(_), false) if due => Job::Touch,
+                _ => continue,
+            };
+            let (dir2, name, closed) = (dir.clone(), self.remote_name.clone(), self.closed.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let closed = closed.lock();
+                if *closed {
+                    return Ok(());
+                }
+                match job {
+                    Job::Remove => dir2.remove(&name),
+                    Job::Save(s) => dir2.save(&s, healthy_wall),
+                    Job::Touch => dir2.touch(&name, healthy_wall),
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {
+                    written = served;
+                    marked = healthy;
+                    last_error = None;
+                }
+                Ok(Err(e)) => {
+                    let msg = crate::errors::chain(&e);
+                    if last_error.as_ref() != Some(&msg) {
+                        tracing::warn!(remote = %self.remote_name, error = %msg,
+                            "cannot persist the remote's state; a restarted agent would start without it");
+                        last_error = Some(msg);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(remote = %self.remote_name, error = %e, "persist task failed")
+                }
             }
         }
     }
@@ -262,6 +382,13 @@ impl Session {
             });
         }
     }
+}
+
+/// One write of the persist loop.
+enum Job {
+    Save(Arc<MeshState>),
+    Touch,
+    Remove,
 }
 
 /// A QUIC connection error as an operator should read it.

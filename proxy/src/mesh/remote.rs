@@ -63,6 +63,8 @@ pub struct RemoteStatus {
     pub last_error: Option<String>,
     /// Whether the state was withdrawn after the TTL.
     pub withdrawn: bool,
+    /// The served state was restored from disk at start; no sync has completed since.
+    pub restored: bool,
     /// Sync frame bytes received since start.
     pub bytes_received: u64,
     /// UDP payload bytes received since start (QUIC and TLS overhead included).
@@ -88,6 +90,7 @@ pub struct RemoteCluster {
     /// Since when the remote has been unreachable or unsynced; cleared by a completed sync.
     down_since: Option<Instant>,
     withdrawn: bool,
+    restored: bool,
     bytes_received: u64,
     udp_bytes_received: u64,
 }
@@ -107,9 +110,23 @@ impl RemoteCluster {
             last_error: None,
             down_since: None,
             withdrawn: false,
+            restored: false,
             bytes_received: 0,
             udp_bytes_received: 0,
         }
+    }
+
+    /// A remote cluster `name` whose `state` a previous run served, last known healthy at
+    /// `healthy_at`: served at once, and withdrawn after the TTL counted from `healthy_at` unless
+    /// a sync completes first (a restart does not restart the clock).
+    pub fn restored(name: &str, ttl: Duration, state: MeshState, healthy_at: Instant) -> Self {
+        let mut r = Self::new(name, ttl);
+        r.state = Some(Arc::new(state.clone()));
+        // Held too: a server still in the same epoch resumes with deltas, not a snapshot.
+        r.held = Some(state);
+        r.down_since = Some(healthy_at);
+        r.restored = true;
+        r
     }
 
     /// Counts received traffic: `frame` bytes of sync frames, `udp` bytes of datagrams.
@@ -173,6 +190,7 @@ impl RemoteCluster {
     fn synced(&mut self, wall: SystemTime) {
         self.ready = true;
         self.withdrawn = false;
+        self.restored = false;
         self.down_since = None;
         self.last_sync = Some(wall);
     }
@@ -184,6 +202,15 @@ impl RemoteCluster {
         self.failures += 1;
         self.last_error = Some(reason);
         self.down_since.get_or_insert(now);
+    }
+
+    /// The last instant the channel was known healthy, asked at `now`: `now` while it is up and
+    /// synced, else when it went down (or when a restored state was last healthy).
+    pub fn healthy_at(&self, now: Instant) -> Instant {
+        match self.down_since {
+            Some(since) if !self.ready => since,
+            _ => now,
+        }
     }
 
     /// When the served state is withdrawn unless a sync completes first.
@@ -225,6 +252,7 @@ impl RemoteCluster {
             failures: self.failures,
             last_error: self.last_error.clone(),
             withdrawn: self.withdrawn,
+            restored: self.restored,
             bytes_received: self.bytes_received,
             udp_bytes_received: self.udp_bytes_received,
         }
@@ -313,6 +341,47 @@ mod tests {
         assert_eq!(r.state().unwrap().ipcache.len(), 5);
         assert!(!r.expire(t0 + TTL * 10));
         assert!(r.status().ready);
+    }
+
+    #[test]
+    fn a_restored_state_is_served_at_once_and_its_ttl_runs_from_the_last_healthy_instant() {
+        let healthy = Instant::now();
+        // The agent restarted 4 s after the channel was last known healthy.
+        let start = healthy + Duration::from_secs(4);
+        let mut r = RemoteCluster::restored("c2", TTL, state(3, 9, 2), healthy);
+        let st = r.status();
+        assert!(
+            st.serving && st.restored && !st.ready && !st.connected,
+            "{st:?}"
+        );
+        assert_eq!((st.endpoints, st.revision), (0, Some((3, 9))));
+        assert_eq!(r.state().unwrap().ipcache.len(), 2);
+        assert_eq!(r.have(), Some((3, 9)), "resumes from the revision it holds");
+        assert_eq!(r.healthy_at(start), healthy, "the clock did not restart");
+        // Connecting does not stop the clock, nor does a failed dial restart it.
+        r.connected();
+        r.failed("no answer".into(), start + Duration::from_secs(1));
+        assert_eq!(r.expires_at(), Some(healthy + TTL));
+        assert!(!r.expire(healthy + TTL), "never before");
+        assert!(r.state().is_some());
+        assert!(
+            r.expire(healthy + TTL + Duration::from_millis(1)),
+            "always after"
+        );
+        assert!(r.state().is_none() && r.status().withdrawn);
+
+        // A sync in time replaces the restored state whole and stops the clock.
+        let mut r = RemoteCluster::restored("c2", TTL, state(3, 9, 2), healthy);
+        r.connected();
+        r.snapshot(state(4, 1, 5), SystemTime::UNIX_EPOCH);
+        let st = r.status();
+        assert!(st.ready && !st.restored && st.serving);
+        assert_eq!(r.state().unwrap().ipcache.len(), 5);
+        assert!(!r.expire(healthy + TTL * 10));
+        let later = healthy + TTL * 10;
+        assert_eq!(r.healthy_at(later), later, "healthy while synced");
+        r.failed("reset".into(), later);
+        assert_eq!(r.healthy_at(later + TTL), later, "frozen at the failure");
     }
 
     #[test]

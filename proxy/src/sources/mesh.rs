@@ -4,8 +4,11 @@
 //! `Delete(ObjectKey::Remote(..))`.
 //!
 //! Peers added or changed in the file start a client; peers removed stop theirs and their state
-//! leaves the model at once. A restarted agent starts with no remote state and serves none until
-//! a sync completes: nothing stale survives a restart.
+//! leaves the model at once. With a state directory, each peer's served state is kept on disk
+//! (`mesh::persist`): a restarted agent serves a peer's last state, if it was healthy less than
+//! the TTL ago, until the new sync completes, so its kernel maps never lose the peer's backends
+//! to the restart; the TTL runs from the last healthy instant, not from the restart. Without
+//! one, a restarted agent serves nothing until a sync completes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +23,9 @@ use tracing::{info, warn};
 
 use super::file::MeshView;
 use super::lab::MeshPeer;
-use crate::mesh::{ClusterId, MeshClient, MeshState, MeshTls, MeshTrust, RemoteConfig};
+use crate::mesh::{
+    ClusterId, MeshClient, MeshState, MeshTls, MeshTrust, Persistence, RemoteConfig, StateDir,
+};
 use crate::mesh::{RemoteCluster as RemoteChannel, RemoteStatus};
 use crate::model::remote::RemoteCluster;
 use crate::model::{ClusterInfo, Object, ObjectKey, Store, Update};
@@ -97,9 +102,22 @@ struct Peer {
 }
 
 /// The running syncs of one agent, by remote cluster name.
-#[derive(Default)]
 pub struct MeshSource {
     peers: Mutex<BTreeMap<String, Peer>>,
+    /// Where each peer's served state is kept across restarts (none: not kept).
+    state_dir: Option<StateDir>,
+    /// True once the first mesh settings were applied (persisted states restored into the store).
+    settled: watch::Sender<bool>,
+}
+
+impl Default for MeshSource {
+    fn default() -> Self {
+        Self {
+            peers: Mutex::default(),
+            state_dir: None,
+            settled: watch::Sender::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for MeshSource {
@@ -116,6 +134,19 @@ impl MeshSource {
     /// A source with no peers.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps each peer's served state in `dir` and restores it at start.
+    pub fn with_state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.state_dir = dir.map(StateDir::new);
+        self
+    }
+
+    /// Resolves once the first mesh settings are applied: from then on the store holds every
+    /// persisted state young enough to serve, so a first compile after it loses no remote.
+    pub async fn settled(&self) {
+        let mut rx = self.settled.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Status of every configured remote cluster, by name.
@@ -153,6 +184,7 @@ impl MeshSource {
             let view = views.borrow_and_update().clone();
             if let Some(view) = view {
                 self.reconcile(&view, &store, &identity, &settings).await;
+                self.settled.send_replace(true);
             }
             if views.changed().await.is_err() {
                 return;
@@ -192,17 +224,70 @@ impl MeshSource {
                 let _ = f.await;
             }
             drop(p.client.take());
+            // Changed (endpoint, ID, CA) or gone: the sync restarts from nothing, so does the
+            // file (only a restart of the agent serves a persisted state).
+            if let Some(dir) = &self.state_dir
+                && let Err(e) = dir.remove(&p.spec.name)
+            {
+                warn!(remote = %p.spec.name, error = %crate::errors::chain(&e),
+                    "cannot delete the persisted state of a mesh peer");
+            }
             store.apply(Update::Delete(ObjectKey::Remote(p.spec.name.clone())));
             info!(remote = %p.spec.name, "mesh peer removed; its state is withdrawn");
+        }
+        // Files of peers removed (here, or while the agent was down) go: a later connect must
+        // not bring their old state back.
+        if let Some(dir) = &self.state_dir {
+            match dir.retain(|name| wanted.contains_key(name)) {
+                Ok(removed) if !removed.is_empty() => {
+                    info!(?removed, "persisted state of removed mesh peers deleted");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %crate::errors::chain(&e),
+                    "cannot delete the persisted state of removed mesh peers"),
+            }
         }
         let mut peers = self.peers.lock();
         for (name, spec) in wanted {
             if peers.contains_key(&name) {
                 continue;
             }
-            let peer = start(&view.cluster, &spec, store, identity, settings);
+            let persistence = self
+                .state_dir
+                .as_ref()
+                .map(|dir| restore(dir, &spec, settings));
+            let peer = start(&view.cluster, &spec, store, identity, settings, persistence);
             peers.insert(name, peer);
         }
+    }
+}
+
+/// The state a previous run persisted for `spec`, if it is young enough to serve; a file that
+/// is not is deleted, with a warning naming it and why.
+fn restore(dir: &StateDir, spec: &MeshPeer, settings: &RemoteConfig) -> Persistence {
+    let cluster = ClusterId {
+        name: spec.name.clone(),
+        id: spec.id,
+    };
+    let restored = match dir.load(&cluster, settings.ttl, std::time::SystemTime::now()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(remote = %spec.name, error = %crate::errors::chain(&e),
+                "ignoring the persisted state of a mesh peer");
+            if let Err(e) = dir.remove(&spec.name) {
+                warn!(remote = %spec.name, error = %crate::errors::chain(&e),
+                    "cannot delete the persisted state of a mesh peer");
+            }
+            None
+        }
+    };
+    if let Some(r) = &restored {
+        info!(remote = %spec.name, age = ?r.age, revision = r.state.revision,
+            "serving the persisted state of a mesh peer until its sync completes");
+    }
+    Persistence {
+        dir: dir.clone(),
+        restored,
     }
 }
 
@@ -213,6 +298,7 @@ fn start(
     store: &Arc<Store>,
     identity: &MeshIdentity,
     settings: &RemoteConfig,
+    persistence: Option<Persistence>,
 ) -> Peer {
     let failed = |error: String| {
         warn!(remote = %spec.name, %error, "cannot sync mesh peer");
@@ -235,13 +321,24 @@ fn start(
         Ok(t) => Arc::new(t),
         Err(e) => return failed(crate::errors::chain(&e)),
     };
-    let client = match MeshClient::spawn(tls, local_id, &spec.name, spec.endpoint, settings.clone())
-    {
+    let client = match MeshClient::spawn_persisted(
+        tls,
+        local_id,
+        &spec.name,
+        spec.endpoint,
+        settings.clone(),
+        persistence,
+    ) {
         Ok(c) => c,
         Err(e) => return failed(crate::errors::chain(&e)),
     };
     info!(remote = %spec.name, endpoint = %spec.endpoint, "syncing mesh peer");
-    let forward = tokio::spawn(forward(client.state(), spec.name.clone(), store.clone()));
+    // A restored state enters the store now, before the source reports itself settled.
+    let mut rx = client.state();
+    if let Some(state) = rx.borrow_and_update().clone() {
+        store.apply(Update::Upsert(Object::Remote(remote_cluster(&state))));
+    }
+    let forward = tokio::spawn(forward(rx, spec.name.clone(), store.clone()));
     Peer {
         spec: spec.clone(),
         client: Some(client),
@@ -250,17 +347,14 @@ fn start(
     }
 }
 
-/// Hands every served state of one remote to the store; `None` (withdrawn) deletes it.
+/// Hands every new served state of one remote to the store; `None` (withdrawn) deletes it.
 async fn forward(mut rx: watch::Receiver<Option<Arc<MeshState>>>, name: String, store: Arc<Store>) {
-    loop {
+    while rx.changed().await.is_ok() {
         let served = rx.borrow_and_update().clone();
         match served {
             Some(state) => store.apply(Update::Upsert(Object::Remote(remote_cluster(&state)))),
             None => store.apply(Update::Delete(ObjectKey::Remote(name.clone()))),
         };
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 
@@ -361,5 +455,64 @@ mod tests {
             "{:?}",
             st[0].status.last_error
         );
+    }
+
+    #[tokio::test]
+    async fn a_persisted_state_is_served_at_start_and_a_stale_one_is_dropped() {
+        let c1 = ClusterCa::create("c1").unwrap();
+        let c2 = ClusterCa::create("c2").unwrap();
+        let id = MeshIdentity::issue(&c1, "c1", Duration::from_secs(600)).unwrap();
+        let dir = std::env::temp_dir().join(format!("strait-mesh-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = MeshState::empty(ClusterId::new("c2", 2).unwrap());
+        s.ipcache.insert(
+            [10, 2, 0, 1].into(),
+            IpEntry {
+                identity: 0x2_0100,
+                node: "n".into(),
+                namespace: "demo".into(),
+                pod: "p".into(),
+            },
+        );
+        let files = StateDir::new(&dir);
+        let settings = RemoteConfig::default();
+        // Healthy 5 s before the restart: served at once, before any sync.
+        files
+            .save(&s, std::time::SystemTime::now() - Duration::from_secs(5))
+            .unwrap();
+        let store = Arc::new(Store::new());
+        let src = MeshSource::new().with_state_dir(Some(dir.clone()));
+        src.reconcile(&view(vec![peer(&c2.cert_pem)]), &store, &id, &settings)
+            .await;
+        let model = store.current().unwrap().model;
+        assert_eq!(model.remotes["c2"].ipcache.len(), 1);
+        let st = &src.statuses()[0].status;
+        assert!(st.serving && st.restored && !st.ready, "{st:?}");
+        // A peer that changes (here its CA) restarts from nothing: no file brings it back.
+        let other = ClusterCa::create("c2").unwrap();
+        src.reconcile(&view(vec![peer(&other.cert_pem)]), &store, &id, &settings)
+            .await;
+        assert!(store.current().unwrap().model.remotes.is_empty());
+        assert!(!src.statuses()[0].status.serving);
+        files
+            .save(&s, std::time::SystemTime::now() - Duration::from_secs(5))
+            .unwrap();
+        // Removing the peer withdraws the state and deletes its file.
+        src.reconcile(&view(vec![]), &store, &id, &settings).await;
+        assert!(store.current().unwrap().model.remotes.is_empty());
+        assert!(!dir.join("c2.json").exists());
+
+        // Healthy longer than the TTL ago: ignored, deleted, nothing served.
+        files
+            .save(&s, std::time::SystemTime::now() - settings.ttl)
+            .unwrap();
+        let store = Arc::new(Store::new());
+        let src = MeshSource::new().with_state_dir(Some(dir.clone()));
+        src.reconcile(&view(vec![peer(&c2.cert_pem)]), &store, &id, &settings)
+            .await;
+        assert!(store.current().is_none());
+        assert!(!src.statuses()[0].status.serving);
+        assert!(!dir.join("c2.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
