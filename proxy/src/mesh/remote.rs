@@ -63,6 +63,8 @@ pub struct RemoteStatus {
     pub last_error: Option<String>,
     /// Whether the state was withdrawn after the TTL.
     pub withdrawn: bool,
+    /// Times the state was withdrawn after the TTL since start.
+    pub withdrawals: u64,
     /// Sync frame bytes received since start.
     pub bytes_received: u64,
     /// UDP payload bytes received since start (QUIC and TLS overhead included).
@@ -88,6 +90,7 @@ pub struct RemoteCluster {
     /// Since when the remote has been unreachable or unsynced; cleared by a completed sync.
     down_since: Option<Instant>,
     withdrawn: bool,
+    withdrawals: u64,
     bytes_received: u64,
     udp_bytes_received: u64,
 }
@@ -107,6 +110,7 @@ impl RemoteCluster {
             last_error: None,
             down_since: None,
             withdrawn: false,
+            withdrawals: 0,
             bytes_received: 0,
             udp_bytes_received: 0,
         }
@@ -202,6 +206,7 @@ impl RemoteCluster {
                 self.state = None;
                 self.held = None;
                 self.withdrawn = true;
+                self.withdrawals += 1;
                 true
             }
             _ => false,
@@ -225,6 +230,7 @@ impl RemoteCluster {
             failures: self.failures,
             last_error: self.last_error.clone(),
             withdrawn: self.withdrawn,
+            withdrawals: self.withdrawals,
             bytes_received: self.bytes_received,
             udp_bytes_received: self.udp_bytes_received,
         }
@@ -283,6 +289,9 @@ mod tests {
             (st.failures, st.last_error.as_deref()),
             (2, Some("timed out"))
         );
+        // Withdrawn once: nothing is left to withdraw later.
+        assert!(!r.expire(down + TTL * 2));
+        assert_eq!(r.status().withdrawals, 1);
     }
 
     #[test]
