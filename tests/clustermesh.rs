@@ -87,6 +87,28 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The agent's Prometheus exposition, through its admin socket.
+fn scrape(lab: &TestLab, cluster: &str, node: &str) -> String {
+    let sock = format!(
+        "/run/strait/labs/{}/nodes/{cluster}-{node}/admin.sock",
+        lab.name
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", &sock, "http://agent/metrics"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of the sample `series` (name and labels as exposed).
+fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
+}
+
 fn fails_with(lab: &TestLab, args: &[&str], message: &str) {
     let out = lab.strait(args);
     assert!(
@@ -252,6 +274,41 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         }
     }
 
+    // Every agent of c1 exports c2 as ready, with c2's 3 pods.
+    for node in ["node-1", "node-2"] {
+        let m = scrape(&lab, "c1", node);
+        for line in [
+            r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_connected{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 3"#,
+            r#"strait_clustermesh_remote_nodes{remote_cluster="c2"} 2"#,
+            r#"strait_clustermesh_remote_services{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_withdrawals_total{remote_cluster="c2"} 0"#,
+        ] {
+            assert!(
+                m.lines().any(|l| l == line),
+                "{node}: missing {line:?} in\n{m}"
+            );
+        }
+        let bytes = metric(
+            &m,
+            r#"strait_clustermesh_remote_received_bytes_total{remote_cluster="c2"}"#,
+        );
+        assert!(bytes > 0.0, "{node}: {m}");
+        let synced = metric(
+            &m,
+            r#"strait_clustermesh_remote_last_sync_timestamp_seconds{remote_cluster="c2"}"#,
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (now - 120.0..=now + 1.0).contains(&synced),
+            "{synced} vs {now}"
+        );
+    }
+
     // c1's agents are told another CA for c2: c2's endpoint certificate is refused, the
     // state goes at once (the sync restarted with the new trust), and status says why.
     let c1_file = format!("/run/strait/labs/{}/clusters/c1.json", lab.name);
@@ -280,6 +337,18 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
     );
     let out = lab.strait(&["status", "--cluster", "c1"]);
     assert!(!out.status.success(), "unhealthy mesh: {}", text(&out));
+    let m = scrape(&lab, "c1", "node-1");
+    assert!(
+        m.lines()
+            .any(|l| l == r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 0"#),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"strait_clustermesh_remote_sync_failures_total{remote_cluster="c2"}"#
+        ) >= 1.0
+    );
 
     // Disconnect: the remote state leaves every agent of both clusters.
     let out = lab.strait(&[
@@ -315,6 +384,21 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         assert!(ok, "{st:#}");
         assert_eq!(st["remotes"], serde_json::json!([]), "{st:#}");
     }
+    // The series of a disconnected cluster stay, at 0 (counters keep their counts).
+    let m = scrape(&lab, "c1", "node-1");
+    for line in [
+        r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 0"#,
+        r#"strait_clustermesh_remote_connected{remote_cluster="c2"} 0"#,
+        r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 0"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+    assert!(
+        metric(
+            &m,
+            r#"strait_clustermesh_remote_sync_failures_total{remote_cluster="c2"}"#
+        ) >= 1.0
+    );
     fails_with(
         &lab,
         &[
