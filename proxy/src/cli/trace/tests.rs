@@ -1,5 +1,6 @@
 //! Traces across two clusters built in memory: a policy of c2 allowing only c1's frontends, the
-//! default local cluster of selectors without a cluster label, clusters not connected.
+//! default local cluster of selectors without a cluster label, the `cluster` entity, clusters not
+//! connected.
 #![allow(clippy::unwrap_used)]
 
 use std::net::Ipv4Addr;
@@ -231,4 +232,36 @@ fn clusters_not_connected_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no cluster \"c3\" in the lab"), "{e}");
+}
+
+#[test]
+fn the_cluster_entity_is_the_judging_cluster() {
+    let mut clusters = mesh(true);
+    clusters[1].state.policies = policies(
+        "
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-cluster, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEntities: [cluster]
+",
+    );
+    let own = trace(
+        &clusters,
+        &query("c2/shop/frontend-1", "c2/shop/backend-1", &[]),
+    )
+    .unwrap();
+    assert!(own.verdict.allowed(), "{:?}", own.verdict);
+    let other = trace(
+        &clusters,
+        &query("c1/shop/frontend-1", "c2/shop/backend-1", &[]),
+    )
+    .unwrap();
+    assert!(
+        matches!(other.verdict.ingress, DirOutcome::DefaultDenied { .. }),
+        "{:?}",
+        other.verdict.ingress
+    );
 }
