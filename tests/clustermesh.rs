@@ -3,9 +3,10 @@
 //! `status --wait`, remote state in the agents' models, a peer CA that does not match refused
 //! with the reason in `status`, and disconnect withdrawing the remote state.
 //!
-//! Duplicate IDs, duplicate names and overlapping pod CIDRs cannot exist in one lab (its
-//! topology check refuses them); the same connect check on lab clusters is tested in
-//! `lab::mesh`'s unit tests.
+//! A lab whose clusters share an ID or overlap in pod CIDRs comes up with them as islands, and
+//! `clustermesh connect` refuses to join them, naming both, changing nothing. Two clusters of
+//! one name cannot exist in one lab (names key its namespaces and files; the topology refuses
+//! them); that check on the mesh side is unit-tested in `mesh::cluster` and `lab::mesh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -84,6 +85,28 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The agent's Prometheus exposition, through its admin socket.
+fn scrape(lab: &TestLab, cluster: &str, node: &str) -> String {
+    let sock = format!(
+        "/run/strait/labs/{}/nodes/{cluster}-{node}/admin.sock",
+        lab.name
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", &sock, "http://agent/metrics"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of the sample `series` (name and labels as exposed).
+fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
 }
 
 fn fails_with(lab: &TestLab, args: &[&str], message: &str) {
@@ -251,6 +274,41 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         }
     }
 
+    // Every agent of c1 exports c2 as ready, with c2's 3 pods.
+    for node in ["node-1", "node-2"] {
+        let m = scrape(&lab, "c1", node);
+        for line in [
+            r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_connected{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 3"#,
+            r#"strait_clustermesh_remote_nodes{remote_cluster="c2"} 2"#,
+            r#"strait_clustermesh_remote_services{remote_cluster="c2"} 1"#,
+            r#"strait_clustermesh_remote_withdrawals_total{remote_cluster="c2"} 0"#,
+        ] {
+            assert!(
+                m.lines().any(|l| l == line),
+                "{node}: missing {line:?} in\n{m}"
+            );
+        }
+        let bytes = metric(
+            &m,
+            r#"strait_clustermesh_remote_received_bytes_total{remote_cluster="c2"}"#,
+        );
+        assert!(bytes > 0.0, "{node}: {m}");
+        let synced = metric(
+            &m,
+            r#"strait_clustermesh_remote_last_sync_timestamp_seconds{remote_cluster="c2"}"#,
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (now - 120.0..=now + 1.0).contains(&synced),
+            "{synced} vs {now}"
+        );
+    }
+
     // c1's agents are told another CA for c2: c2's endpoint certificate is refused, the
     // state goes at once (the sync restarted with the new trust), and status says why.
     let c1_file = format!("/run/strait/labs/{}/clusters/c1.json", lab.name);
@@ -279,6 +337,18 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
     );
     let out = lab.strait(&["status", "--cluster", "c1"]);
     assert!(!out.status.success(), "unhealthy mesh: {}", text(&out));
+    let m = scrape(&lab, "c1", "node-1");
+    assert!(
+        m.lines()
+            .any(|l| l == r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 0"#),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"strait_clustermesh_remote_sync_failures_total{remote_cluster="c2"}"#
+        ) >= 1.0
+    );
 
     // Disconnect: the remote state leaves every agent of both clusters.
     let out = lab.strait(&[
@@ -314,6 +384,21 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         assert!(ok, "{st:#}");
         assert_eq!(st["remotes"], serde_json::json!([]), "{st:#}");
     }
+    // The series of a disconnected cluster stay, at 0 (counters keep their counts).
+    let m = scrape(&lab, "c1", "node-1");
+    for line in [
+        r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 0"#,
+        r#"strait_clustermesh_remote_connected{remote_cluster="c2"} 0"#,
+        r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 0"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+    assert!(
+        metric(
+            &m,
+            r#"strait_clustermesh_remote_sync_failures_total{remote_cluster="c2"}"#
+        ) >= 1.0
+    );
     fails_with(
         &lab,
         &[
@@ -326,4 +411,121 @@ fn clusters_connect_sync_and_disconnect_through_the_cli() {
         ],
         "clusters c1 and c2 are not connected",
     );
+}
+
+/// c2 shares c1's cluster ID, c3's pod CIDR overlaps c1's: each could run alone, none can join c1.
+const ISLANDS: &str = "
+underlay: 198.18.0.0/24
+clusters:
+  - {name: c1, id: 1, podCIDR: 198.18.16.0/20, serviceCIDR: 198.19.1.0/24, nodes: 1}
+  - {name: c2, id: 1, podCIDR: 198.18.32.0/20, serviceCIDR: 198.19.2.0/24, nodes: 1}
+  - {name: c3, id: 3, podCIDR: 198.18.16.0/21, serviceCIDR: 198.19.3.0/24, nodes: 1}
+";
+
+const POD: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, namespace: demo, labels: {app: echo}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo, labels: {app: client}}
+spec:
+  nodeName: node-1
+  containers: [{name: echo}]
+";
+
+/// What a refused connect must leave as it was: every cluster's state file and mesh status.
+fn mesh_snapshot(lab: &TestLab) -> Vec<(String, Value)> {
+    ["c1", "c2", "c3"]
+        .iter()
+        .map(|c| {
+            let file = format!("/run/strait/labs/{}/clusters/{c}.json", lab.name);
+            let (_, st) = mesh_status(lab, c, false);
+            (std::fs::read_to_string(&file).unwrap(), st)
+        })
+        .collect()
+}
+
+#[test]
+fn clusters_sharing_an_id_or_pod_addresses_run_as_islands_and_are_never_connected() {
+    let lab = TestLab::up("clustermesh_islands", ISLANDS);
+    for c in ["c1", "c2", "c3"] {
+        lab.apply_ok(c, POD);
+    }
+    // Each island works on its own: c1 and c3 even hand out the same pod addresses.
+    let ip1 = lab.pod_ip("c1", "demo", "echo");
+    assert_eq!(
+        ip1,
+        lab.pod_ip("c3", "demo", "echo"),
+        "same node CIDR, same first address"
+    );
+    for c in ["c1", "c3"] {
+        let out = lab.curl(&format!("{c}/demo/client"), &format!("http://{ip1}:8080/"));
+        assert_eq!(support::curl_result(&out).1, "200", "{c}: {}", text(&out));
+    }
+
+    let connect = |a: &str, b: &str| {
+        [
+            "clustermesh",
+            "connect",
+            "--cluster",
+            a,
+            "--destination-cluster",
+            b,
+        ]
+        .map(String::from)
+    };
+    let refused = |args: &[String], message: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&lab, &args, message);
+    };
+    // Before any enable: to itself, to a cluster not in the lab, a bad name.
+    refused(&connect("c1", "c1"), "cannot connect cluster c1 to itself");
+    refused(
+        &connect("c1", "c9"),
+        &format!("cluster \"c9\" is not in lab {}", lab.name),
+    );
+    refused(
+        &connect("c1", "C1"),
+        "cluster name \"C1\": only lowercase letters",
+    );
+    refused(
+        &connect("c1", "c2"),
+        "cannot connect cluster c1 (ID 1) to cluster c2 (ID 1): both have cluster ID 1",
+    );
+
+    for c in ["c1", "c2", "c3"] {
+        lab.clustermesh_ok(&["enable", "--cluster", c]);
+    }
+    let before = mesh_snapshot(&lab);
+    refused(
+        &connect("c1", "c2"),
+        "cannot connect cluster c1 (ID 1) to cluster c2 (ID 1): both have cluster ID 1",
+    );
+    refused(
+        &connect("c3", "c1"),
+        "pod CIDR 198.18.16.0/21 of c3 (ID 3) overlaps pod CIDR 198.18.16.0/20 of c1 (ID 1)",
+    );
+    refused(&connect("c2", "c2"), "cannot connect cluster c2 to itself");
+    let after = mesh_snapshot(&lab);
+    for ((file_a, st_a), (file_b, st_b)) in before.iter().zip(&after) {
+        assert_eq!(file_a, file_b, "a refused connect rewrote a state file");
+        assert_eq!(st_a["remotes"], serde_json::json!([]), "{st_a:#}");
+        for key in ["ready", "remotes", "problems"] {
+            assert_eq!(
+                st_a[key], st_b[key],
+                "a refused connect changed {key}: {st_b:#}"
+            );
+        }
+    }
 }

@@ -328,6 +328,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     if let Some(dns) = dns {
         tokio::spawn(dns.serve(dns_rx));
     }
+    let scrape_mesh = mesh.clone();
     let status = {
         let proxy = proxy.clone();
         let cfg = cfg.clone();
@@ -387,8 +388,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let scrape = {
         let datapath = datapath.clone();
         let flows = flows.clone();
+        let mesh = scrape_mesh;
+        let store = store.clone();
+        let mesh_metrics = crate::metrics::MeshMetrics::default();
         move || {
             refresh_kernel_gauges(&datapath, &flows);
+            mesh_metrics.record(&mesh_samples(&mesh, &store));
             metrics.render()
         }
     };
@@ -493,6 +498,35 @@ fn start_tls(cfg: &AgentConfig) -> Result<(Arc<NodeTls>, NodeIssuer), AgentError
     }
     let tls = issuer.node_tls(&trust)?;
     Ok((tls, issuer))
+}
+
+/// Each configured remote cluster: its channel's status, with the counts of what the model holds
+/// of it (as `clustermesh status` counts them).
+fn mesh_samples(
+    mesh: &sources::mesh::MeshSource,
+    store: &Store,
+) -> Vec<crate::metrics::MeshSample> {
+    let snap = store.current();
+    mesh.statuses()
+        .into_iter()
+        .map(|p| {
+            let s = p.status;
+            let held = snap.as_ref().and_then(|m| m.model.remotes.get(&s.cluster));
+            crate::metrics::MeshSample {
+                connected: s.connected,
+                ready: s.ready,
+                nodes: held.map_or(0, |r| r.nodes.len()),
+                endpoints: held.map_or(0, |r| r.ipcache.len()),
+                identities: held.map_or(0, |r| r.identities.len()),
+                services: held.map_or(0, |r| r.services.len()),
+                failures: s.failures,
+                bytes_received: s.bytes_received,
+                withdrawals: s.withdrawals,
+                last_sync: s.last_sync,
+                cluster: s.cluster,
+            }
+        })
+        .collect()
 }
 
 /// Mirrors kernel state into gauges (and the kernel's drop counters into counters) before a

@@ -37,6 +37,16 @@ pub mod names {
     pub const PROGRAM_ATTACHED: &str = "strait_ebpf_program_attached";
     pub const FLOW_RING_FLOWS: &str = "strait_flow_ring_flows";
     pub const FLOWS_EVICTED: &str = "strait_flow_ring_evicted_total";
+    pub const MESH_READY: &str = "strait_clustermesh_remote_ready";
+    pub const MESH_CONNECTED: &str = "strait_clustermesh_remote_connected";
+    pub const MESH_NODES: &str = "strait_clustermesh_remote_nodes";
+    pub const MESH_ENDPOINTS: &str = "strait_clustermesh_remote_endpoints";
+    pub const MESH_IDENTITIES: &str = "strait_clustermesh_remote_identities";
+    pub const MESH_SERVICES: &str = "strait_clustermesh_remote_services";
+    pub const MESH_FAILURES: &str = "strait_clustermesh_remote_sync_failures_total";
+    pub const MESH_LAST_SYNC: &str = "strait_clustermesh_remote_last_sync_timestamp_seconds";
+    pub const MESH_BYTES: &str = "strait_clustermesh_remote_received_bytes_total";
+    pub const MESH_WITHDRAWALS: &str = "strait_clustermesh_remote_withdrawals_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -61,6 +71,16 @@ pub mod names {
         PROGRAM_ATTACHED,
         FLOW_RING_FLOWS,
         FLOWS_EVICTED,
+        MESH_READY,
+        MESH_CONNECTED,
+        MESH_NODES,
+        MESH_ENDPOINTS,
+        MESH_IDENTITIES,
+        MESH_SERVICES,
+        MESH_FAILURES,
+        MESH_LAST_SYNC,
+        MESH_BYTES,
+        MESH_WITHDRAWALS,
     ];
 }
 
@@ -176,6 +196,45 @@ pub fn describe() {
     );
     describe_gauge!(FLOW_RING_FLOWS, "Flows held in the agent's ring");
     describe_counter!(FLOWS_EVICTED, "Flows pushed out of the ring by newer ones");
+    describe_gauge!(
+        MESH_READY,
+        "Whether the remote cluster is connected and synced (1) or not (0)"
+    );
+    describe_gauge!(
+        MESH_CONNECTED,
+        "Whether the mesh channel to the remote cluster is up (1) or not (0)"
+    );
+    describe_gauge!(MESH_NODES, "Nodes of the remote cluster the agent holds");
+    describe_gauge!(
+        MESH_ENDPOINTS,
+        "Pods (ipcache entries) of the remote cluster the agent holds"
+    );
+    describe_gauge!(
+        MESH_IDENTITIES,
+        "Identities of the remote cluster the agent holds"
+    );
+    describe_gauge!(
+        MESH_SERVICES,
+        "Global services of the remote cluster the agent holds"
+    );
+    describe_counter!(
+        MESH_FAILURES,
+        "Failed connections and broken channels to the remote cluster's mesh endpoint"
+    );
+    describe_gauge!(
+        MESH_LAST_SYNC,
+        metrics::Unit::Seconds,
+        "When the remote cluster's state last completed a sync (Unix time)"
+    );
+    describe_counter!(
+        MESH_BYTES,
+        metrics::Unit::Bytes,
+        "Sync frame bytes received from the remote cluster"
+    );
+    describe_counter!(
+        MESH_WITHDRAWALS,
+        "Times the remote cluster's state was withdrawn after the TTL of unreachability"
+    );
 }
 
 /// Status class label: `2xx`, `4xx`, …
@@ -303,6 +362,86 @@ impl Drop for OpenConnection {
     }
 }
 
+/// One remote cluster of the mesh at a scrape: the channel's status and what the model holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshSample {
+    pub cluster: String,
+    pub connected: bool,
+    pub ready: bool,
+    pub nodes: usize,
+    pub endpoints: usize,
+    pub identities: usize,
+    pub services: usize,
+    /// Counters of the channel since it started (a restarted channel starts at 0 again).
+    pub failures: u64,
+    pub bytes_received: u64,
+    pub withdrawals: u64,
+    pub last_sync: Option<std::time::SystemTime>,
+}
+
+/// Mirrors the mesh's remote clusters into the `strait_clustermesh_remote_*` series on each
+/// scrape. A remote no longer configured (disconnected) keeps its series at 0 and its counters
+/// where they were: the series says the cluster is gone rather than vanishing.
+#[derive(Debug, Default)]
+pub struct MeshMetrics {
+    /// Counter values last seen per remote (failures, bytes, withdrawals), so counters only
+    /// ever grow while the channel's own counts restart with it.
+    last: parking_lot::Mutex<std::collections::BTreeMap<String, [u64; 3]>>,
+}
+
+impl MeshMetrics {
+    /// Records the remotes configured now.
+    pub fn record(&self, remotes: &[MeshSample]) {
+        use names::*;
+        let mut last = self.last.lock();
+        let gone: Vec<String> = last
+            .keys()
+            .filter(|k| !remotes.iter().any(|r| &r.cluster == *k))
+            .cloned()
+            .collect();
+        for c in gone {
+            last.remove(&c);
+            for g in [
+                MESH_READY,
+                MESH_CONNECTED,
+                MESH_NODES,
+                MESH_ENDPOINTS,
+                MESH_IDENTITIES,
+                MESH_SERVICES,
+            ] {
+                gauge!(g, "remote_cluster" => c.clone()).set(0.0);
+            }
+        }
+        for r in remotes {
+            let l = || [("remote_cluster", r.cluster.clone())];
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            gauge!(MESH_READY, &l()).set(flag(r.ready));
+            gauge!(MESH_CONNECTED, &l()).set(flag(r.connected));
+            gauge!(MESH_NODES, &l()).set(r.nodes as f64);
+            gauge!(MESH_ENDPOINTS, &l()).set(r.endpoints as f64);
+            gauge!(MESH_IDENTITIES, &l()).set(r.identities as f64);
+            gauge!(MESH_SERVICES, &l()).set(r.services as f64);
+            if let Some(t) = r
+                .last_sync
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            {
+                gauge!(MESH_LAST_SYNC, &l()).set(t.as_secs_f64());
+            }
+            let now = [r.failures, r.bytes_received, r.withdrawals];
+            let before = last.insert(r.cluster.clone(), now).unwrap_or_default();
+            for ((name, n), b) in [MESH_FAILURES, MESH_BYTES, MESH_WITHDRAWALS]
+                .into_iter()
+                .zip(now)
+                .zip(before)
+            {
+                // A channel restarted from 0 adds what it counted since.
+                let add = if n >= b { n - b } else { n };
+                counter!(name, &l()).increment(add);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +512,104 @@ mod tests {
             "pod names are off by default"
         );
         assert!(text.contains("# TYPE strait_http_request_duration_seconds histogram"));
+    }
+}
+
+#[cfg(test)]
+mod mesh_tests {
+    use super::*;
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+
+    #[test]
+    fn remote_clusters_are_mirrored_and_a_disconnected_one_reads_zero() {
+        let rec = recorder().unwrap();
+        let handle = rec.handle();
+        let m = MeshMetrics::default();
+        let c2 = MeshSample {
+            cluster: "c2".into(),
+            connected: true,
+            ready: true,
+            nodes: 2,
+            endpoints: 3,
+            identities: 2,
+            services: 1,
+            failures: 1,
+            bytes_received: 900,
+            withdrawals: 0,
+            last_sync: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+        };
+        metrics::with_local_recorder(&rec, || {
+            describe();
+            m.record(std::slice::from_ref(&c2));
+            m.record(&[MeshSample {
+                bytes_received: 1000,
+                ..c2.clone()
+            }]);
+        });
+        let text = handle.render();
+        has(
+            &text,
+            r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 1"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 3"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_received_bytes_total{remote_cluster="c2"} 1000"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_sync_failures_total{remote_cluster="c2"} 1"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_last_sync_timestamp_seconds{remote_cluster="c2"} 1700000000"#,
+        );
+        // Disconnected: gauges read 0, counters stay; reconnected with a fresh channel, the
+        // counters grow by what the new channel counted.
+        metrics::with_local_recorder(&rec, || {
+            m.record(&[]);
+        });
+        let text = handle.render();
+        has(
+            &text,
+            r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 0"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_endpoints{remote_cluster="c2"} 0"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_received_bytes_total{remote_cluster="c2"} 1000"#,
+        );
+        metrics::with_local_recorder(&rec, || {
+            m.record(&[MeshSample {
+                bytes_received: 50,
+                withdrawals: 1,
+                ..c2.clone()
+            }]);
+        });
+        let text = handle.render();
+        has(
+            &text,
+            r#"strait_clustermesh_remote_received_bytes_total{remote_cluster="c2"} 1050"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_withdrawals_total{remote_cluster="c2"} 1"#,
+        );
+        has(
+            &text,
+            r#"strait_clustermesh_remote_ready{remote_cluster="c2"} 1"#,
+        );
     }
 }

@@ -135,6 +135,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
                 Some(p) => Topology::from_file(p)?,
                 None => Topology::parse("default topology", DEFAULT_TOPOLOGY)?,
             };
+            for (a, b, why) in topo.islands() {
+                eprintln!(
+                    "warning: clusters {a} and {b} are islands ({why}): they cannot be connected"
+                );
+            }
             let started = Instant::now();
             let lab = Lab::new(&lab.name)?;
             let st = lab.up(topo)?;

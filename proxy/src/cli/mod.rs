@@ -6,6 +6,7 @@ pub mod connectivity;
 pub mod lab;
 pub mod observe;
 pub mod policy;
+pub mod trace;
 pub mod ui;
 
 use std::process::ExitCode;

@@ -1,22 +1,19 @@
 //! `strait policy validate | trace | get`.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
 
 use crate::cli::lab::LabName;
 use crate::compile::Compiler;
-use crate::identity::reserved;
 use crate::lab::Lab;
 use crate::lab::manifest::{self, Object};
-use crate::model::http::RequestInfo;
 use crate::model::{ClusterState, Object as ModelObject, Store, Update};
 use crate::policy::engine::SubjectPolicy;
-use crate::policy::{DirOutcome, Engine, Policy, PolicyVerdict};
+use crate::policy::{Engine, Policy};
 
 /// `strait policy` subcommands.
 #[derive(Debug, Subcommand)]
@@ -28,7 +25,7 @@ pub enum PolicyCommand {
         files: Vec<PathBuf>,
     },
     /// Show the verdict for a flow and the rules that decide it, like `cilium policy trace`.
-    Trace(TraceArgs),
+    Trace(super::trace::TraceArgs),
     /// List what is in force per endpoint.
     Get {
         #[command(flatten)]
@@ -48,41 +45,11 @@ pub enum Output {
     Json,
 }
 
-/// Arguments of `strait policy trace`.
-#[derive(Debug, Args)]
-pub struct TraceArgs {
-    #[command(flatten)]
-    lab: LabName,
-    /// Source pod, `CLUSTER/NAMESPACE/POD` (or `CLUSTER/NAMESPACE/deploy/NAME`).
-    #[arg(long)]
-    src: String,
-    /// Destination pod (`CLUSTER/NAMESPACE/POD`, `CLUSTER/NAMESPACE/deploy/NAME`) or IPv4 address.
-    #[arg(long)]
-    dst: String,
-    /// Destination port.
-    #[arg(long)]
-    dport: u16,
-    /// TCP or UDP.
-    #[arg(long, default_value = "TCP")]
-    protocol: String,
-    /// HTTP method of a request to judge against L7 rules.
-    #[arg(long, requires = "http_path")]
-    http_method: Option<String>,
-    /// HTTP path (with query) of that request.
-    #[arg(long, requires = "http_method")]
-    http_path: Option<String>,
-    /// Also consider the policies in these files, as if applied.
-    #[arg(short = 'f', long = "policy")]
-    policy_files: Vec<PathBuf>,
-    #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    output: Output,
-}
-
 /// Runs a `strait policy` subcommand.
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Validate { files } => validate(&files),
-        PolicyCommand::Trace(args) => trace(&args),
+        PolicyCommand::Trace(args) => super::trace::run(&args),
         PolicyCommand::Get {
             lab,
             cluster,
@@ -91,7 +58,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_policies(files: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
+/// The policies in `files` (other objects are skipped).
+pub(crate) fn load_policies(files: &[PathBuf]) -> anyhow::Result<Vec<Policy>> {
     let mut out = Vec::new();
     for f in files {
         for (_, obj) in manifest::load_path(f)? {
@@ -159,165 +127,6 @@ fn engine_for(state: &ClusterState, extra: &[Policy]) -> anyhow::Result<Arc<Engi
     let mut compiler = Compiler::new("");
     compiler.compile(&snap)?;
     compiler.engine().cloned().context("nothing compiled")
-}
-
-/// A traced end: its name for humans, identity and address.
-struct End {
-    name: String,
-    identity: u32,
-}
-
-fn resolve(state: &ClusterState, engine: &Engine, who: &str) -> anyhow::Result<End> {
-    if let Ok(ip) = who.parse::<Ipv4Addr>() {
-        if let Some(e) = state.endpoints.iter().find(|e| e.ip == ip) {
-            return Ok(End {
-                name: format!("{}/{}/{} ({ip})", state.cluster.name, e.namespace, e.name),
-                identity: e.identity,
-            });
-        }
-        let identity = state
-            .nodes
-            .iter()
-            .find(|n| n.gateway == ip || n.underlay_ip == ip)
-            .map(|_| reserved::REMOTE_NODE)
-            .unwrap_or_else(|| engine.universe.identity_of_ip(ip));
-        return Ok(End {
-            name: ip.to_string(),
-            identity,
-        });
-    }
-    let parts: Vec<&str> = who.split('/').collect();
-    let (cluster, ns, pod, deployment) = match parts[..] {
-        [c, ns, pod] => (c, ns, pod, false),
-        [c, ns, "deploy", name] => (c, ns, name, true),
-        _ => bail!(
-            "{who:?}: expected CLUSTER/NAMESPACE/POD, CLUSTER/NAMESPACE/deploy/NAME or an IPv4 address"
-        ),
-    };
-    if cluster != state.cluster.name {
-        bail!(
-            "{who:?}: cluster {cluster:?} is not {:?} (trace within one cluster)",
-            state.cluster.name
-        );
-    }
-    let e = state
-        .endpoints
-        .iter()
-        .filter(|e| e.namespace == ns)
-        .find(|e| match deployment {
-            true => e.workload.as_deref() == Some(pod),
-            false => e.name == pod,
-        })
-        .with_context(|| format!("{who:?}: no such pod"))?;
-    Ok(End {
-        name: format!("{}/{}/{}", state.cluster.name, e.namespace, e.name),
-        identity: e.identity,
-    })
-}
-
-fn outcome_text(o: &DirOutcome) -> String {
-    match o {
-        DirOutcome::NotEnforced => "not enforced (no policy selects it in this direction)".into(),
-        DirOutcome::Allowed { rules, http } => {
-            let mut s = if rules.is_empty() {
-                "ALLOWED (enforced without default deny, no deny rule matches)".to_string()
-            } else {
-                format!("ALLOWED by {}", rules.join("; "))
-            };
-            if let Some(h) = http {
-                let names: Vec<&str> = h.iter().map(|(r, _)| &**r).collect();
-                s.push_str(&format!(
-                    "; requests judged by the HTTP rules of {}",
-                    names.join("; ")
-                ));
-            }
-            s
-        }
-        DirOutcome::Denied { rules } => format!("DENIED by {}", rules.join("; ")),
-        DirOutcome::DefaultDenied { selected_by } => format!(
-            "DENIED: default deny, selected by {} and no rule allows it",
-            selected_by.join(", ")
-        ),
-    }
-}
-
-fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
-    let extra = load_policies(&args.policy_files)?;
-    let cluster = args.src.split('/').next().unwrap_or_default();
-    let states = cluster_states(&args.lab)?;
-    let state = states
-        .iter()
-        .find(|s| s.cluster.name == cluster)
-        .with_context(|| format!("--src {:?}: no cluster {cluster:?} in the lab", args.src))?;
-    let engine = engine_for(state, &extra)?;
-    let src = resolve(state, &engine, &args.src).context("--src")?;
-    let dst = resolve(state, &engine, &args.dst).context("--dst")?;
-    let proto = match args.protocol.to_ascii_uppercase().as_str() {
-        "TCP" => strait_ebpf::abi::IPPROTO_TCP,
-        "UDP" => strait_ebpf::abi::IPPROTO_UDP,
-        "SCTP" => strait_ebpf::abi::IPPROTO_SCTP,
-        other => bail!("--protocol {other:?}: expected TCP, UDP or SCTP"),
-    };
-    let v: PolicyVerdict = engine.verdict(src.identity, dst.identity, proto, args.dport);
-    let request = args.http_method.as_ref().map(|m| RequestInfo {
-        method: m.clone(),
-        path: args.http_path.clone().unwrap_or_default(),
-        host: None,
-        headers: vec![],
-    });
-    let (allowed, http) = match (&request, v.needs_l7()) {
-        (Some(req), true) => {
-            let (ok, rules) = v.judge_http(req);
-            (ok, Some((ok, rules)))
-        }
-        _ => (v.allowed(), None),
-    };
-    let verdict = if allowed { "ALLOWED" } else { "DENIED" };
-    match args.output {
-        Output::Json => {
-            let j = serde_json::json!({
-                "source": {"name": src.name, "identity": src.identity},
-                "destination": {"name": dst.name, "identity": dst.identity},
-                "protocol": args.protocol.to_ascii_uppercase(),
-                "dport": args.dport,
-                "egress": outcome_text(&v.egress),
-                "ingress": outcome_text(&v.ingress),
-                "l7_required": v.needs_l7(),
-                "http": http.as_ref().map(|(ok, rules)| serde_json::json!({"allowed": ok, "rules": rules})),
-                "rules": v.deciding_rules(),
-                "verdict": verdict,
-            });
-            println!("{j}");
-        }
-        Output::Table => {
-            println!(
-                "Tracing {} (identity {}) -> {} (identity {}) {}/{}",
-                src.name,
-                src.identity,
-                dst.name,
-                dst.identity,
-                args.protocol.to_ascii_uppercase(),
-                args.dport
-            );
-            println!("  egress of {}: {}", src.name, outcome_text(&v.egress));
-            println!("  ingress of {}: {}", dst.name, outcome_text(&v.ingress));
-            match (&request, &http) {
-                (Some(req), Some((ok, rules))) => println!(
-                    "  HTTP {} {}: {} ({})",
-                    req.method,
-                    req.path,
-                    if *ok { "allowed" } else { "403 Access denied" },
-                    rules.join("; ")
-                ),
-                (None, _) if v.needs_l7() => println!(
-                    "  L7: requests are judged by HTTP rules (pass --http-method/--http-path)"
-                ),
-                _ => {}
-            }
-            println!("Final verdict: {verdict}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn direction_json(d: &crate::policy::engine::DirPolicy) -> serde_json::Value {

@@ -106,6 +106,11 @@ impl Lab {
     pub fn mesh_connect(&self, a: &str, b: &str) -> Result<(), LabError> {
         valid(a)?;
         valid(b)?;
+        if a == b {
+            return Err(LabError::Precondition(format!(
+                "cannot connect cluster {a} to itself: name another cluster with --destination-cluster"
+            )));
+        }
         super::check_root()?;
         let _lock = self.lock()?;
         let mut st = self.require()?;
@@ -372,8 +377,8 @@ mod tests {
         }
     }
 
-    /// The lab refuses such topologies itself, so the connect check on lab clusters is proven
-    /// here: a duplicate ID, a duplicate name and overlapping pod CIDRs name both clusters.
+    /// The connect check on lab clusters: a duplicate ID, a duplicate name and overlapping pod
+    /// CIDRs name both clusters (the real-lab refusals are in `tests/clustermesh.rs`).
     #[test]
     fn lab_clusters_are_checked_like_mesh_clusters() {
         let c1 = mesh_spec(&spec("c1", 1, "198.18.16.0/20"));

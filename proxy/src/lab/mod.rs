@@ -256,7 +256,7 @@ impl Lab {
                 format!("addr add {}/32 dev lo", n.gateway),
             ];
             for (oc, on) in t.all_nodes() {
-                if oc.name != c.name || on.name != n.name {
+                if (oc.name != c.name || on.name != n.name) && t.routes_between(c, oc) {
                     cmds.push(format!("route add {} via {}", on.pod_cidr, on.underlay_ip));
                 }
             }

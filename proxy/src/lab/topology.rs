@@ -145,7 +145,6 @@ impl Topology {
             ));
         }
         let mut names = BTreeSet::new();
-        let mut ids = BTreeSet::new();
         let mut clusters: Vec<ClusterSpec> = Vec::new();
         for (ci, c) in raw.clusters.iter().enumerate() {
             let field = |f: &str| format!("clusters[{ci}].{f}");
@@ -164,23 +163,9 @@ impl Topology {
             if c.id == 0 {
                 return Err(invalid(field("id"), "cluster IDs run from 1 to 255".into()));
             }
-            if !ids.insert(c.id) {
-                return Err(invalid(
-                    field("id"),
-                    format!("cluster ID {} is used twice", c.id),
-                ));
-            }
-            for other in &clusters {
-                if overlaps(&other.pod_cidr, &c.pod_cidr) {
-                    return Err(invalid(
-                        field("podCIDR"),
-                        format!(
-                            "{} overlaps cluster {}'s pod CIDR {}: pod CIDRs must be unique across the mesh",
-                            c.pod_cidr, other.name, other.pod_cidr
-                        ),
-                    ));
-                }
-            }
+            // Clusters sharing an ID or overlapping pod CIDRs are islands (as independent
+            // Cilium clusters are): they come up, and `clustermesh connect` refuses to join them
+            // (see [`Topology::islands`]).
             for (what, net) in [("podCIDR", c.pod_cidr), ("serviceCIDR", c.service_cidr)] {
                 if overlaps(&net, &underlay) {
                     return Err(invalid(
@@ -273,6 +258,43 @@ impl Topology {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// Pairs of clusters that can never be connected: they share a cluster ID or their pod
+    /// CIDRs overlap; each with the reason, for a warning when the lab comes up.
+    pub fn islands(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (i, a) in self.clusters.iter().enumerate() {
+            for b in &self.clusters[i + 1..] {
+                if a.id == b.id {
+                    out.push((
+                        a.name.clone(),
+                        b.name.clone(),
+                        format!("both have cluster ID {}", a.id),
+                    ));
+                }
+                if overlaps(&a.pod_cidr, &b.pod_cidr) {
+                    out.push((
+                        a.name.clone(),
+                        b.name.clone(),
+                        format!("pod CIDRs {} and {} overlap", a.pod_cidr, b.pod_cidr),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether nodes of cluster `from` route to the pods of cluster `to` over the underlay:
+    /// always within a cluster; across clusters only when `to`'s pod CIDR is unambiguous
+    /// (overlapping no other cluster's), so overlapping clusters stay islands reachable only
+    /// from inside.
+    pub fn routes_between(&self, from: &ClusterSpec, to: &ClusterSpec) -> bool {
+        from.name == to.name
+            || !self
+                .clusters
+                .iter()
+                .any(|o| o.name != to.name && overlaps(&o.pod_cidr, &to.pod_cidr))
+    }
+
     /// Every node of every cluster, with its cluster.
     pub fn all_nodes(&self) -> impl Iterator<Item = (&ClusterSpec, &NodeSpec)> {
         self.clusters
@@ -305,18 +327,41 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_pod_cidrs_are_named() {
-        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1}\n- {name: b, id: 2, podCIDR: 10.1.128.0/20, serviceCIDR: 10.9.1.0/24, nodes: 1}\n";
-        let e = Topology::parse("t.yaml", y).unwrap_err().to_string();
-        assert!(e.contains("t.yaml: clusters[1].podCIDR"), "{e}");
-        assert!(e.contains("overlaps cluster a"), "{e}");
+    fn shared_ids_and_overlapping_pod_cidrs_make_islands_without_routes_between() {
+        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 2}\n- {name: b, id: 2, podCIDR: 10.1.128.0/20, serviceCIDR: 10.9.1.0/24, nodes: 1}\n- {name: c, id: 1, podCIDR: 10.3.0.0/16, serviceCIDR: 10.9.2.0/24, nodes: 1}\n";
+        let t = Topology::parse("t.yaml", y).unwrap();
+        assert_eq!(
+            t.islands(),
+            [
+                (
+                    "a".into(),
+                    "b".into(),
+                    "pod CIDRs 10.1.0.0/16 and 10.1.128.0/20 overlap".into()
+                ),
+                ("a".into(), "c".into(), "both have cluster ID 1".into()),
+            ]
+        );
+        let [a, b, c] = [0, 1, 2].map(|i| &t.clusters[i]);
+        assert!(t.routes_between(a, a), "within a cluster always");
+        assert!(!t.routes_between(a, b) && !t.routes_between(c, b) && !t.routes_between(c, a));
+        // A shared ID alone does not hide a cluster's addresses.
+        assert!(t.routes_between(a, c) && t.routes_between(b, c));
+        assert!(
+            Topology::parse("default", DEFAULT_TOPOLOGY)
+                .unwrap()
+                .islands()
+                .is_empty()
+        );
     }
 
     #[test]
-    fn duplicate_ids_and_bad_fields_are_rejected_with_paths() {
-        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1}\n- {name: b, id: 1, podCIDR: 10.2.0.0/16, serviceCIDR: 10.9.1.0/24, nodes: 1}\n";
+    fn duplicate_names_and_bad_fields_are_rejected_with_paths() {
+        let y = "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: 10.9.0.0/24, nodes: 1}\n- {name: a, id: 2, podCIDR: 10.2.0.0/16, serviceCIDR: 10.9.1.0/24, nodes: 1}\n";
         let e = Topology::parse("t.yaml", y).unwrap_err().to_string();
-        assert!(e.contains("clusters[1].id"), "{e}");
+        assert!(
+            e.contains("clusters[1].name: duplicate cluster name \"a\""),
+            "{e}"
+        );
         let y =
             "clusters:\n- {name: a, id: 1, podCIDR: 10.1.0.0/16, serviceCIDR: nope, nodes: 1}\n";
         let e = Topology::parse("t.yaml", y).unwrap_err().to_string();

@@ -65,6 +65,8 @@ pub struct RemoteStatus {
     pub withdrawn: bool,
     /// The served state was restored from disk at start; no sync has completed since.
     pub restored: bool,
+    /// Times the state was withdrawn after the TTL since start.
+    pub withdrawals: u64,
     /// Sync frame bytes received since start.
     pub bytes_received: u64,
     /// UDP payload bytes received since start (QUIC and TLS overhead included).
@@ -91,6 +93,7 @@ pub struct RemoteCluster {
     down_since: Option<Instant>,
     withdrawn: bool,
     restored: bool,
+    withdrawals: u64,
     bytes_received: u64,
     udp_bytes_received: u64,
 }
@@ -111,6 +114,7 @@ impl RemoteCluster {
             down_since: None,
             withdrawn: false,
             restored: false,
+            withdrawals: 0,
             bytes_received: 0,
             udp_bytes_received: 0,
         }
@@ -229,6 +233,7 @@ impl RemoteCluster {
                 self.state = None;
                 self.held = None;
                 self.withdrawn = true;
+                self.withdrawals += 1;
                 true
             }
             _ => false,
@@ -253,6 +258,7 @@ impl RemoteCluster {
             last_error: self.last_error.clone(),
             withdrawn: self.withdrawn,
             restored: self.restored,
+            withdrawals: self.withdrawals,
             bytes_received: self.bytes_received,
             udp_bytes_received: self.udp_bytes_received,
         }
@@ -311,6 +317,9 @@ mod tests {
             (st.failures, st.last_error.as_deref()),
             (2, Some("timed out"))
         );
+        // Withdrawn once: nothing is left to withdraw later.
+        assert!(!r.expire(down + TTL * 2));
+        assert_eq!(r.status().withdrawals, 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::mesh::{
 };
 use crate::mesh::{RemoteCluster as RemoteChannel, RemoteStatus};
 use crate::model::remote::RemoteCluster;
-use crate::model::{ClusterInfo, Object, ObjectKey, Store, Update};
+use crate::model::{ClusterInfo, ClusterState, Object, ObjectKey, Store, Update};
 use crate::pki::{ClusterCa, Credentials};
 
 /// This cluster's mesh client certificate and key: a mesh certificate
@@ -356,6 +356,23 @@ async fn forward(mut rx: watch::Receiver<Option<Arc<MeshState>>>, name: String, 
             None => store.apply(Update::Delete(ObjectKey::Remote(name.clone()))),
         };
     }
+}
+
+/// What an agent's mesh source applies once synced with `peer`, computed without a channel:
+/// the peer's state as its mesh endpoint publishes it ([`MeshState::from_snapshot`] of the
+/// peer's model), turned into the model's remote cluster as [`forward`] does. For tools that
+/// judge a connected mesh offline (`strait policy trace` across clusters).
+pub fn synced_update(peer: &ClusterState) -> Update {
+    let store = Store::new();
+    store.apply(Update::ReplaceCluster(peer.clone()));
+    let state = match store.current() {
+        Some(snap) => MeshState::from_snapshot(&snap),
+        None => MeshState::empty(ClusterId {
+            name: peer.cluster.name.clone(),
+            id: peer.cluster.id,
+        }),
+    };
+    Update::Upsert(Object::Remote(remote_cluster(&state)))
 }
 
 /// A synced mesh state as the model holds it (the maps are shared, not copied).
