@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strait::flows::{DecidedBy, Direction, DropReason, Verdict};
@@ -81,11 +82,14 @@ fn dial_script(host: &str, port: u16, n: usize) -> String {
 }
 
 /// Holds one raw TCP connection to host:port open for `secs`, echoing 64 bytes every 50 ms.
-/// Prints `survived <rounds>` or `ended <unix time> <error> <rounds>`.
-fn stream_script(host: &str, port: u16, secs: u64) -> String {
+/// Creates the file `marker` once connected. Prints `survived <rounds>` or
+/// `ended <unix time> <error> <rounds>`.
+fn stream_script(host: &str, port: u16, secs: u64, marker: &Path) -> String {
+    let marker = marker.display();
     format!(
         "import socket, time\n\
          s = socket.create_connection(('{host}', {port}), timeout=5)\n\
+         open('{marker}', 'w').close()\n\
          start = time.time(); n = 0\n\
          try:\n\
          \x20   while time.time() - start < {secs}:\n\
@@ -120,6 +124,24 @@ fn spawn_script(lab: &TestLab, pod: &str, script: String) -> std::thread::JoinHa
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+/// A fresh marker path for [`stream_script`].
+fn marker(lab: &TestLab, what: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{what}-{}", lab.name, rand_suffix()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// Waits until the stream of [`stream_script`] is connected (a loaded machine may take more
+/// than a second to start the script), so what the test changes next meets a live stream.
+fn wait_connected(marker: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the stream never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(marker);
 }
 
 fn unix_now() -> f64 {
@@ -212,8 +234,9 @@ fn a_policy_change_ends_denied_streams_within_a_second_and_spares_allowed_ones()
     let store_a = lab.pod_ip("c1", "shop", "store-a");
 
     // A policy about someone else changes nothing for a live stream.
-    let stream = spawn_script(&lab, "shopper", stream_script(&store_a, 7070, 3));
-    std::thread::sleep(Duration::from_millis(800));
+    let m = marker(&lab, "unrelated");
+    let stream = spawn_script(&lab, "shopper", stream_script(&store_a, 7070, 3, &m));
+    wait_connected(&m);
     lab.apply_ok(
         "c1",
         "apiVersion: cilium.io/v2
@@ -228,8 +251,9 @@ spec:
     assert!(out.starts_with("survived"), "{out}");
 
     // A policy that no longer lets the shopper in ends its stream within a second.
-    let stream = spawn_script(&lab, "shopper", stream_script(&store_a, 7070, 8));
-    std::thread::sleep(Duration::from_millis(800));
+    let m = marker(&lab, "denied");
+    let stream = spawn_script(&lab, "shopper", stream_script(&store_a, 7070, 8, &m));
+    wait_connected(&m);
     let applied = Instant::now();
     let applied_unix = unix_now();
     lab.apply_ok(
@@ -287,8 +311,9 @@ fn deleting_the_backend_of_a_balanced_connection_ends_it() {
     // Only store-a (node-1, across the underlay from the shopper) stays behind the Service.
     lab.delete_ok("c1", &store_pod("store-b", "node-2"));
     let vip = lab.service_ip("shop", "store");
-    let stream = spawn_script(&lab, "shopper", stream_script(&vip, 9443, 8));
-    std::thread::sleep(Duration::from_millis(800));
+    let m = marker(&lab, "backend");
+    let stream = spawn_script(&lab, "shopper", stream_script(&vip, 9443, 8, &m));
+    wait_connected(&m);
     let deleted_unix = unix_now();
     let started = Instant::now();
     lab.delete_ok("c1", &store_pod("store-a", "node-1"));
