@@ -386,7 +386,15 @@ fn agent_restarts_keep_c1_serving_c2s_backends() {
             lab.name
         ))
     };
-    assert!(persisted("node-1").exists() && persisted("node-2").exists());
+    // Written at most 200 ms after the state changed: wait for both nodes' files.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(persisted("node-1").exists() && persisted("node-2").exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "c1's agents never persisted c2's state"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let requests = Requests::start(&lab);
     // c2's agents die and come back: c2's kernel keeps serving, c1 does not notice.
