@@ -457,11 +457,11 @@ async fn follow_mesh_trust(
                     cert_pem: cert_pem.clone(),
                 })
                 .collect();
-            match tls.set_peer_trust(&trust) {
-                Ok(()) => info!(clusters = ?tls.trusted_clusters(), "tunnel trust updated"),
-                Err(e) => warn!(error = %crate::errors::chain(&e),
-                    "mesh peers' CAs not trusted for tunnels; the last good trust stays"),
+            for (cluster, e) in tls.set_peer_trust(&trust) {
+                warn!(%cluster, error = %crate::errors::chain(&e),
+                    "mesh peer's CA not trusted for tunnels");
             }
+            info!(clusters = ?tls.trusted_clusters(), "tunnel trust updated");
             current = Some(peers);
         }
         if views.changed().await.is_err() {

@@ -217,7 +217,7 @@ impl MeshTls {
             })
             .ok_or("peer certificate names no mesh endpoint (spiffe://<cluster>/mesh)")?;
         match self.trusted.get(&cluster) {
-            Some((_, subject)) if subject.as_slice() == cert.issuer().as_raw() => Ok(cluster),
+            Some((ca, _)) if crate::pki::issued_by(&cert, ca) => Ok(cluster),
             _ => Err(format!(
                 "peer certificate for cluster {cluster} was not issued by that cluster's CA"
             )),

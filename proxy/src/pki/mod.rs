@@ -41,6 +41,19 @@ pub enum PkiError {
     BadName(String),
 }
 
+/// Whether CA `ca_der` issued `leaf`: its subject is the leaf's issuer and its key verifies the
+/// leaf's signature. A name alone is not enough: a peer cluster trusted in the same root store
+/// could create a CA of the same name.
+pub fn issued_by(leaf: &x509_parser::certificate::X509Certificate<'_>, ca_der: &[u8]) -> bool {
+    match x509_parser::parse_x509_certificate(ca_der) {
+        Ok((_, ca)) => {
+            ca.subject().as_raw() == leaf.issuer().as_raw()
+                && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
 /// The URI SAN naming `node` of `cluster`.
 pub fn node_uri(cluster: &str, node: &str) -> String {
     format!("spiffe://{cluster}/node/{node}")

@@ -62,6 +62,8 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("no CA is trusted for this node's own cluster {cluster}")]
     NoLocalCa { cluster: String },
+    #[error("trusted CA of cluster {cluster}: another trusted cluster's CA has the same name")]
+    DuplicateCa { cluster: String },
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
 }
@@ -156,9 +158,9 @@ pub struct NodeTls {
 struct Trusted {
     acceptor: TlsAcceptor,
     connector: TlsConnector,
-    /// Raw subject DN of the CA trusted for each cluster: a SAN naming that cluster must come
-    /// from a certificate this CA issued.
-    issuers: HashMap<String, Vec<u8>>,
+    /// The CA (DER) trusted for each cluster: a SAN naming that cluster must come from a
+    /// certificate this CA signed.
+    issuers: HashMap<String, CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -191,20 +193,35 @@ impl NodeTls {
 
     /// Trusts these other clusters' CAs (the cluster mesh's connected peers) besides the CAs
     /// given at start, each for its own cluster's nodes only; replaces the previous peers. A
-    /// peer naming this node's own cluster is ignored: the mesh never changes who speaks for
-    /// this cluster. New handshakes use the new set; established tunnels keep their sessions.
-    pub fn set_peer_trust(&self, peers: &[TrustedCa]) -> Result<(), TlsError> {
-        let mut all = self.base_trust.clone();
-        let known: HashSet<String> = all.iter().map(|c| c.cluster.clone()).collect();
-        all.extend(
-            peers
-                .iter()
-                .filter(|p| !known.contains(&p.cluster))
-                .cloned(),
-        );
-        let (trusted, _) = build_trusted(&self.local, &self.certs, &all)?;
-        self.trusted.store(Arc::new(trusted));
-        Ok(())
+    /// peer naming this node's own cluster, a CA that does not parse or one named like another
+    /// trusted CA is left out and returned with the reason; the others are trusted all the same
+    /// (a bad peer never keeps a disconnected one trusted). New handshakes use the new set;
+    /// established tunnels keep their sessions.
+    pub fn set_peer_trust(&self, peers: &[TrustedCa]) -> Vec<(String, TlsError)> {
+        let mut accepted = self.base_trust.clone();
+        let mut refused = Vec::new();
+        for p in peers {
+            if accepted.iter().any(|c| c.cluster == p.cluster) {
+                refused.push((
+                    p.cluster.clone(),
+                    TlsError::DuplicateCa {
+                        cluster: p.cluster.clone(),
+                    },
+                ));
+                continue;
+            }
+            let mut trial = accepted.clone();
+            trial.push(p.clone());
+            match build_trusted(&self.local, &self.certs, &trial) {
+                Ok(_) => accepted = trial,
+                Err(e) => refused.push((p.cluster.clone(), e)),
+            }
+        }
+        match build_trusted(&self.local, &self.certs, &accepted) {
+            Ok((trusted, _)) => self.trusted.store(Arc::new(trusted)),
+            Err(e) => refused.push((self.local.cluster.clone(), e)),
+        }
+        refused
     }
 
     /// The clusters whose node certificates are believed now.
@@ -291,7 +308,7 @@ impl NodeTls {
             })
             .ok_or(HandshakeFailure::NoNodeIdentity)?;
         match self.trusted.load().issuers.get(cluster) {
-            Some(issuer) if issuer.as_slice() == cert.issuer().as_raw() => Ok(NodeIdentity {
+            Some(ca) if crate::pki::issued_by(&cert, ca) => Ok(NodeIdentity {
                 cluster: cluster.to_string(),
                 node: node.to_string(),
             }),
@@ -328,6 +345,7 @@ fn build_trusted(
 ) -> Result<(Trusted, Option<Arc<RootCertStore>>), TlsError> {
     let mut roots = RootCertStore::empty();
     let mut issuers = HashMap::new();
+    let mut subjects = HashSet::new();
     let mut local_roots = None;
     for ca in trust {
         let what = || format!("trusted CA of cluster {}", ca.cluster);
@@ -341,7 +359,14 @@ fn build_trusted(
             x509_parser::parse_x509_certificate(&der).map_err(|_| TlsError::CaParse {
                 cluster: ca.cluster.clone(),
             })?;
-        issuers.insert(ca.cluster.clone(), parsed.subject().as_raw().to_vec());
+        // Two trusted CAs of one name would make issuer names ambiguous in logs and chains.
+        let subject = parsed.subject().as_raw().to_vec();
+        if !subjects.insert(subject) {
+            return Err(TlsError::DuplicateCa {
+                cluster: ca.cluster.clone(),
+            });
+        }
+        issuers.insert(ca.cluster.clone(), der.clone());
         if ca.cluster == local.cluster {
             let mut own = RootCertStore::empty();
             own.add(der.clone()).map_err(|source| TlsError::Rustls {

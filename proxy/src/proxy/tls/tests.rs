@@ -263,3 +263,85 @@ fn admin_acceptor_needs_the_local_cluster_ca() {
         "{err}"
     );
 }
+
+/// The leaf of a node certificate `ca` issues for `node` of `cluster`, as a handshake chain.
+fn node_chain(ca: &ClusterCa, cluster: &str, node: &str) -> Vec<CertificateDer<'static>> {
+    let key = crate::pki::generate_key().unwrap();
+    let pem = ca.issue_node(cluster, node, &key, HOUR).unwrap();
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_peer_cluster_speaks_only_for_its_own_nodes_even_with_a_ca_named_like_ours() {
+    let c1 = ClusterCa::create("c1").unwrap();
+    let c2 = ClusterCa::create("c2").unwrap();
+    let tls = node_tls(&c1, &c2);
+    let node = |chain: Vec<CertificateDer<'static>>| tls.peer_node(Some(&chain));
+    assert_eq!(
+        node(node_chain(&c2, "c2", "node-2")).unwrap(),
+        NodeIdentity {
+            cluster: "c2".into(),
+            node: "node-2".into()
+        }
+    );
+    // c2's CA cannot name a node of c1.
+    assert!(node(node_chain(&c2, "c1", "node-2")).is_err());
+    // Nor can a CA c2 made with c1's CA's exact name: the signature, not the name, decides.
+    let forged = {
+        let key = crate::pki::generate_key().unwrap();
+        let params = rcgen::CertificateParams::from_ca_cert_pem(&c1.cert_pem).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        ClusterCa::load_pem(&cert.pem(), &key.serialize_pem()).unwrap()
+    };
+    assert!(node(node_chain(&forged, "c1", "node-2")).is_err());
+    // Offered as a peer's CA, a CA named like a trusted one is refused, and the good peers
+    // are trusted all the same.
+    let c3 = ClusterCa::create("c3").unwrap();
+    let refused = tls.set_peer_trust(&[trusted("c4", &forged), trusted("c3", &c3)]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "c4");
+    assert!(
+        refused[0].1.to_string().contains("same name"),
+        "{}",
+        refused[0].1
+    );
+    assert_eq!(tls.trusted_clusters(), ["c1", "c2", "c3"]);
+}
+
+#[test]
+fn peer_trust_follows_the_mesh_and_never_replaces_the_local_ca() {
+    let c1 = ClusterCa::create("c1").unwrap();
+    let c2 = ClusterCa::create("c2").unwrap();
+    let key = crate::pki::generate_key().unwrap();
+    let cert = c1.issue_node("c1", "node-1", &key, HOUR).unwrap();
+    let tls = NodeTls::new(
+        NodeIdentity {
+            cluster: "c1".into(),
+            node: "node-1".into(),
+        },
+        &cert,
+        &key.serialize_pem(),
+        &[trusted("c1", &c1)],
+    )
+    .unwrap();
+    let c2_node = node_chain(&c2, "c2", "node-1");
+    assert!(tls.peer_node(Some(&c2_node)).is_err(), "not connected yet");
+    assert!(tls.set_peer_trust(&[trusted("c2", &c2)]).is_empty());
+    assert_eq!(tls.peer_node(Some(&c2_node)).unwrap().cluster, "c2");
+    // A peer claiming this cluster's name does not replace its CA.
+    let refused = tls.set_peer_trust(&[trusted("c1", &c2), trusted("c2", &c2)]);
+    assert_eq!(refused.len(), 1);
+    assert!(tls.peer_node(Some(&node_chain(&c2, "c1", "x"))).is_err());
+    assert_eq!(
+        tls.peer_node(Some(&node_chain(&c1, "c1", "x")))
+            .unwrap()
+            .node,
+        "x"
+    );
+    // Disconnected: c2's nodes are strangers again.
+    assert!(tls.set_peer_trust(&[]).is_empty());
+    assert!(tls.peer_node(Some(&c2_node)).is_err());
+    assert_eq!(tls.trusted_clusters(), ["c1"]);
+}
