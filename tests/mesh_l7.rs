@@ -201,15 +201,18 @@ fn c2s_http_rules_judge_c1s_requests_through_the_authenticated_tunnel() {
     });
     assert_eq!(kernel.decided_by, Some(DecidedBy::Kernel));
 
-    // c2's own buyer is not admitted (the rule names c1).
-    assert_ne!(
-        status(
-            &lab,
-            "c2/market/buyer-c2",
-            &format!("http://{catalog}:8080/items")
-        ),
-        "200"
+    // c2's own buyer is not admitted (the rule names c1): refused at connect() in c2.
+    let got = status(
+        &lab,
+        "c2/market/buyer-c2",
+        &format!("http://{catalog}:8080/items"),
     );
+    assert!(got.starts_with("curl failed"), "{got}");
+    let refused_c2 = lab.wait_flow("c2's buyer refused", |f| {
+        f.source.pod == "buyer-c2" && f.destination.pod == "catalog-c2"
+    });
+    assert_eq!(refused_c2.verdict, Verdict::Dropped);
+    assert_eq!(refused_c2.decided_by, Some(DecidedBy::Kernel));
 
     // The policy goes: c2 no longer asks for c1's requests, and c1 goes straight to the pod.
     lab.delete_ok("c2", C2_POLICY);
@@ -219,4 +222,11 @@ fn c2s_http_rules_judge_c1s_requests_through_the_authenticated_tunnel() {
         &format!("http://{catalog}:8080/admin"),
         "200",
     );
+    let direct = lab.wait_flow("port 8080 back on the kernel path", |f| {
+        f.cluster == "c2"
+            && f.source.pod == "buyer-c1"
+            && f.destination.port == 8080
+            && f.decided_by == Some(DecidedBy::Kernel)
+    });
+    assert_eq!(direct.verdict, Verdict::Forwarded);
 }

@@ -157,9 +157,11 @@ impl Installer {
         let mut via_changes = 0;
         let via_before = old.as_ref().map(|o| &o.via_proxy);
         if via_before != Some(&state.kernel.via_proxy) {
-            self.kernel
-                .set_via_proxy(&state.kernel.via_proxy)
-                .map_err(|e| InstallError::Maps(Box::new(e)))?;
+            // Not worth failing the revision for: a key missing sends its connections the kernel
+            // path, where the remote node drops them (fail closed).
+            if let Err(e) = self.kernel.set_via_proxy(&state.kernel.via_proxy) {
+                warn!(error = %crate::errors::chain(&e), "via-proxy map not updated");
+            }
             // Counted as map changes: kernel-path sockets to such ports are judged again.
             let before = via_before.cloned().unwrap_or_default();
             via_changes = before.symmetric_difference(&state.kernel.via_proxy).count();

@@ -333,14 +333,20 @@ fn host_identity(model: &Model, node: &str, universe: &Universe, ip: Ipv4Addr) -
 
 /// A span wider than this many ports is sent whole (port 0: every port of the identity).
 const VIA_PROXY_SPAN_MAX: u32 = 64;
+/// Keys one remote cluster may take; past this its identities are sent whole (port 0), so a
+/// large (or hostile) remote cannot fill the map for the others.
+const VIA_PROXY_PER_REMOTE: usize = 1024;
 
 /// The via-proxy keys of every remote cluster: the TCP ports of its own identities where it
-/// judges L7 rules. What a cluster says of identities not its own is ignored.
+/// judges L7 rules. What a cluster says of identities not its own is ignored. Never more than
+/// the map holds: what does not fit is left out (those connections take the kernel path and the
+/// remote node, which judges, drops them: fail closed).
 fn via_proxy(model: &Model) -> BTreeSet<ViaProxyKey> {
     let mut out = BTreeSet::new();
     for r in model.remotes.values() {
+        let mut keys = BTreeSet::new();
         for (identity, spans) in &r.l7_ingress {
-            if !r.owns_identity(*identity) {
+            if !r.owns_identity(*identity) || r.cluster.id == model.cluster.id {
                 continue;
             }
             for span in spans
@@ -348,12 +354,28 @@ fn via_proxy(model: &Model) -> BTreeSet<ViaProxyKey> {
                 .filter(|s| s.protocol == strait_ebpf::abi::IPPROTO_TCP && s.first <= s.last)
             {
                 if u32::from(span.last - span.first) >= VIA_PROXY_SPAN_MAX || span.first == 0 {
-                    out.insert(ViaProxyKey::tcp(*identity, 0));
+                    keys.insert(ViaProxyKey::tcp(*identity, 0));
                 } else {
-                    out.extend((span.first..=span.last).map(|p| ViaProxyKey::tcp(*identity, p)));
+                    keys.extend((span.first..=span.last).map(|p| ViaProxyKey::tcp(*identity, p)));
                 }
             }
         }
+        if keys.len() > VIA_PROXY_PER_REMOTE {
+            keys = keys
+                .iter()
+                .map(|k| ViaProxyKey::tcp(k.identity, 0))
+                .collect();
+        }
+        out.extend(keys);
+    }
+    let max = strait_ebpf::abi::VIA_PROXY_MAX as usize;
+    if out.len() > max {
+        tracing::warn!(
+            keys = out.len(),
+            max,
+            "more L7 ports of remote clusters than strait_viaproxy holds; the rest take the kernel path"
+        );
+        out = out.into_iter().take(max).collect();
     }
     out
 }

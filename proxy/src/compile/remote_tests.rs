@@ -19,6 +19,9 @@ const REMOTE_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
 const FORGED: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 9);
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
 const REMOTE_ID: u32 = 0x2_0100;
+const LIAR_ID: u32 = 0x2_0101;
+const SQUATTED: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 77);
+const LIAR: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 7);
 const TCP: u8 = strait_ebpf::abi::IPPROTO_TCP;
 const UDP: u8 = strait_ebpf::abi::IPPROTO_UDP;
 
@@ -104,14 +107,25 @@ fn remote(shared: bool) -> RemoteCluster {
             name: "c2".into(),
             id: 2,
         },
-        nodes: OrdMap::from(vec![(
-            "node-1".to_string(),
-            MeshNode {
-                name: "node-1".into(),
-                underlay_ip: Ipv4Addr::new(192, 168, 0, 20),
-                pod_cidrs: vec!["10.2.0.0/24".parse().unwrap()],
-            },
-        )]),
+        nodes: OrdMap::from(vec![
+            (
+                "node-1".to_string(),
+                MeshNode {
+                    name: "node-1".into(),
+                    underlay_ip: Ipv4Addr::new(192, 168, 0, 20),
+                    pod_cidrs: vec!["10.2.0.0/24".parse().unwrap()],
+                },
+            ),
+            // A node claiming every address: it must not draw c1's other traffic.
+            (
+                "greedy".to_string(),
+                MeshNode {
+                    name: "greedy".into(),
+                    underlay_ip: Ipv4Addr::new(192, 168, 0, 21),
+                    pod_cidrs: vec!["0.0.0.0/0".parse().unwrap()],
+                },
+            ),
+        ]),
         identities: OrdMap::from(vec![
             (
                 REMOTE_ID,
@@ -125,12 +139,27 @@ fn remote(shared: bool) -> RemoteCluster {
                 .into(),
             ),
             (0x1_0101, Labels::new()),
+            // c2's own identity, labelled as if it were c1's.
+            (
+                LIAR_ID,
+                [
+                    ("k8s:app".to_string(), "store".to_string()),
+                    (
+                        "k8s:io.cilium.k8s.policy.cluster".to_string(),
+                        "c1".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
         ]),
         ipcache: OrdMap::from(vec![
             (REMOTE_BACKEND, entry("store-c2", REMOTE_ID)),
             (FORGED, entry("impostor", 0x1_0101)),
             // c1's shopper address, claimed under an identity of c2's own.
             (Ipv4Addr::new(10, 1, 0, 6), entry("thief", REMOTE_ID)),
+            // A free address of c1's pod CIDR.
+            (SQUATTED, entry("squatter", REMOTE_ID)),
+            (LIAR, entry("liar", LIAR_ID)),
         ]),
         services: OrdMap::from(vec![(
             "shop/store".to_string(),
@@ -339,4 +368,34 @@ fn l7_ports_another_cluster_judges_go_through_the_proxy_and_its_nodes_tunnel() {
     let gone = compile(&store, &mut compiler);
     assert!(gone.kernel.via_proxy.is_empty());
     assert!(gone.proxy.nodes.iter().all(|n| n.cluster.is_none()));
+}
+
+#[test]
+fn a_remote_cannot_claim_this_clusters_addresses_routes_or_cluster_label() {
+    let store = Store::new();
+    let mut compiler = Compiler::new("node-1");
+    store.apply(Update::ReplaceCluster(local_state("none", true)));
+    store.apply(Update::Upsert(Object::Remote(remote(true))));
+    let meshed = compile(&store, &mut compiler);
+    // A free address inside c1's pod CIDR stays c1's: not in the ipcache, not routed to c2.
+    assert_eq!(ipcache(&meshed, SQUATTED), None);
+    assert!(meshed.proxy.endpoint(SQUATTED).is_none());
+    // A node publishing 0.0.0.0/0 routes nothing but its own synced pods.
+    for ip in [Ipv4Addr::new(93, 184, 216, 34), SQUATTED] {
+        let route = meshed.proxy.decide(SocketAddrV4::new(ip, 443)).route;
+        assert!(
+            !matches!(route, crate::proxy::tables::Route::Remote { .. }),
+            "{ip} routed to c2: {route:?}"
+        );
+    }
+    // Its identities carry its own cluster label, whatever it published.
+    let universe = &meshed.proxy.policy.universe;
+    let liar = universe.get(LIAR_ID).expect("c2's identity is known");
+    assert_eq!(
+        liar.labels
+            .get("k8s:io.cilium.k8s.policy.cluster")
+            .map(String::as_str),
+        Some("c2")
+    );
+    assert_eq!(ipcache(&meshed, LIAR), Some(LIAR_ID));
 }

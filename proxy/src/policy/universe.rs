@@ -99,7 +99,7 @@ impl Universe {
         }
         u.insert_cidrs(cidr_set(model.policies.values().map(|p| &**p)));
         for (name, remote) in &model.remotes {
-            u.set_remote(name, Some(remote), model.cluster.id);
+            u.set_remote(name, Some(remote), model);
         }
         u
     }
@@ -108,13 +108,15 @@ impl Universe {
     /// withdrawn); returns the identities added, changed or removed.
     ///
     /// A remote cluster is believed only about itself: identities whose cluster ID bits are not
-    /// its own, and addresses a local pod holds, are left out (logged).
+    /// its own, and addresses a local pod holds or inside a local node's pod CIDR, are left out
+    /// (logged); the cluster label of its identities is its own name, whatever it published.
     fn set_remote(
         &mut self,
         name: &str,
         remote: Option<&RemoteCluster>,
-        local_id: u8,
+        local: &Model,
     ) -> BTreeSet<u32> {
+        let local_id = local.cluster.id;
         let mut touched = BTreeSet::new();
         for id in self.remote_ids.remove(name).unwrap_or_default() {
             if let Some(old) = self.ids.remove(&id) {
@@ -135,6 +137,7 @@ impl Universe {
             if !remote.owns_identity(id)
                 || remote.cluster.id == local_id
                 || self.by_ip.contains_key(ip)
+                || local.nodes.values().any(|n| n.pod_cidr.contains(ip))
             {
                 tracing::warn!(cluster = name, %ip, identity = id,
                     "ignoring a remote endpoint: not the remote cluster's identity or address");
@@ -147,7 +150,15 @@ impl Universe {
                 .entry(id)
                 .or_insert_with(|| IdentityInfo {
                     id,
-                    labels: labels.clone(),
+                    labels: {
+                        // Selectors naming a cluster must not take c2's pods for c1's.
+                        let mut labels = labels.clone();
+                        labels.insert(
+                            format!("k8s:{}", crate::identity::CLUSTER_LABEL),
+                            remote.cluster.name.clone(),
+                        );
+                        labels
+                    },
                     kind: IdentityKind::Endpoint {
                         cluster: remote.cluster.name.clone(),
                     },
@@ -236,7 +247,7 @@ impl Universe {
                 remote_changed.extend(u.set_remote(
                     name,
                     model.remotes.get(name).map(|r| &**r),
-                    model.cluster.id,
+                    model,
                 ));
             }
         }

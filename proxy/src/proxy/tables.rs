@@ -223,8 +223,10 @@ impl ProxyTables {
         self.by_cgroup.get(&id)
     }
 
-    /// The node owning `ip`: by endpoint (its cluster and node), else by pod CIDR, where this
-    /// cluster's nodes come first (another cluster never takes over an address of this one).
+    /// The node owning `ip`: by endpoint (its cluster and node), else by the pod CIDR of a node
+    /// of this cluster. Another cluster's node is reached only for a pod it synced (whose
+    /// identity the universe accepted): the CIDRs it publishes never route an address to it, so
+    /// it cannot draw this cluster's other traffic (world, nodes, unknown pods) into its tunnel.
     pub fn node_of(&self, ip: Ipv4Addr) -> Option<&NodeEntry> {
         match self.endpoints.get(&ip) {
             Some(ep) => self
@@ -234,8 +236,7 @@ impl ProxyTables {
             None => self
                 .nodes
                 .iter()
-                .filter(|n| n.pod_cidrs.iter().any(|c| c.contains(&ip)))
-                .min_by_key(|n| n.cluster.is_some()),
+                .find(|n| n.cluster.is_none() && n.pod_cidrs.iter().any(|c| c.contains(&ip))),
         }
     }
 

@@ -338,7 +338,11 @@ fn start(
     if let Some(state) = rx.borrow_and_update().clone() {
         store.apply(Update::Upsert(Object::Remote(remote_cluster(&state))));
     }
-    let forward = tokio::spawn(forward(rx, spec.name.clone(), store.clone()));
+    let expected = ClusterId {
+        name: spec.name.clone(),
+        id: spec.id,
+    };
+    let forward = tokio::spawn(forward(rx, expected, store.clone()));
     Peer {
         spec: spec.clone(),
         client: Some(client),
@@ -348,12 +352,27 @@ fn start(
 }
 
 /// Hands every new served state of one remote to the store; `None` (withdrawn) deletes it.
-async fn forward(mut rx: watch::Receiver<Option<Arc<MeshState>>>, name: String, store: Arc<Store>) {
+/// A state whose cluster name or ID is not the one connected (`expected`, as `connect`
+/// recorded it) is refused: the model would otherwise believe it about another cluster's
+/// identities (they carry the cluster ID).
+async fn forward(
+    mut rx: watch::Receiver<Option<Arc<MeshState>>>,
+    expected: ClusterId,
+    store: Arc<Store>,
+) {
     while rx.changed().await.is_ok() {
         let served = rx.borrow_and_update().clone();
         match served {
-            Some(state) => store.apply(Update::Upsert(Object::Remote(remote_cluster(&state)))),
-            None => store.apply(Update::Delete(ObjectKey::Remote(name.clone()))),
+            Some(state) if state.cluster == expected => {
+                store.apply(Update::Upsert(Object::Remote(remote_cluster(&state))))
+            }
+            Some(state) => {
+                warn!(remote = %expected.name, id = expected.id, claimed = %state.cluster.name,
+                    claimed_id = state.cluster.id,
+                    "remote cluster publishes another cluster name or ID; its state is refused");
+                store.apply(Update::Delete(ObjectKey::Remote(expected.name.clone())))
+            }
+            None => store.apply(Update::Delete(ObjectKey::Remote(expected.name.clone()))),
         };
     }
 }
@@ -531,5 +550,36 @@ mod tests {
         assert!(!src.statuses()[0].status.serving);
         assert!(!dir.join("c2.json").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_state_under_another_cluster_id_is_refused() {
+        let store = Arc::new(Store::new());
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(forward(rx, ClusterId::new("c2", 2).unwrap(), store.clone()));
+        let held = |store: &Store| {
+            store
+                .current()
+                .is_some_and(|s| s.model.remotes.contains_key("c2"))
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        // c2 claiming ID 3 (another connected cluster's, whose identities it would then own).
+        tx.send_replace(Some(Arc::new(MeshState::empty(
+            ClusterId::new("c2", 3).unwrap(),
+        ))));
+        settle().await;
+        assert!(!held(&store));
+        tx.send_replace(Some(Arc::new(MeshState::empty(
+            ClusterId::new("c2", 2).unwrap(),
+        ))));
+        settle().await;
+        assert!(held(&store));
+        // Switching to a wrong ID later withdraws what it had.
+        tx.send_replace(Some(Arc::new(MeshState::empty(
+            ClusterId::new("c2", 1).unwrap(),
+        ))));
+        settle().await;
+        assert!(!held(&store));
+        task.abort();
     }
 }
