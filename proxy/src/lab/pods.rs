@@ -96,6 +96,10 @@ pub fn start(
     std::fs::write(etc.join("hosts"), hosts).map_err(|e| io("write", etc.join("hosts"), e))?;
 
     let lxc = host_ifname(&pod.namespace, &pod.name);
+    // The old pair survives its namespace's deletion while a stray process still holds that
+    // namespace (a `lab exec` left running): remove its host side, or the new pair cannot be
+    // made. Absent is the normal case.
+    let _ = netns::ip(&["-n", &node_ns, "link", "del", &lxc]);
     netns::ip_batch(
         Some(&node_ns),
         &[
