@@ -152,6 +152,8 @@ pub struct NodeTls {
     /// The CA of this node's own cluster alone: the admin API's clients come from there.
     local_roots: Option<Arc<RootCertStore>>,
     logged: parking_lot::Mutex<HashSet<IpAddr>>,
+    /// Bumped by every trust change: tunnels of a cluster no longer trusted are closed.
+    trust_generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// The configs built from one set of trusted CAs; replaced whole when the mesh's peers change.
@@ -188,6 +190,7 @@ impl NodeTls {
             trusted: ArcSwap::from_pointee(trusted),
             local_roots,
             logged: parking_lot::Mutex::default(),
+            trust_generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -218,10 +221,30 @@ impl NodeTls {
             }
         }
         match build_trusted(&self.local, &self.certs, &accepted) {
-            Ok((trusted, _)) => self.trusted.store(Arc::new(trusted)),
+            Ok((trusted, _)) => {
+                self.trusted.store(Arc::new(trusted));
+                self.trust_generation.send_modify(|g| *g += 1);
+            }
             Err(e) => refused.push((self.local.cluster.clone(), e)),
         }
         refused
+    }
+
+    /// Whether `cluster`'s node certificates are believed now.
+    pub fn trusts(&self, cluster: &str) -> bool {
+        self.trusted.load().issuers.contains_key(cluster)
+    }
+
+    /// Returns once `cluster` is no longer trusted (at once if it is not): what ends the
+    /// tunnels of a cluster disconnected from the mesh.
+    pub async fn untrusted(&self, cluster: &str) {
+        let mut changes = self.trust_generation.subscribe();
+        while self.trusts(cluster) {
+            if changes.changed().await.is_err() {
+                // Never: the sender lives as long as `self`.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The clusters whose node certificates are believed now.

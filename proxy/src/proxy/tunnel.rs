@@ -152,8 +152,15 @@ impl TunnelPool {
 
     async fn sender(&self, peer: &TunnelPeer) -> Result<SendRequest<Empty<Bytes>>, TunnelError> {
         let mut conns = self.conns.lock().await;
+        // A tunnel to a cluster no longer trusted (disconnected) is not reused: the dial below
+        // fails its handshake instead.
+        let trusted = match &self.transport {
+            Transport::Mtls(tls) => tls.trusts(&peer.node.cluster),
+            Transport::InsecurePlaintext => true,
+        };
         if let Some(s) = conns.get(peer)
             && !s.is_closed()
+            && trusted
         {
             return Ok(s.clone());
         }
@@ -259,17 +266,34 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             };
             metrics::counter!(crate::metrics::names::TUNNEL_CONNECTIONS, "role" => "server")
                 .increment(1);
+            // A peer of another cluster keeps its tunnel only while that cluster is trusted
+            // (connected): a disconnect ends it and every stream in it.
+            let foreign = match (&auth, proxy.pool.transport()) {
+                (PeerAuth::Node(n), Transport::Mtls(tls)) if n.cluster != tls.local.cluster => {
+                    Some((tls.clone(), n.cluster.clone()))
+                }
+                _ => None,
+            };
             let auth = Arc::new(auth);
             let svc = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
                 let auth = auth.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(proxy, from, &auth, req).await) }
             });
-            let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONN_WINDOW)
-                .serve_connection(TokioIo::new(io), svc)
-                .await;
+                .serve_connection(TokioIo::new(io), svc);
+            let result = match foreign {
+                None => served.await,
+                Some((tls, cluster)) => tokio::select! {
+                    result = served => result,
+                    () = tls.untrusted(&cluster) => {
+                        debug!(%from, %cluster, "cluster no longer trusted: tunnel closed");
+                        Ok(())
+                    }
+                },
+            };
             if let Err(e) = result {
                 debug!(%from, error = %e, "tunnel connection ended");
             }

@@ -330,3 +330,58 @@ async fn a_stream_policy_revokes_is_closed_when_rejudging_is_on() {
     assert!(!flow.policies.is_empty(), "{flow:?}");
     assert_eq!(proxy.live_connections(), 0);
 }
+
+#[tokio::test]
+async fn a_disconnected_clusters_tunnels_are_closed_and_not_reused() {
+    let c1 = ClusterCa::create("c1").unwrap();
+    let c2 = ClusterCa::create("c2").unwrap();
+    let server = node_tls(&c1, &c1, "node-1");
+    let c2_trust = TrustedCa {
+        cluster: "c2".into(),
+        cert_pem: c2.cert_pem.clone(),
+    };
+    assert!(
+        server
+            .set_peer_trust(std::slice::from_ref(&c2_trust))
+            .is_empty()
+    );
+    let (_proxy, peer) = node1(ONLY_FRONTEND, false, server.clone()).await;
+    // node-9 of c2, trusting its own CA and, through the mesh, c1's.
+    let client = NodeIssuer::new(
+        NodeIdentity {
+            cluster: "c2".into(),
+            node: "node-9".into(),
+        },
+        ClusterCa::load_pem(&c2.cert_pem, &c2.key_pem()).unwrap(),
+        crate::pki::generate_key().unwrap(),
+        std::env::temp_dir().join(format!(
+            "strait-tunnel-test-c2-{}.crt",
+            rand::random::<u32>()
+        )),
+        Duration::from_secs(3600),
+    )
+    .node_tls(&[c2_trust])
+    .unwrap();
+    assert!(client.set_peer_trust(&[trusted(&c1)]).is_empty());
+    let pool = TunnelPool::new(Transport::Mtls(client.clone()));
+    let sender = pool.sender(&peer).await.unwrap();
+    assert!(!sender.is_closed());
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sender.is_closed(), "the tunnel closed by itself");
+    // c1 disconnects c2: its open tunnel from c2 ends.
+    assert!(server.set_peer_trust(&[]).is_empty());
+    for _ in 0..200 {
+        if sender.is_closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        sender.is_closed(),
+        "the tunnel from c2 outlived the disconnect"
+    );
+    // And c2, once it drops c1 too, does not reuse or re-open one.
+    assert!(client.set_peer_trust(&[]).is_empty());
+    assert!(pool.sender(&peer).await.is_err());
+}
