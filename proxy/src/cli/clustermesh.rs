@@ -212,6 +212,18 @@ pub fn render(s: &MeshStatus) -> String {
                 .map_or("never".into(), |a| format!("{a:.1}s ago")),
             r.failures
         ));
+        if r.restored > 0 {
+            line(format!(
+                "    {}/{n} agents serve the state kept from before their restart (sync pending)",
+                r.restored
+            ));
+        }
+        if r.withdrawn > 0 {
+            line(format!(
+                "    {}/{n} agents withdrew its state after the TTL",
+                r.withdrawn
+            ));
+        }
         for e in &r.errors {
             line(format!("    ❌ {e}"));
         }

@@ -47,6 +47,10 @@ pub struct RemoteSummary {
     pub last_sync_secs_ago: Option<f64>,
     /// Failed connections, summed over the agents.
     pub failures: u64,
+    /// Agents serving the state they persisted before a restart, not synced since.
+    pub restored: usize,
+    /// Agents that withdrew the remote's state after the TTL.
+    pub withdrawn: usize,
     /// Distinct last errors of the agents not ready.
     pub errors: Vec<String>,
 }
@@ -110,6 +114,8 @@ pub fn summarize(
             s.connected += usize::from(flag("connected"));
             s.ready += usize::from(flag("ready"));
             s.failures += r["failures"].as_u64().unwrap_or(0);
+            s.restored += usize::from(flag("restored") && !flag("ready"));
+            s.withdrawn += usize::from(flag("withdrawn"));
             if !flag("ready")
                 && let Some(e) = r["last_error"].as_str()
                 && !s.errors.iter().any(|x| x == e)
@@ -141,6 +147,15 @@ pub fn summarize(
                 "{name}: {}/{n} configured, {}/{n} connected, {}/{n} ready",
                 s.configured, s.connected, s.ready
             );
+            if s.restored > 0 {
+                line.push_str(&format!(
+                    "; {}/{n} serving the state kept from before a restart",
+                    s.restored
+                ));
+            }
+            if s.withdrawn > 0 {
+                line.push_str(&format!("; {}/{n} withdrew it after the TTL", s.withdrawn));
+            }
             if let Some(e) = s.errors.first() {
                 line.push_str(&format!("; last error: {e}"));
             }
@@ -245,6 +260,28 @@ mod tests {
             s.problems,
             [
                 "c2: 2/2 configured, 1/2 connected, 1/2 ready; last error: TLS: the certificate was refused"
+            ]
+        );
+
+        // One agent restarted and serves what it kept; the other lost the remote past the TTL.
+        let mut kept = agent(true, false, 4, None).unwrap();
+        kept["mesh"]["remotes"][0]["restored"] = json!(true);
+        let mut gone = agent(false, false, 0, Some("no answer from the mesh endpoint")).unwrap();
+        gone["mesh"]["remotes"][0]["withdrawn"] = json!(true);
+        let s = summarize(
+            "c1",
+            Some((addr, true)),
+            &peers,
+            &[("node-1".into(), Some(kept)), ("node-2".into(), Some(gone))],
+            now,
+        );
+        assert_eq!((s.remotes[0].restored, s.remotes[0].withdrawn), (1, 1));
+        assert_eq!(
+            s.problems,
+            [
+                "c2: 2/2 configured, 1/2 connected, 0/2 ready; 1/2 serving the state kept from \
+                 before a restart; 1/2 withdrew it after the TTL; last error: no answer from the \
+                 mesh endpoint"
             ]
         );
 
