@@ -12,6 +12,11 @@ export STRAIT_LAB=${STRAIT_LAB:-strait}
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { say "$*"; "$@"; }
 
+# A lab left by an earlier run (meshed, with the policy) would change what the first steps show:
+# start from a fresh one.
+if $strait lab status >/dev/null 2>&1; then
+  run $strait lab down
+fi
 run $strait lab up
 run $strait lab apply --cluster c1 -f deploy/lab/demo.yaml
 run $strait lab apply --cluster c2 -f deploy/lab/demo.yaml
