@@ -21,17 +21,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "support/lab.rs"]
+mod lab;
 #[path = "datapath/table.rs"]
 mod table;
+use lab::{BenchLab, STRAIT, text};
 use table::{Row, Table, Target};
 
-const STRAIT: &str = env!("CARGO_BIN_EXE_strait");
 /// Seconds of each run; every measure takes ROUNDS runs per column, interleaved.
 const SECS: &str = "1";
 const ROUNDS: usize = 3;
@@ -164,44 +165,10 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 // === impl Lab ===
 
-/// The bench's own lab; `lab down` on drop, also when a measure panics.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-}
+/// The bench's lab (one cluster of two nodes).
+type Lab = BenchLab;
 
-impl Lab {
-    fn up() -> Self {
-        let name = format!("bd{:x}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("strait-bench-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("topology.yaml"), TOPOLOGY).unwrap();
-        let lab = Lab { name, dir };
-        let topo = lab.dir.join("topology.yaml");
-        lab.strait_ok(&["lab", "up", "-f", topo.to_str().unwrap()]);
-        lab
-    }
-
-    fn strait(&self, args: &[&str]) -> Output {
-        Command::new(STRAIT)
-            .args(args)
-            .env("STRAIT_LAB", &self.name)
-            .output()
-            .expect("running strait")
-    }
-
-    fn strait_ok(&self, args: &[&str]) -> Output {
-        let out = self.strait(args);
-        assert!(out.status.success(), "strait {args:?}: {}", text(&out));
-        out
-    }
-
-    fn apply(&self, file: &str, yaml: &str) {
-        let f = self.dir.join(file);
-        std::fs::write(&f, yaml).unwrap();
-        self.strait_ok(&["lab", "apply", "--cluster", "c1", "-f", f.to_str().unwrap()]);
-    }
-
+impl BenchLab {
     fn netns(&self, pod: &str) -> String {
         format!("st-{}-c1-bench-{pod}", self.name)
     }
@@ -236,11 +203,6 @@ impl Lab {
             return Err(format!("{argv:?}: {}", text(&out)));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn status(&self) -> Value {
-        let out = self.strait_ok(&["lab", "status", "-o", "json"]);
-        serde_json::from_slice(&out.stdout).expect("lab status JSON")
     }
 
     fn pod_ip(&self, pod: &str) -> String {
@@ -315,16 +277,6 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.strait(&["lab", "down"]);
-        if !out.status.success() {
-            eprintln!("lab down failed: {}", text(&out));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 // === impl Haproxy ===
 
 /// One HAProxy in a client's namespace, outside its cgroup; killed on drop (before the lab goes).
@@ -370,15 +322,6 @@ impl Drop for Haproxy {
 }
 
 // === measures ===
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// iperf3 single stream, Gbit/s received.
 fn iperf(lab: &Lab, mode: Mode, pod: &str, server: &str) -> Result<f64, String> {
@@ -573,9 +516,9 @@ fn check_l7_rule(lab: &Lab, server: &str, t: &mut Table) {
 
 fn main() {
     let started = Instant::now();
-    let lab = Lab::up();
-    lab.apply("app.yaml", &app(&lab));
-    lab.apply("policy.yaml", POLICY);
+    let lab = BenchLab::up("bd", TOPOLOGY);
+    lab.apply("c1", "app.yaml", &app(&lab));
+    lab.apply("c1", "policy.yaml", POLICY);
     wait_listening(&lab, "server", &[NGINX, NGINX_L7, IPERF], "nginx/error.log");
     let server = lab.pod_ip("server");
     let agent = lab.agent_pid("node-1");

@@ -25,8 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,9 +35,11 @@ use strait::lab::paths::LabPaths;
 
 #[path = "mesh_converge/fixtures.rs"]
 mod fixtures;
+#[path = "support/lab.rs"]
+mod lab;
 use fixtures::{C1, C2, conv_deployment};
+use lab::{BenchLab, STRAIT, text};
 
-const STRAIT: &str = env!("CARGO_BIN_EXE_strait");
 /// Scale-ups measured.
 const REPS: usize = 30;
 /// Requests per target and kind in the latency measure.
@@ -47,15 +48,6 @@ const LATENCY_ROUNDS: usize = 2000;
 const TARGET_MS: f64 = 1000.0;
 /// How long one scale-up or scale-down may take before the bench gives up on it.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Seconds since the epoch, the clock the pods' python and the agents' logs use too.
 fn now() -> f64 {
@@ -82,56 +74,17 @@ fn pct(v: &mut [f64], p: f64) -> Option<f64> {
 
 // === impl Lab ===
 
-/// The bench's own lab; `lab down` on drop, also when a step panics.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-    paths: LabPaths,
-}
+/// The bench's lab (two meshed clusters).
+type Lab = BenchLab;
 
-impl Lab {
-    fn up() -> Self {
-        let name = format!("mc{:x}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("strait-bench-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let topo = dir.join("topology.yaml");
-        std::fs::write(&topo, strait::lab::topology::DEFAULT_TOPOLOGY).unwrap();
-        let paths = LabPaths::new(&name, "/sys/fs/cgroup".as_ref(), "/sys/fs/bpf".as_ref());
-        let lab = Lab { name, dir, paths };
-        lab.strait_ok(&["lab", "up", "-f", topo.to_str().unwrap()]);
-        lab
-    }
-
-    fn strait(&self, args: &[&str]) -> Output {
-        Command::new(STRAIT)
-            .args(args)
-            .env("STRAIT_LAB", &self.name)
-            .output()
-            .expect("running strait")
-    }
-
-    fn strait_ok(&self, args: &[&str]) -> Output {
-        let out = self.strait(args);
-        assert!(out.status.success(), "strait {args:?}: {}", text(&out));
-        out
-    }
-
-    fn apply(&self, cluster: &str, yaml: &str) {
-        let f = self.dir.join(format!("{cluster}.yaml"));
-        std::fs::write(&f, yaml).unwrap();
-        self.strait_ok(&[
-            "lab",
-            "apply",
-            "--cluster",
-            cluster,
-            "-f",
-            f.to_str().unwrap(),
-        ]);
-    }
-
-    fn status(&self) -> Value {
-        let out = self.strait_ok(&["lab", "status", "-o", "json"]);
-        serde_json::from_slice(&out.stdout).expect("lab status JSON")
+impl BenchLab {
+    /// Where the lab keeps its files.
+    fn paths(&self) -> LabPaths {
+        LabPaths::new(
+            &self.name,
+            "/sys/fs/cgroup".as_ref(),
+            "/sys/fs/bpf".as_ref(),
+        )
     }
 
     /// Name and IP of the pods of `cluster`/bench whose name starts with `prefix`.
@@ -173,7 +126,7 @@ impl Lab {
 
     /// The admin status of c1/node-1's agent, the client's node.
     fn agent_status(&self) -> Value {
-        let socket = self.paths.admin_socket("c1", "node-1");
+        let socket = self.paths().admin_socket("c1", "node-1");
         strait::lab::agents::status_blocking(&socket).expect("c1/node-1 agent status")
     }
 
@@ -194,16 +147,6 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.strait(&["lab", "down"]);
-        if !out.status.success() {
-            eprintln!("lab down failed: {}", text(&out));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -336,7 +279,7 @@ impl Stages {
 
 /// The time of the last `revision installed` line of c1/node-1's agent log at or after `since`.
 fn installed_at(lab: &Lab, since: f64) -> Option<f64> {
-    let log = lab.paths.node_dir("c1", "node-1").join("agent.log");
+    let log = lab.paths().node_dir("c1", "node-1").join("agent.log");
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
         .filter(|l| l.contains("revision installed"))
@@ -363,7 +306,7 @@ fn c1_view(lab: &Lab) -> (u64, Option<f64>) {
 
 /// Scales `conv` to 0 and waits until c1's agent lists only `baseline` c2 pods again.
 fn scale_down(lab: &Lab, baseline: u64) {
-    lab.apply("c2", &conv_deployment(0));
+    lab.apply("c2", "c2.yaml", &conv_deployment(0));
     let deadline = Instant::now() + STEP_TIMEOUT;
     while c1_view(lab).0 != baseline {
         assert!(Instant::now() < deadline, "c1 still lists c2's conv pod");
@@ -376,7 +319,7 @@ fn scale_up(lab: &Lab, looped: &Loop) -> Stages {
     // Drain what the loop said while nothing served.
     while looped.rx.try_recv().is_ok() {}
     let t0 = now();
-    lab.apply("c2", &conv_deployment(1));
+    lab.apply("c2", "c2.yaml", &conv_deployment(1));
     let returned = now();
     let ms = |t: f64| (t - t0) * 1e3;
     let answered = looped.wait(t0, |s| matches!(s, Seen::Answer(_, c) if c == "c2"));
@@ -386,11 +329,11 @@ fn scale_up(lab: &Lab, looped: &Loop) -> Stages {
         ..Stages::default()
     };
     if let Some((pod, _)) = lab.pods("c2", "conv-").first() {
-        let dir = lab.paths.pod_dir("c2", "bench", pod);
+        let dir = lab.paths().pod_dir("c2", "bench", pod);
         st.pod_ready = mtime(&dir.join("ready")).map(ms);
     }
-    st.state_written = mtime(&lab.paths.cluster_state_file("c2")).map(ms);
-    st.published = mtime(&lab.paths.mesh_dir("c2").join("status.json")).map(ms);
+    st.state_written = mtime(&lab.paths().cluster_state_file("c2")).map(ms);
+    st.published = mtime(&lab.paths().mesh_dir("c2").join("status.json")).map(ms);
     st.synced = c1_view(lab).1.filter(|t| *t >= t0).map(ms);
     st.installed = installed_at(lab, t0).map(ms);
     st
@@ -454,10 +397,10 @@ fn latency(lab: &Lab) -> Value {
 
 fn main() {
     let started = Instant::now();
-    let lab = Lab::up();
-    lab.apply("c1", C1);
-    lab.apply("c2", C2);
-    lab.apply("c2", &conv_deployment(0));
+    let lab = BenchLab::up("mc", strait::lab::topology::DEFAULT_TOPOLOGY);
+    lab.apply("c1", "c1.yaml", C1);
+    lab.apply("c2", "c2.yaml", C2);
+    lab.apply("c2", "c2.yaml", &conv_deployment(0));
     for c in ["c1", "c2"] {
         lab.strait_ok(&["clustermesh", "enable", "--cluster", c]);
     }
